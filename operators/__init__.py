@@ -1,0 +1,26 @@
+"""invdiff's forward operators and noise models — usable without any diffusion code.
+
+Every operator is a noiseless :class:`deepinv.physics.LinearPhysics` acting on ``[B, *img_size]``
+in physical units, declares ``op.capabilities``, and can be saved (``op.to_dict()``) and rebuilt
+(:func:`from_dict`). See ``operators.base`` for the contract and the SVD convention.
+"""
+
+from .base import CAPABILITIES, CapabilityError, LinearOperator, from_dict, require
+from .blur import Blur
+from .downsampling import Downsampling
+from .inpainting import Inpainting
+from .kernels import GaussianKernel, KernelFile, MotionKernel, UniformKernel
+from .masks import BoxMask, FreeFormMask, HalfMask, MaskFile, RandomPixelMask
+from .matrix import MatrixOperator
+from .noise import GaussianNoise, PoissonGaussianNoise, PoissonNoise
+
+#: Operator classes that :func:`from_dict` may rebuild.
+OPERATORS = ("Blur", "Downsampling", "Inpainting", "MatrixOperator")
+
+__all__ = [
+    "CAPABILITIES", "CapabilityError", "LinearOperator", "from_dict", "require", "OPERATORS",
+    "Blur", "Downsampling", "Inpainting", "MatrixOperator",
+    "GaussianKernel", "UniformKernel", "MotionKernel", "KernelFile",
+    "BoxMask", "RandomPixelMask", "HalfMask", "FreeFormMask", "MaskFile",
+    "GaussianNoise", "PoissonNoise", "PoissonGaussianNoise",
+]

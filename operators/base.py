@@ -1,0 +1,268 @@
+"""The operator contract: capabilities, the clear refusal, and the linear-operator base class.
+
+Every invdiff operator is a :class:`deepinv.physics.LinearPhysics` (or ``Physics``) built
+*noiseless*. It declares what it offers in ``op.capabilities`` (a frozenset of
+:data:`CAPABILITIES`); a solver calls :func:`require` before any work, which raises
+:class:`CapabilityError` naming the operator, the solver and what is missing.
+
+A linear operator is an engine (the maths on the last two or one dimensions) plus its shapes and
+parameters. Engines with an exact SVD give closed-form ``A_dagger`` and ``prox_l2``; the others
+solve with batched conjugate gradients (per-sample stopping, so batch items never interact).
+
+SVD convention (deepinv's names): ``A = U ∘ diag(s) ∘ Vᵀ`` with ``V_adjoint`` mapping an image to
+a *real orthonormal* coefficient tensor of the same shape as the image, ``singular_values`` a
+tensor broadcastable to that shape (zeros where A has no component), ``U`` mapping coefficients to
+measurements (components with s = 0 are ignored) and ``U_adjoint`` its adjoint (zeros there).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from deepinv.physics import LinearPhysics
+from torch import Tensor
+
+from ._linalg import _per_sample, conjugate_gradient
+
+CAPABILITIES = {
+    "linear": "a linear forward map",
+    "adjoint": "an exact adjoint Aᵀ",
+    "svd": "an exact singular value decomposition (U, V, singular_values)",
+    "pinv": "a pseudo-inverse A⁺ (A_dagger)",
+    "prox_l2": "the proximal map of ½‖Ax − y‖² (prox_l2)",
+    "differentiable": "a forward map differentiable by autograd",
+}
+
+
+class CapabilityError(ValueError):
+    """A solver asked an operator for something the operator does not provide."""
+
+
+def require(op: Any, solver_name: str, needs: Iterable[str | tuple[str, ...]]) -> None:
+    """Refuse, before any work, an operator that lacks a capability the solver needs.
+
+    ``needs`` lists capability names; an entry may be a tuple of alternatives (any one suffices),
+    e.g. ``require(op, "ddrm", [("svd", "pinv")])``.
+    """
+    caps = getattr(op, "capabilities", None)
+    if caps is None:
+        raise CapabilityError(
+            f"solver '{solver_name}' was given {type(op).__name__}, which is not an invdiff operator "
+            "(it has no `.capabilities`). Build operators from the `operators` package."
+        )
+    missing = []
+    for need in needs:
+        options = (need,) if isinstance(need, str) else tuple(need)
+        for name in options:
+            if name not in CAPABILITIES:
+                raise ValueError(f"unknown capability {name!r}; known: {sorted(CAPABILITIES)}")
+        if not any(name in caps for name in options):
+            missing.append(" or ".join(f"'{n}' ({CAPABILITIES[n]})" for n in options))
+    if missing:
+        desc = op.describe() if hasattr(op, "describe") else type(op).__name__
+        raise CapabilityError(
+            f"solver '{solver_name}' needs {'; '.join(missing)}, which operator {desc} does not "
+            f"provide (it provides: {', '.join(sorted(caps)) or 'nothing'}). Choose another solver, "
+            "or an operator variant that has it (e.g. circular padding or a separable kernel for "
+            "an exact blur SVD)."
+        )
+
+
+def _check_shape(t: Tensor, expected: tuple[int, ...], what: str, op: "LinearOperator") -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{op.describe()}: {what} must be a torch.Tensor, got {type(t).__name__}")
+    if t.ndim != len(expected) + 1 or tuple(t.shape[1:]) != tuple(expected):
+        raise ValueError(
+            f"{op.describe()}: {what} must have shape [B, {', '.join(map(str, expected))}], "
+            f"got {list(t.shape)}"
+        )
+
+
+def _to_plain(v: Any) -> Any:
+    if isinstance(v, Tensor):
+        return v.detach().cpu().numpy()
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+class LinearOperator(LinearPhysics):
+    """Base of invdiff's linear operators: an engine plus shapes, capabilities and parameters.
+
+    :param engine: module with ``forward``/``adjoint`` (and, if ``engine.has_svd``, ``V``,
+        ``V_adjoint``, ``U``, ``U_adjoint``, ``singular_values``) acting on whole tensors.
+    :param img_size: signal shape without batch, e.g. ``(C, H, W)``.
+    :param meas_size: measurement shape without batch.
+    :param pinv_rtol: singular values below ``pinv_rtol · max(s)`` are treated as zero by
+        ``A_dagger`` (a truncated-SVD pseudo-inverse; the exact SVD is unaffected).
+    :param cg_tol, cg_max_iter: stopping rule of the conjugate-gradient fallback.
+    """
+
+    exact_capabilities = frozenset({"linear", "adjoint", "pinv", "prox_l2", "differentiable"})
+
+    def __init__(self, engine: torch.nn.Module, img_size, meas_size, *, pinv_rtol: float = 1e-6,
+                 cg_tol: float = 1e-6, cg_max_iter: int = 100):
+        img_size = tuple(int(s) for s in img_size)
+        super().__init__(img_size=img_size, max_iter=max(cg_max_iter, 20), tol=cg_tol)
+        self.engine = engine
+        self.meas_size = tuple(int(s) for s in meas_size)
+        self.pinv_rtol = float(pinv_rtol)
+        self.cg_tol = float(cg_tol)
+        self.cg_max_iter = int(cg_max_iter)
+
+    # -- contract ---------------------------------------------------------------------------
+    @property
+    def has_svd(self) -> bool:
+        return bool(getattr(self.engine, "has_svd", False))
+
+    @property
+    def capabilities(self) -> frozenset:
+        return self.exact_capabilities | ({"svd"} if self.has_svd else set())
+
+    @property
+    def closed_form(self) -> frozenset:
+        """Which of ``pinv``/``prox_l2`` are exact closed forms (the others use CG)."""
+        return frozenset({"pinv", "prox_l2"}) if self.has_svd else frozenset()
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}({self._describe_params()})"
+
+    def _describe_params(self) -> str:
+        return f"img_size={list(self.img_size)}"
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    def _no_kwargs(self, kwargs: dict, method: str) -> None:
+        if kwargs:
+            raise TypeError(f"{self.describe()}.{method} got unexpected arguments {sorted(kwargs)}")
+
+    # -- the linear map -----------------------------------------------------------------------
+    def A(self, x: Tensor, **kwargs) -> Tensor:
+        """Noiseless forward map. ``x``: ``[B, *img_size]`` real, physical units."""
+        self._no_kwargs(kwargs, "A")
+        _check_shape(x, self.img_size, "x", self)
+        return self.engine.forward(x)
+
+    def A_adjoint(self, y: Tensor, **kwargs) -> Tensor:
+        """Exact adjoint. ``y``: ``[B, *meas_size]``."""
+        self._no_kwargs(kwargs, "A_adjoint")
+        _check_shape(y, self.meas_size, "y", self)
+        return self.engine.adjoint(y)
+
+    def A_adjoint_A(self, x: Tensor, **kwargs) -> Tensor:
+        return self.A_adjoint(self.A(x, **kwargs))
+
+    def A_A_adjoint(self, y: Tensor, **kwargs) -> Tensor:
+        return self.A(self.A_adjoint(y, **kwargs))
+
+    # -- SVD ------------------------------------------------------------------------------------
+    def _svd_engine(self, what: str):
+        if not self.has_svd:
+            raise CapabilityError(
+                f"{self.describe()} has no exact SVD, so it has no {what}; "
+                f"it provides: {', '.join(sorted(self.capabilities))}"
+            )
+        return self.engine
+
+    def V_adjoint(self, x: Tensor) -> Tensor:
+        """Image ``[B, *img_size]`` -> real orthonormal coefficients of the same shape."""
+        _check_shape(x, self.img_size, "x", self)
+        return self._svd_engine("V_adjoint").V_adjoint(x)
+
+    def V(self, z: Tensor) -> Tensor:
+        """Coefficients ``[B, *img_size]`` -> image."""
+        _check_shape(z, self.img_size, "coefficients", self)
+        return self._svd_engine("V").V(z)
+
+    def U(self, z: Tensor) -> Tensor:
+        """Coefficients ``[B, *img_size]`` -> measurements ``[B, *meas_size]``."""
+        _check_shape(z, self.img_size, "coefficients", self)
+        return self._svd_engine("U").U(z)
+
+    def U_adjoint(self, y: Tensor) -> Tensor:
+        """Measurements -> coefficients (zero where the singular value is zero)."""
+        _check_shape(y, self.meas_size, "y", self)
+        return self._svd_engine("U_adjoint").U_adjoint(y)
+
+    @property
+    def singular_values(self) -> Tensor:
+        """float64 tensor broadcastable to ``[B, *img_size]`` (a leading batch dim only for
+        per-image operators)."""
+        return self._svd_engine("singular_values").singular_values()
+
+    # -- pseudo-inverse and proximal map -------------------------------------------------------
+    def A_dagger(self, y: Tensor, **kwargs) -> Tensor:
+        """Pseudo-inverse: truncated SVD (``pinv_rtol``) when exact, else min-norm CG."""
+        self._no_kwargs(kwargs, "A_dagger")
+        _check_shape(y, self.meas_size, "y", self)
+        if self.has_svd:
+            s = self.singular_values.to(y)
+            keep = s > self.pinv_rtol * s.max()
+            inv = torch.where(keep, 1.0 / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))
+            return self.V(inv * self.U_adjoint(y))
+        rhs = self.A_adjoint(y)
+        return conjugate_gradient(self.A_adjoint_A, rhs, tol=self.cg_tol, max_iter=self.cg_max_iter)
+
+    def prox_l2(self, z: Tensor, y: Tensor, gamma, **kwargs) -> Tensor:
+        """``argmin_x ½‖Ax − y‖² + 1/(2γ)‖x − z‖² = (AᵀA + ρI)⁻¹(Aᵀy + ρz)`` with ``ρ = 1/γ``.
+
+        ``gamma``: float or ``[B]`` tensor, > 0 (deepinv's convention).
+        """
+        self._no_kwargs(kwargs, "prox_l2")
+        _check_shape(z, self.img_size, "z", self)
+        _check_shape(y, self.meas_size, "y", self)
+        gamma_t = torch.as_tensor(gamma, dtype=z.dtype, device=z.device)
+        if not bool((gamma_t > 0).all()):
+            raise ValueError(f"{self.describe()}.prox_l2: gamma must be > 0, got {gamma}")
+        rho = _per_sample(1.0 / gamma_t, z)
+        if self.has_svd:
+            s = self.singular_values.to(z)
+            return self.V((s * self.U_adjoint(y) + rho * self.V_adjoint(z)) / (s * s + rho))
+        rhs = self.A_adjoint(y) + rho * z
+        return conjugate_gradient(lambda v: self.A_adjoint_A(v) + rho * v, rhs, z,
+                                  tol=self.cg_tol, max_iter=self.cg_max_iter)
+
+    # -- simulation and persistence -------------------------------------------------------------
+    def measure(self, x: Tensor, noise_model=None, generator: torch.Generator | None = None) -> Tensor:
+        """Simulate ``y = N(A x)``: the noiseless map, then the (separate) noise model."""
+        _check_shape(x, self.img_size, "x", self)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{self.describe()}.measure: x contains NaN or Inf")
+        y = self.A(x)
+        if noise_model is not None:
+            y = self.restrict_to_range(noise_model(y, generator=generator))
+        return y
+
+    def restrict_to_range(self, y: Tensor) -> Tensor:
+        """Zero the entries of ``y`` the instrument does not measure (identity by default)."""
+        return y
+
+    def config(self) -> dict:
+        """Constructor arguments that rebuild this exact operator (tensors included)."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        """``{"type": "operators.Name", "params": {...}}`` with numpy arrays for tensors; rebuild
+        with :func:`operators.from_dict`."""
+        return {
+            "type": f"operators.{type(self).__name__}",
+            "params": {k: _to_plain(v) for k, v in self.config().items()},
+        }
+
+
+def from_dict(d: dict) -> LinearOperator:
+    """Rebuild an operator saved by ``op.to_dict()``. Only classes exported by ``operators``
+    are accepted (nothing else is imported)."""
+    kind = d.get("type", "")
+    module, _, name = kind.rpartition(".")
+    ops = importlib.import_module("operators")
+    cls = getattr(ops, name, None) if module == "operators" else None
+    if cls is None or name not in ops.OPERATORS:
+        raise ValueError(f"unknown operator type {kind!r}; known: {sorted('operators.' + n for n in ops.OPERATORS)}")
+    params = {k: (torch.from_numpy(np.asarray(v)) if isinstance(v, np.ndarray) else v)
+              for k, v in d.get("params", {}).items()}
+    return cls(**params)
