@@ -136,6 +136,10 @@ class LinearOperator(LinearPhysics):
     def __repr__(self) -> str:
         return self.describe()
 
+    def _check(self, t: Tensor, expected: tuple[int, ...], what: str) -> None:
+        """Refuse a tensor that is not ``[B, *expected]``."""
+        _check_shape(t, expected, what, self)
+
     def _no_kwargs(self, kwargs: dict, method: str) -> None:
         if kwargs:
             raise TypeError(f"{self.describe()}.{method} got unexpected arguments {sorted(kwargs)}")
@@ -144,13 +148,13 @@ class LinearOperator(LinearPhysics):
     def A(self, x: Tensor, **kwargs) -> Tensor:
         """Noiseless forward map. ``x``: ``[B, *img_size]`` real, physical units."""
         self._no_kwargs(kwargs, "A")
-        _check_shape(x, self.img_size, "x", self)
+        self._check(x, self.img_size, "x")
         return self.engine.forward(x)
 
     def A_adjoint(self, y: Tensor, **kwargs) -> Tensor:
         """Exact adjoint. ``y``: ``[B, *meas_size]``."""
         self._no_kwargs(kwargs, "A_adjoint")
-        _check_shape(y, self.meas_size, "y", self)
+        self._check(y, self.meas_size, "y")
         return self.engine.adjoint(y)
 
     def A_adjoint_A(self, x: Tensor, **kwargs) -> Tensor:
@@ -170,22 +174,22 @@ class LinearOperator(LinearPhysics):
 
     def V_adjoint(self, x: Tensor) -> Tensor:
         """Image ``[B, *img_size]`` -> real orthonormal coefficients of the same shape."""
-        _check_shape(x, self.img_size, "x", self)
+        self._check(x, self.img_size, "x")
         return self._svd_engine("V_adjoint").V_adjoint(x)
 
     def V(self, z: Tensor) -> Tensor:
         """Coefficients ``[B, *img_size]`` -> image."""
-        _check_shape(z, self.img_size, "coefficients", self)
+        self._check(z, self.img_size, "coefficients")
         return self._svd_engine("V").V(z)
 
     def U(self, z: Tensor) -> Tensor:
         """Coefficients ``[B, *img_size]`` -> measurements ``[B, *meas_size]``."""
-        _check_shape(z, self.img_size, "coefficients", self)
+        self._check(z, self.img_size, "coefficients")
         return self._svd_engine("U").U(z)
 
     def U_adjoint(self, y: Tensor) -> Tensor:
         """Measurements -> coefficients (zero where the singular value is zero)."""
-        _check_shape(y, self.meas_size, "y", self)
+        self._check(y, self.meas_size, "y")
         return self._svd_engine("U_adjoint").U_adjoint(y)
 
     @property
@@ -198,7 +202,7 @@ class LinearOperator(LinearPhysics):
     def A_dagger(self, y: Tensor, **kwargs) -> Tensor:
         """Pseudo-inverse: truncated SVD (``pinv_rtol``) when exact, else min-norm CG."""
         self._no_kwargs(kwargs, "A_dagger")
-        _check_shape(y, self.meas_size, "y", self)
+        self._check(y, self.meas_size, "y")
         if self.has_svd:
             s = self.singular_values.to(y)
             keep = s > self.pinv_rtol * s.max()
@@ -213,8 +217,8 @@ class LinearOperator(LinearPhysics):
         ``gamma``: float or ``[B]`` tensor, > 0 (deepinv's convention).
         """
         self._no_kwargs(kwargs, "prox_l2")
-        _check_shape(z, self.img_size, "z", self)
-        _check_shape(y, self.meas_size, "y", self)
+        self._check(z, self.img_size, "z")
+        self._check(y, self.meas_size, "y")
         gamma_t = torch.as_tensor(gamma, dtype=z.dtype, device=z.device)
         if not bool((gamma_t > 0).all()):
             raise ValueError(f"{self.describe()}.prox_l2: gamma must be > 0, got {gamma}")
@@ -229,7 +233,7 @@ class LinearOperator(LinearPhysics):
     # -- simulation and persistence -------------------------------------------------------------
     def measure(self, x: Tensor, noise_model=None, generator: torch.Generator | None = None) -> Tensor:
         """Simulate ``y = N(A x)``: the noiseless map, then the (separate) noise model."""
-        _check_shape(x, self.img_size, "x", self)
+        self._check(x, self.img_size, "x")
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{self.describe()}.measure: x contains NaN or Inf")
         y = self.A(x)

@@ -56,18 +56,11 @@ class Inpainting(LinearOperator):
     def mask(self) -> Tensor:
         return self.engine.mask
 
-    def _batch_check(self, t: Tensor) -> None:
+    def _check(self, t: Tensor, expected: tuple[int, ...], what: str) -> None:
+        super()._check(t, expected, what)
         if self.mask.shape[0] > 1 and t.shape[0] != self.mask.shape[0]:
             raise ValueError(f"{self.describe()}: this operator holds {self.mask.shape[0]} per-image masks "
                              f"but got a batch of {t.shape[0]}")
-
-    def A(self, x: Tensor, **kwargs) -> Tensor:
-        self._batch_check(x)
-        return super().A(x, **kwargs)
-
-    def A_adjoint(self, y: Tensor, **kwargs) -> Tensor:
-        self._batch_check(y)
-        return super().A_adjoint(y, **kwargs)
 
     def restrict_to_range(self, y: Tensor) -> Tensor:
         return self.mask.to(y) * y

@@ -1,0 +1,66 @@
+"""The conformance registry: every operator configuration the package offers, built small and odd.
+
+Each entry is ``id -> factory()``; the conformance suite (test_operator_conformance.py) runs every
+entry through the same mathematical checks. A new operator joins by adding entries here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import operators as O
+
+C, H, W = 2, 17, 11  # odd, non-square
+BATCH = 3
+
+
+def _nonseparable_kernel(kh: int, kw: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    k = torch.rand(kh, kw, generator=g, dtype=torch.float64)
+    return k / k.sum()
+
+
+def _blurs():
+    out = {}
+    for pad in ("reflect", "symmetric", "replicate", "circular", "zeros", "valid"):
+        out[f"blur-gauss-{pad}"] = lambda pad=pad: O.Blur(O.GaussianKernel(5, 1.2), (C, H, W), pad)
+        out[f"blur-motion-{pad}"] = lambda pad=pad: O.Blur(O.MotionKernel(7, 0.5), (C, H, W), pad, seed=3)
+    out["blur-gauss-conv-reflect"] = lambda: O.Blur(O.GaussianKernel(5, 1.2), (C, H, W), "reflect", method="conv")
+    out["blur-gauss61-reflect-wraps"] = lambda: O.Blur(O.GaussianKernel(61, 3.0), (C, H, W), "reflect")
+    out["blur-uniform-replicate"] = lambda: O.Blur(O.UniformKernel((3, 4)), (C, H, W), "replicate")
+    out["blur-even-nonsep-reflect"] = lambda: O.Blur(_nonseparable_kernel(4, 6), (C, H, W), "reflect")
+    out["blur-even-nonsep-circular"] = lambda: O.Blur(_nonseparable_kernel(4, 6), (C, H, W), "circular")
+    return out
+
+
+def _inpaintings():
+    return {
+        "inpaint-box-center": lambda: O.Inpainting(O.BoxMask((6, 4)), (C, H, W)),
+        "inpaint-box-random": lambda: O.Inpainting(O.BoxMask((6, 4), "random", 2), (C, H, W), seed=1),
+        "inpaint-random-shared": lambda: O.Inpainting(O.RandomPixelMask(0.6), (C, H, W), seed=2),
+        "inpaint-random-per-image": lambda: O.Inpainting(O.RandomPixelMask(0.5, exact=False), (C, H, W),
+                                                         batch_size=BATCH, seed=2),
+        "inpaint-half": lambda: O.Inpainting(O.HalfMask("right"), (C, H, W)),
+        "inpaint-freeform": lambda: O.Inpainting(O.FreeFormMask(), (C, H, W), seed=4),
+    }
+
+
+def _downsamplings():
+    return {
+        "sr2-average": lambda: O.Downsampling(2, (C, 18, 12), "average"),
+        "sr3-average": lambda: O.Downsampling(3, (C, 15, 9), "average"),
+        "sr2-bicubic": lambda: O.Downsampling(2, (C, H, W), "bicubic"),
+        "sr4-bicubic": lambda: O.Downsampling(4, (C, H, W), "bicubic"),
+        "sr2-gaussian": lambda: O.Downsampling(2, (C, H, W), "gaussian"),
+        "sr4-gaussian-circular": lambda: O.Downsampling(4, (C, H, W), "gaussian", padding="circular"),
+    }
+
+
+def _matrices():
+    g = torch.Generator().manual_seed(0)
+    wide = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    tall = torch.randn(8, 5, generator=g, dtype=torch.float64)
+    return {"matrix-wide": lambda: O.MatrixOperator(wide), "matrix-tall": lambda: O.MatrixOperator(tall)}
+
+
+REGISTRY = {**_blurs(), **_inpaintings(), **_downsamplings(), **_matrices()}
