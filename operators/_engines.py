@@ -115,10 +115,15 @@ class FourierEngine(torch.nn.Module):
 
 
 class ConvEngine(torch.nn.Module):
-    """2-D convolution with any padding, by an index map (gather) and a valid ``conv2d``; the
-    adjoint is ``conv_transpose2d`` followed by the scatter-add of the index map. No SVD."""
+    """2-D convolution with any padding: an index map (gather) pads, then a *valid* convolution;
+    the adjoint is the transposed convolution followed by the scatter-add of the index map. No SVD.
+
+    Kernels with at least ``fft_threshold`` taps use FFTs of the padded size (valid convolution =
+    the cropped circular one, no wrap-around), small ones ``conv2d``; both are exact.
+    """
 
     has_svd = False
+    fft_threshold = 100
 
     def __init__(self, kernel: Tensor, H: int, W: int, padding: str):
         super().__init__()
@@ -132,19 +137,40 @@ class ConvEngine(torch.nn.Module):
         self.register_buffer("idx_w", torch.where(idx_w < 0, W, idx_w), persistent=False)
         # conv2d is a cross-correlation: flip so that y[i] = Σ_t k[t] x̃[i + K-1 - t].
         self.register_buffer("weight", kernel.flip(0, 1)[None, None].contiguous())
-        self.H, self.W = H, W
+        self.H, self.W, self.Kh, self.Kw = H, W, Kh, Kw
+        self.P, self.Q = idx_h.numel(), idx_w.numel()  # padded size
+        self.use_fft = Kh * Kw >= self.fft_threshold
+        if self.use_fft:
+            otf = torch.fft.rfft2(kernel, s=(self.P, self.Q))
+            self.register_buffer("otf", torch.view_as_real(otf).contiguous(), persistent=False)
+
+    def _otf(self, like: Tensor) -> Tensor:
+        c = torch.view_as_complex(self.otf.to(device=like.device))
+        return c.to(torch.complex128 if like.dtype == torch.float64 else torch.complex64)
+
+    def _valid_conv(self, xp: Tensor) -> Tensor:
+        if not self.use_fft:
+            return F.conv2d(xp, self.weight.to(xp))
+        full = torch.fft.irfft2(torch.fft.rfft2(xp) * self._otf(xp), s=(self.P, self.Q))
+        return full[..., self.Kh - 1 :, self.Kw - 1 :]
+
+    def _valid_conv_adjoint(self, y: Tensor) -> Tensor:
+        if not self.use_fft:
+            return F.conv_transpose2d(y, self.weight.to(y))
+        emb = F.pad(y, (self.Kw - 1, 0, self.Kh - 1, 0))
+        return torch.fft.irfft2(torch.fft.rfft2(emb) * self._otf(y).conj(), s=(self.P, self.Q))
 
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-2]
         x = F.pad(x.reshape(-1, 1, self.H, self.W), (0, 1, 0, 1))
         x = x.index_select(2, self.idx_h.to(x.device)).index_select(3, self.idx_w.to(x.device))
-        y = F.conv2d(x, self.weight.to(x))
+        y = self._valid_conv(x)
         return y.reshape(*lead, *y.shape[-2:])
 
     def adjoint(self, y: Tensor) -> Tensor:
         lead = y.shape[:-2]
-        z = F.conv_transpose2d(y.reshape(-1, 1, *y.shape[-2:]), self.weight.to(y))
-        rows = z.new_zeros(z.shape[0], 1, self.H + 1, z.shape[-1]).index_add_(2, self.idx_h.to(y.device), z)
+        z = self._valid_conv_adjoint(y.reshape(-1, 1, *y.shape[-2:]))
+        rows = z.new_zeros(z.shape[0], 1, self.H + 1, self.Q).index_add_(2, self.idx_h.to(y.device), z)
         out = z.new_zeros(z.shape[0], 1, self.H + 1, self.W + 1).index_add_(3, self.idx_w.to(y.device), rows)
         return out[..., : self.H, : self.W].reshape(*lead, self.H, self.W)
 

@@ -25,11 +25,15 @@ def _hw(img_size) -> tuple[int, int]:
 
 
 class BoxMask:
-    """A missing rectangle of ``size`` (h, w): centred, at a fixed ``(top, left)``, or at a random
-    position keeping ``margin`` pixels from the border (DPS: 128×128 box in a 256×256 image)."""
+    """A missing rectangle of ``size`` (h, w) pixels — or, with ``relative_size``, that fraction of
+    the image's height and width — centred, at a fixed ``(top, left)``, or at a random position
+    keeping ``margin`` pixels from the border (DPS: 128×128 box in a 256×256 image)."""
 
-    def __init__(self, size=(128, 128), position="center", margin=(16, 16)):
+    def __init__(self, size=(128, 128), position="center", margin=(16, 16), relative_size: float | None = None):
         self.size = (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(s) for s in size)
+        self.relative_size = None if relative_size is None else float(relative_size)
+        if self.relative_size is not None and not 0 < self.relative_size <= 1:
+            raise ValueError(f"BoxMask: relative_size must be in (0, 1], got {relative_size}")
         self.position = position if isinstance(position, str) else tuple(int(p) for p in position)
         self.margin = (int(margin), int(margin)) if isinstance(margin, (int, float)) else tuple(int(m) for m in margin)
         if isinstance(self.position, str) and self.position not in ("center", "random"):
@@ -37,7 +41,7 @@ class BoxMask:
 
     def __call__(self, img_size, n: int = 1, generator: torch.Generator | None = None) -> Tensor:
         H, W = _hw(img_size)
-        h, w = self.size
+        h, w = self.size if self.relative_size is None else (round(self.relative_size * H), round(self.relative_size * W))
         if h > H or w > W or h < 1 or w < 1:
             raise ValueError(f"BoxMask: a {h}×{w} box does not fit a {H}×{W} image")
         mask = torch.ones(n, 1, H, W, dtype=torch.float64)

@@ -25,6 +25,8 @@ def _blurs():
     for pad in ("reflect", "symmetric", "replicate", "circular", "zeros", "valid"):
         out[f"blur-gauss-{pad}"] = lambda pad=pad: O.Blur(O.GaussianKernel(5, 1.2), (C, H, W), pad)
         out[f"blur-motion-{pad}"] = lambda pad=pad: O.Blur(O.MotionKernel(7, 0.5), (C, H, W), pad, seed=3)
+    out["blur-motion15-fft-reflect"] = lambda: O.Blur(O.MotionKernel(15, 0.5), (C, H, W), "reflect", seed=1)
+    out["blur-motion15-fft-valid"] = lambda: O.Blur(O.MotionKernel(15, 0.5), (C, 21, 19), "valid", seed=1)
     out["blur-gauss-conv-reflect"] = lambda: O.Blur(O.GaussianKernel(5, 1.2), (C, H, W), "reflect", method="conv")
     out["blur-gauss61-reflect-wraps"] = lambda: O.Blur(O.GaussianKernel(61, 3.0), (C, H, W), "reflect")
     out["blur-uniform-replicate"] = lambda: O.Blur(O.UniformKernel((3, 4)), (C, H, W), "replicate")

@@ -1,0 +1,45 @@
+"""Ground-truth images shipped with scikit-image (no download), resized to the model's shape."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+#: Images bundled in the scikit-image wheel that never need a download.
+SAMPLE_IMAGES = ("shepp_logan", "camera", "moon", "astronaut", "coins", "brain_slice")
+
+
+def _load(name: str) -> np.ndarray:
+    from skimage import data
+
+    if name == "shepp_logan":
+        return data.shepp_logan_phantom()
+    if name == "brain_slice":
+        return data.brain()[5].astype(np.float64)
+    return getattr(data, name)()
+
+
+def sample_image(name: str, shape=(1, 64, 64)) -> Tensor:
+    """A scikit-image sample image as a float64 tensor ``[1, C, H, W]`` in [0, 1].
+
+    Grayscale for ``C = 1`` (colour images are converted), RGB for ``C = 3``; resized with
+    antialiasing to ``H × W``.
+    """
+    from skimage.color import gray2rgb, rgb2gray
+    from skimage.transform import resize
+
+    if name not in SAMPLE_IMAGES:
+        raise ValueError(f"unknown sample image {name!r}; choose one of {SAMPLE_IMAGES}")
+    C, H, W = (int(s) for s in shape)
+    if C not in (1, 3):
+        raise ValueError(f"sample images have 1 or 3 channels, got shape {tuple(shape)}")
+    img = _load(name).astype(np.float64)
+    img = img[..., :3] if img.ndim == 3 else img
+    if img.max() > 1.0:
+        img = img / img.max()
+    img = rgb2gray(img) if (C == 1 and img.ndim == 3) else img
+    img = gray2rgb(img) if (C == 3 and img.ndim == 2) else img
+    img = resize(img, (H, W), anti_aliasing=True, mode="reflect")
+    arr = img[None] if C == 1 else np.moveaxis(img, -1, 0)
+    return torch.from_numpy(np.clip(arr, 0.0, 1.0).copy())[None]
