@@ -15,6 +15,7 @@ from pathlib import Path
 
 import hydra
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,6 +29,16 @@ def psnr(x_hat: torch.Tensor, x: torch.Tensor, data_range: float = 1.0) -> float
     return float("inf") if mse == 0 else 10.0 * torch.log10(torch.tensor(data_range**2 / mse)).item()
 
 
+def build(node: DictConfig, what: str):
+    """Instantiate a config node; a failing constructor becomes a one-line error naming the group."""
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        kind = type(cause) if isinstance(cause, (ValueError, TypeError, FileNotFoundError)) else ValueError
+        raise kind(f"{what} config: {cause}") from err
+
+
 def run(cfg: DictConfig, out_dir: str | Path) -> Path:
     """Simulate, reconstruct and save one sample; returns the result file's path."""
     from invdiff.data import sample_image, write_sample
@@ -35,8 +46,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
     if cfg.solver not in SOLVERS:
         raise ValueError(f"unknown solver {cfg.solver!r}; available so far: {SOLVERS}")
     # Everything that can fail on bad input is built before any work or output.
-    op = instantiate(cfg.operator)
-    noise = instantiate(cfg.noise) if cfg.get("noise") is not None else None
+    op = build(cfg.operator, "operator")
+    noise = build(cfg.noise, "noise") if cfg.get("noise") is not None else None
     x = sample_image(cfg.data.image, cfg.shape)
     generator = torch.Generator().manual_seed(int(cfg.seed))
     y = op.measure(x, noise, generator=generator)
