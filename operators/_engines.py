@@ -83,20 +83,38 @@ class FourierEngine(torch.nn.Module):
         mag = otf.abs()
         phase = torch.where(mag > 0, otf / torch.where(mag > 0, mag, 1.0), torch.ones_like(otf))
         # Complex buffers are stored as real pairs: deepinv-style .to(float64) keeps them intact.
-        self.register_buffer("otf", torch.view_as_real(otf).contiguous())
         self.register_buffer("phase", torch.view_as_real(phase).contiguous())
         self.register_buffer("mag", mag)
+        # Half spectrum for the real-input FFTs of A, Aᵀ, A⁺ and the prox (the fast paths).
+        self.register_buffer("otf_half", torch.view_as_real(otf[:, : W // 2 + 1]).contiguous())
         self.basis = RealFourierBasis(H, W)
+        self.shape = (H, W)
 
     def _c(self, buf: Tensor, like: Tensor) -> Tensor:
         c = torch.view_as_complex(buf.to(device=like.device))
         return c.to(torch.complex128 if like.dtype == torch.float64 else torch.complex64)
 
+    def _filter(self, x: Tensor, transfer: Tensor) -> Tensor:
+        return torch.fft.irfft2(torch.fft.rfft2(x) * transfer, s=self.shape)
+
     def forward(self, x: Tensor) -> Tensor:
-        return torch.fft.ifft2(torch.fft.fft2(x) * self._c(self.otf, x)).real
+        return self._filter(x, self._c(self.otf_half, x))
 
     def adjoint(self, y: Tensor) -> Tensor:
-        return torch.fft.ifft2(torch.fft.fft2(y) * self._c(self.otf, y).conj()).real
+        return self._filter(y, self._c(self.otf_half, y).conj())
+
+    def pinv(self, y: Tensor, rtol: float) -> Tensor:
+        """Truncated-SVD pseudo-inverse, directly in the Fourier domain."""
+        k = self._c(self.otf_half, y)
+        mag2 = k.real**2 + k.imag**2
+        keep = mag2 > (rtol * self.mag.max().item()) ** 2
+        return self._filter(y, torch.where(keep, k.conj() / torch.where(keep, mag2, 1.0), 0.0))
+
+    def prox_l2(self, z: Tensor, y: Tensor, rho: Tensor) -> Tensor:
+        """``(AᵀA + ρI)⁻¹(Aᵀy + ρz)`` in the Fourier domain (ρ scalar or ``[B, 1, 1, 1]``)."""
+        k = self._c(self.otf_half, y)
+        num = torch.fft.rfft2(y) * k.conj() + rho * torch.fft.rfft2(z)
+        return torch.fft.irfft2(num / (k.real**2 + k.imag**2 + rho), s=self.shape)
 
     def V_adjoint(self, x: Tensor) -> Tensor:
         return self.basis.analysis(x)

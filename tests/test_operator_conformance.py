@@ -130,10 +130,8 @@ def test_pinv(op):
         assert (op.A(xp) - ax).norm() <= 1e-5 * ax.norm()
         assert torch.allclose(op.A_dagger(op.A(xp)), xp, atol=1e-9 * xp.norm().item())
         if not per_image(op):
-            M = dense(op.A, op.img_size)
-            s = np.linalg.svd(M, compute_uv=False)
-            Mp = np.linalg.pinv(M, rcond=op.pinv_rtol)
-            assert np.allclose(dense(op.A_dagger, op.meas_size), Mp, atol=1e-9 * np.abs(Mp).max()) or s.min() < 1e-5
+            Mp = np.linalg.pinv(dense(op.A, op.img_size), rcond=op.pinv_rtol)
+            np.testing.assert_allclose(dense(op.A_dagger, op.meas_size), Mp, atol=1e-9 * np.abs(Mp).max())
     else:
         # CG on the normal equations: an iterative, regularising pseudo-inverse for ill-conditioned
         # blurs (exactness on a well-conditioned kernel: test_cg_pinv_is_min_norm_least_squares).
