@@ -207,6 +207,15 @@ class DiagonalEngine(torch.nn.Module):
 
     adjoint = forward
 
+    def pinv(self, y: Tensor, rtol: float) -> Tensor:
+        m = self.mask.to(y)
+        keep = m.abs() > rtol * m.abs().max()
+        return torch.where(keep, y / torch.where(keep, m, torch.ones_like(m)), torch.zeros_like(y))
+
+    def prox_l2(self, z: Tensor, y: Tensor, rho: Tensor) -> Tensor:
+        m = self.mask.to(y)
+        return (m * y + rho * z) / (m * m + rho)
+
     def V_adjoint(self, x: Tensor) -> Tensor:
         return x.clone()
 

@@ -1,0 +1,98 @@
+"""The one interface solvers see: a denoiser in EDM form plus an affine map to physical units.
+
+``prior.denoiser(x, sigma) ≈ E[x₀ | x₀ + σ·n = x]`` with ``x`` in the prior's *model space* (the
+space the network was trained in, e.g. [-1, 1]) and σ in that space. ``prior.to_model`` and
+``prior.to_physical`` are the affine map between physical units (what the instrument measures)
+and model space: ``x_model = a · x_phys + b`` per the ``data_range`` → ``model_range`` pair.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def per_sample_sigma(sigma, x: Tensor) -> Tensor:
+    """σ as a tensor broadcastable against ``x`` ``[B, ...]``: a float, a 0-d or a ``[B]`` tensor."""
+    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    if s.ndim == 0:
+        s = s.expand(x.shape[0])
+    if s.ndim != 1 or s.shape[0] != x.shape[0]:
+        raise ValueError(f"sigma must be a float or a [B] tensor with B={x.shape[0]}, got shape {tuple(s.shape)}")
+    if not bool((s > 0).all()) or not bool(torch.isfinite(s).all()):
+        raise ValueError("sigma must be finite and > 0 (use the prior's sigma_min for the last step)")
+    return s.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+class Prior(torch.nn.Module):
+    """Base class of all priors.
+
+    :param shape: event shape in model space, ``(C, H, W)`` for images or ``(d,)`` for vectors.
+    :param data_range: physical values ``(lo, hi)`` that map onto ``model_range``.
+    :param model_range: the network's training range (``(-1, 1)`` for most pretrained models).
+    :param sigma_range: ``(σ_min, σ_max)`` the denoiser was trained on (model-space units).
+    :param differentiable: whether autograd through :meth:`denoiser` is available (for
+        gradient-guided solvers).
+    """
+
+    def __init__(self, shape, *, data_range=(0.0, 1.0), model_range=(-1.0, 1.0),
+                 sigma_range=(0.0, float("inf")), differentiable: bool = True):
+        super().__init__()
+        self.shape = tuple(int(s) for s in shape)
+        lo, hi = (float(v) for v in data_range)
+        mlo, mhi = (float(v) for v in model_range)
+        if hi <= lo or mhi <= mlo:
+            raise ValueError(f"ranges must be increasing, got data_range={data_range}, model_range={model_range}")
+        self.data_range, self.model_range = (lo, hi), (mlo, mhi)
+        self.scale = (mhi - mlo) / (hi - lo)  # x_model = scale · x_phys + offset
+        self.offset = mlo - self.scale * lo
+        self.sigma_min, self.sigma_max = (float(v) for v in sigma_range)
+        self.differentiable = bool(differentiable)
+
+    # -- geometry --------------------------------------------------------------------------------
+    @property
+    def channels(self) -> int:
+        return self.shape[0] if len(self.shape) == 3 else 1
+
+    @property
+    def resolution(self) -> tuple[int, int] | None:
+        return self.shape[-2:] if len(self.shape) == 3 else None
+
+    def to_model(self, x_phys: Tensor) -> Tensor:
+        return self.scale * x_phys + self.offset
+
+    def to_physical(self, x_model: Tensor) -> Tensor:
+        return (x_model - self.offset) / self.scale
+
+    def sigma_to_physical(self, sigma):
+        """A model-space noise level in physical units (σ_y conversions)."""
+        return sigma / self.scale
+
+    def clip_sigma(self, sigma: Tensor) -> Tensor:
+        """Clip a σ grid to the prior's trained range (the solvers' default grids do this)."""
+        return sigma.clamp(min=max(self.sigma_min, 0.0), max=self.sigma_max)
+
+    # -- the denoiser ----------------------------------------------------------------------------
+    def denoiser(self, x: Tensor, sigma) -> Tensor:
+        """``E[x₀ | x]`` for ``x`` ``[B, *shape]`` in model space, σ a float or ``[B]`` tensor."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, sigma) -> Tensor:
+        return self.denoiser(x, sigma)
+
+    def score(self, x: Tensor, sigma) -> Tensor:
+        """``∇ log p_σ(x) = (D(x, σ) − x) / σ²`` (Tweedie)."""
+        s = per_sample_sigma(sigma, x)
+        return (self.denoiser(x, sigma) - x) / s**2
+
+    def check_input(self, x: Tensor) -> None:
+        if tuple(x.shape[1:]) != self.shape or x.ndim != len(self.shape) + 1:
+            raise ValueError(f"{type(self).__name__}: expected x of shape [B, {', '.join(map(str, self.shape))}], "
+                             f"got {list(x.shape)}")
+
+    @staticmethod
+    def from_module(net, parameterization: str, schedule, data_range=(0.0, 1.0), **kwargs) -> "Prior":
+        """Wrap a network already in memory; see :class:`invdiff.priors.NetworkPrior`."""
+        from .adapters import NetworkPrior
+
+        return NetworkPrior(net, parameterization, schedule, data_range=data_range, **kwargs)
