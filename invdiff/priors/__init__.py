@@ -1,0 +1,14 @@
+"""Priors: one denoiser interface (EDM form), noise schedules, network adapters, analytic priors
+and unconditional samplers. Solvers only ever see :class:`Prior`."""
+
+from .adapters import NetworkPrior
+from .analytic import GaussianMixturePrior, GaussianPrior
+from .base import Prior
+from .samplers import SAMPLERS, annealed_langevin, ddim, ddpm, edm_heun, pf_ode, reverse_sde
+from .schedules import EDMSchedule, VESchedule, VPSchedule, edm_sigma_grid, geometric_sigma_grid
+
+__all__ = [
+    "Prior", "NetworkPrior", "GaussianPrior", "GaussianMixturePrior",
+    "SAMPLERS", "ddpm", "ddim", "annealed_langevin", "reverse_sde", "pf_ode", "edm_heun",
+    "VPSchedule", "VESchedule", "EDMSchedule", "edm_sigma_grid", "geometric_sigma_grid",
+]

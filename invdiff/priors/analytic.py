@@ -1,0 +1,202 @@
+"""Analytic priors with exact denoisers and exact linear-Gaussian posteriors: the test oracle.
+
+For a Gaussian mixture ``p(x₀) = Σ_k π_k N(μ_k, Σ_k)`` and ``x = x₀ + σ n``:
+
+    p(k | x) ∝ π_k N(x; μ_k, Σ_k + σ² I),
+    E[x₀ | x] = Σ_k p(k | x) (μ_k + Σ_k (Σ_k + σ² I)⁻¹ (x − μ_k)),
+
+computed through ``Σ_k = Q_k diag(λ_k) Q_kᵀ`` (no inverse; Q skipped for diagonal covariances).
+For ``y = A x₀ + σ_y n`` the posterior is again a mixture (Bishop 2006, §2.3.3):
+
+    S_k = A Σ_k Aᵀ + σ_y² I,   K_k = Σ_k Aᵀ S_k⁻¹,
+    μ_k' = μ_k + K_k (y − A μ_k),   Σ_k' = Σ_k − K_k A Σ_k,   π_k' ∝ π_k N(y; A μ_k, S_k).
+
+Both work on vectors ``[B, d]`` and on images ``[B, C, H, W]`` (flattened, d = C·H·W). By default
+model space = physical space (``data_range = model_range = (0, 1)``); ``sample``, ``mean`` and
+``covariance`` are in physical units, ``denoiser`` in model space, as for every prior.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .._random import GeneratorArg, randn
+from .base import Prior, per_sample_sigma
+
+
+def _dense(operator, d: int, shape) -> Tensor:
+    """The ``[m, d]`` matrix of a linear operator (its ``matrix`` if it has one)."""
+    caps = getattr(operator, "capabilities", frozenset({"linear"}))
+    if "linear" not in caps:
+        raise ValueError("exact posteriors need a linear operator")
+    if hasattr(operator, "matrix"):
+        return operator.matrix.to(torch.float64)
+    if d > 20000:
+        raise ValueError(f"building a dense operator of dimension {d} is too large for an exact posterior")
+    eye = torch.eye(d, dtype=torch.float64).reshape(d, *shape)
+    cols = torch.cat([operator.A(eye[i : i + 256]).reshape(min(256, d - i), -1) for i in range(0, d, 256)])
+    return cols.T
+
+
+class GaussianMixturePrior(Prior):
+    """``Σ_k π_k N(μ_k, Σ_k)`` in model space.
+
+    :param means: ``[K, d]`` (or ``[K, *shape]``).
+    :param weights: ``[K]``, positive (normalised here).
+    :param covs: a scalar (isotropic, shared), ``[K]`` (isotropic per component), ``[K, d]``
+        (diagonal) or ``[K, d, d]`` (full, symmetric positive semi-definite).
+    :param shape: event shape (default ``(d,)``); e.g. ``(1, 8, 8)`` for images.
+    """
+
+    def __init__(self, means, weights, covs, *, shape=None, data_range=(0.0, 1.0), model_range=(0.0, 1.0)):
+        means = torch.as_tensor(means, dtype=torch.float64)
+        K = means.shape[0]
+        means = means.reshape(K, -1)
+        d = means.shape[1]
+        shape = (d,) if shape is None else tuple(int(s) for s in shape)
+        if math.prod(shape) != d:
+            raise ValueError(f"shape {shape} does not hold d = {d} entries")
+        super().__init__(shape, data_range=data_range, model_range=model_range)
+        weights = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+        if weights.shape[0] != K or not bool((weights > 0).all()) or not bool(torch.isfinite(weights).all()):
+            raise ValueError(f"weights must be {K} positive finite numbers")
+        covs = torch.as_tensor(covs, dtype=torch.float64)
+        if covs.ndim == 0:
+            covs = covs.expand(K, d).clone()
+        elif covs.ndim == 1 and covs.shape[0] == K:
+            covs = covs[:, None].expand(K, d).clone()
+        if covs.shape == (K, d):
+            if not bool((covs >= 0).all()):
+                raise ValueError("covariances must be >= 0")
+            Q, lam = None, covs
+        elif covs.shape == (K, d, d):
+            if not torch.allclose(covs, covs.transpose(1, 2), atol=1e-10 * float(covs.abs().max())):
+                raise ValueError("full covariances must be symmetric")
+            lam, Q = torch.linalg.eigh(covs)
+            if bool((lam < -1e-9 * lam.abs().amax(1, keepdim=True)).any()):
+                raise ValueError("full covariances must be positive semi-definite")
+            lam = lam.clamp_min(0.0)
+        else:
+            raise ValueError(f"covs must be a scalar, [K], [K, d] or [K, d, d] with K={K}, d={d}; got {tuple(covs.shape)}")
+        self.register_buffer("means", means)
+        self.register_buffer("weights", weights / weights.sum())
+        self.register_buffer("lam", lam)
+        self.register_buffer("Q", Q)
+        self.K, self.d = K, d
+
+    # -- moments ------------------------------------------------------------------------------
+    def cov_matrices(self) -> Tensor:
+        """Model-space ``[K, d, d]`` covariances."""
+        if self.Q is None:
+            return torch.diag_embed(self.lam)
+        return self.Q @ torch.diag_embed(self.lam) @ self.Q.transpose(1, 2)
+
+    def mean(self) -> Tensor:
+        """Mixture mean ``[*shape]`` in physical units."""
+        return self.to_physical((self.weights[:, None] * self.means).sum(0)).reshape(self.shape)
+
+    def covariance(self) -> Tensor:
+        """Mixture covariance ``[d, d]`` in physical units."""
+        m = (self.weights[:, None] * self.means).sum(0)
+        dev = self.means - m
+        cov = (self.weights[:, None, None] * (self.cov_matrices() + dev[:, :, None] * dev[:, None, :])).sum(0)
+        return cov / self.scale**2
+
+    # -- sampling -----------------------------------------------------------------------------
+    def sample(self, n: int, generator: GeneratorArg = None) -> Tensor:
+        """``n`` exact samples ``[n, *shape]`` in physical units."""
+        g = generator[0] if isinstance(generator, (list, tuple)) else generator
+        k = torch.multinomial(self.weights, n, replacement=True, generator=g)
+        z = randn((n, self.d), generator) * self.lam[k].sqrt()
+        if self.Q is not None:
+            z = (self.Q[k] @ z[:, :, None])[:, :, 0]
+        return self.to_physical(self.means[k] + z).reshape(n, *self.shape)
+
+    # -- denoiser -----------------------------------------------------------------------------
+    def _log_resp_and_means(self, x: Tensor, sigma2: Tensor) -> tuple[Tensor, Tensor]:
+        """log p(k | x) ``[B, K]`` and E[x₀ | x, k] ``[B, K, d]`` for σ² ``[B, 1]``."""
+        dev = x[:, None, :] - self.means[None]  # [B, K, d]
+        z = dev if self.Q is None else torch.einsum("kde,bkd->bke", self.Q, dev)
+        v = self.lam[None] + sigma2[:, :, None]  # [B, K, d]
+        log_n = -0.5 * (z * z / v).sum(-1) - 0.5 * torch.log(2 * math.pi * v).sum(-1)
+        log_resp = torch.log_softmax(self.weights.log()[None] + log_n, dim=1)
+        shrunk = self.lam[None] / v * z
+        cond = shrunk if self.Q is None else torch.einsum("kde,bke->bkd", self.Q, shrunk)
+        return log_resp, self.means[None] + cond
+
+    def denoiser(self, x: Tensor, sigma) -> Tensor:
+        self.check_input(x)
+        sig = per_sample_sigma(sigma, x).reshape(-1, 1).to(torch.float64)
+        flat = x.reshape(x.shape[0], -1).to(torch.float64)
+        log_resp, cond_means = self._log_resp_and_means(flat, sig**2)
+        out = (log_resp.exp()[:, :, None] * cond_means).sum(1)
+        return out.reshape(x.shape).to(x.dtype)
+
+    def log_prob(self, x_phys: Tensor) -> Tensor:
+        """Exact log-density (physical units) of ``[B, *shape]`` points -> ``[B]``."""
+        flat = self.to_model(x_phys).reshape(x_phys.shape[0], -1).to(torch.float64)
+        dev = flat[:, None, :] - self.means[None]
+        z = dev if self.Q is None else torch.einsum("kde,bkd->bke", self.Q, dev)
+        lam = self.lam[None].expand_as(z)
+        if bool((lam == 0).any()):
+            raise ValueError("log_prob needs non-degenerate covariances")
+        log_n = -0.5 * (z * z / lam).sum(-1) - 0.5 * torch.log(2 * math.pi * lam).sum(-1)
+        return torch.logsumexp(self.weights.log()[None] + log_n, 1) + self.d * math.log(self.scale)
+
+    # -- exact posterior --------------------------------------------------------------------------
+    def posterior(self, operator, y: Tensor, sigma_y) -> "GaussianMixturePrior":
+        """Exact posterior of ``x`` (physical units) given ``y = A x + σ_y n`` for a linear
+        ``operator`` and one measurement ``y`` (``[*meas]`` or ``[1, *meas]``), σ_y in
+        measurement units. Returns a :class:`GaussianMixturePrior` with the same affine map."""
+        y = torch.as_tensor(y, dtype=torch.float64)
+        meas = tuple(getattr(operator, "meas_size", y.shape))
+        if y.ndim == len(meas) + 1:
+            if y.shape[0] != 1:
+                raise ValueError(f"posterior takes one measurement; got a batch of {y.shape[0]} (loop over it)")
+            y = y[0]
+        sigma_y = float(sigma_y)
+        if sigma_y < 0:
+            raise ValueError(f"sigma_y must be >= 0, got {sigma_y}")
+        A = _dense(operator, self.d, self.shape)
+        yv = y.reshape(-1)
+        if A.shape[0] != yv.numel():
+            raise ValueError(f"y has {yv.numel()} entries but the operator measures {A.shape[0]}")
+        # Physical-space prior: x_phys = (x_model − offset)/scale.
+        mu = (self.means - self.offset) / self.scale
+        covs = self.cov_matrices() / self.scale**2
+        AS = A[None] @ covs  # [K, m, d]
+        S = AS @ A.T[None] + sigma_y**2 * torch.eye(A.shape[0], dtype=torch.float64)
+        L = torch.linalg.cholesky(S)
+        resid = yv[None] - mu @ A.T  # [K, m]
+        gain = torch.cholesky_solve(AS, L).transpose(1, 2)  # Σ Aᵀ S⁻¹: [K, d, m]
+        mu_post = mu + (gain @ resid[:, :, None])[:, :, 0]
+        cov_post = covs - gain @ AS
+        cov_post = 0.5 * (cov_post + cov_post.transpose(1, 2))
+        w = torch.cholesky_solve(resid[:, :, None], L)[:, :, 0]
+        log_det = 2 * torch.log(torch.diagonal(L, dim1=1, dim2=2)).sum(1)
+        log_w = self.weights.log() - 0.5 * (resid * w).sum(1) - 0.5 * log_det
+        weights = torch.softmax(log_w, 0)
+        keep = weights > 1e-300  # drop components with zero posterior mass
+        return GaussianMixturePrior(
+            mu_post[keep] * self.scale + self.offset, weights[keep], cov_post[keep] * self.scale**2,
+            shape=self.shape, data_range=self.data_range, model_range=self.model_range,
+        )
+
+
+class GaussianPrior(GaussianMixturePrior):
+    """``N(mean, cov)``: ``cov`` a scalar (isotropic), ``[d]`` (diagonal) or ``[d, d]`` (full)."""
+
+    def __init__(self, mean, cov, *, shape=None, data_range=(0.0, 1.0), model_range=(0.0, 1.0)):
+        mean = torch.as_tensor(mean, dtype=torch.float64)
+        d = mean.numel()
+        cov = torch.as_tensor(cov, dtype=torch.float64)
+        if cov.ndim == 1 and cov.shape[0] != d:
+            raise ValueError(f"a diagonal cov needs {d} entries, got {cov.shape[0]}")
+        if cov.ndim == 2 and cov.shape != (d, d):
+            raise ValueError(f"a full cov needs shape ({d}, {d}), got {tuple(cov.shape)}")
+        covs = cov if cov.ndim == 0 else cov[None]
+        super().__init__(mean.reshape(1, d), torch.ones(1), covs, shape=shape if shape is not None else tuple(mean.shape) or (1,),
+                         data_range=data_range, model_range=model_range)
