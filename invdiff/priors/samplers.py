@@ -156,10 +156,14 @@ def reverse_sde(prior: Prior, shape, *, steps: int = 1000, generator: GeneratorA
                 corrector_steps: int = 0, snr: float = 0.16) -> Tensor:
     """Reverse-time VE SDE (Song et al. 2021): the "reverse diffusion" predictor (eq. 47)
     ``x ← x + (σ_i² − σ_{i+1}²) ∇log p_{σ_i}(x) + √(σ_i² − σ_{i+1}²) z`` on ``steps`` geometric
-    levels (score_sde's VE defaults σ 50 → 0.01), optionally followed at each new level by
-    ``corrector_steps`` Langevin corrector steps with step ``2 (snr ‖z‖/‖∇log p‖)²`` (their
-    Alg. 4, norms per sample). The last level returns the Tweedie estimate D(x, σ_min)
-    (score_sde's ``denoise``). NFE = ``steps + corrector_steps · (steps − 1)``.
+    levels (score_sde's VE defaults σ 50 → 0.01), optionally preceded at each level by
+    ``corrector_steps`` Langevin corrector steps of size ``2 (snr ‖z‖/‖∇log p‖)²`` (their Alg. 4,
+    snr 0.16). The last level returns the Tweedie estimate D(x, σ_min) (score_sde's ``denoise``).
+    NFE = ``steps + corrector_steps · (steps − 1)``.
+
+    Deviation: the corrector's norms are per sample (score_sde averages them over the batch, which
+    makes a sample depend on its batch). The snr rule assumes high dimension, where ‖z‖ and
+    ‖∇log p‖ concentrate; in 2-D it is unstable.
     """
     shape, device = _setup(prior, shape, generator)
     lo, hi = _range(prior, sigma_min, sigma_max)
@@ -169,16 +173,16 @@ def reverse_sde(prior: Prior, shape, *, steps: int = 1000, generator: GeneratorA
     x0_hat = x
     for i in range(steps - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        x0_hat = _D(prior, x, sigma)
-        score = (x0_hat - x) / sigma**2
-        var = sigma**2 - sigma_next**2
-        x = x + var * score + math.sqrt(var) * randn(shape, generator, device=device)  # 1. predictor
-        for _ in range(corrector_steps):  # 2. Langevin corrector at σ_{i+1}
-            grad = (_D(prior, x, sigma_next) - x) / sigma_next**2
+        for _ in range(corrector_steps):  # 1. Langevin corrector at σ_i (Alg. 4 order)
+            grad = (_D(prior, x, sigma) - x) / sigma**2
             z = randn(shape, generator, device=device)
             ratio = z.square().sum(dims, keepdim=True).sqrt() / grad.square().sum(dims, keepdim=True).sqrt()
             step = 2 * (snr * ratio) ** 2
             x = x + step * grad + (2 * step).sqrt() * z
+        x0_hat = _D(prior, x, sigma)
+        score = (x0_hat - x) / sigma**2
+        var = sigma**2 - sigma_next**2
+        x = x + var * score + math.sqrt(var) * randn(shape, generator, device=device)  # 2. predictor
         if callback is not None:
             callback(i, x, x0_hat)
     return prior.to_physical(_D(prior, x, sigmas[-1]))
