@@ -4,11 +4,14 @@ and unconditional samplers. Solvers only ever see :class:`Prior`."""
 from .adapters import NetworkPrior
 from .analytic import GaussianMixturePrior, GaussianPrior
 from .base import Prior
+from .checkpoints import CheckpointError
+from .loaders import ARCHITECTURES, load, load_checkpoint, register_architecture, save
 from .samplers import SAMPLERS, annealed_langevin, ddim, ddpm, edm_heun, pf_ode, reverse_sde
 from .schedules import EDMSchedule, VESchedule, VPSchedule, edm_sigma_grid, geometric_sigma_grid
 
 __all__ = [
-    "Prior", "NetworkPrior", "GaussianPrior", "GaussianMixturePrior",
+    "Prior", "NetworkPrior", "load", "load_checkpoint", "save", "CheckpointError", "ARCHITECTURES",
+    "register_architecture", "GaussianPrior", "GaussianMixturePrior",
     "SAMPLERS", "ddpm", "ddim", "annealed_langevin", "reverse_sde", "pf_ode", "edm_heun",
     "VPSchedule", "VESchedule", "EDMSchedule", "edm_sigma_grid", "geometric_sigma_grid",
 ]

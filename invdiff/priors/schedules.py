@@ -50,8 +50,8 @@ def geometric_sigma_grid(steps: int, sigma_min: float, sigma_max: float) -> Tens
 class VPSchedule:
     """Discrete variance-preserving schedule.
 
-    :param kind: ``"linear"`` (β from ``beta_start`` to ``beta_end``, DDPM: 1e-4 → 0.02) or
-        ``"cosine"`` (Nichol & Dhariwal 2021 eq. 17, offset s = 0.008, β clipped at 0.999).
+    :param kind: ``"linear"`` (β from ``beta_start`` to ``beta_end``, DDPM: 1e-4 → 0.02),
+        ``"scaled_linear"`` (linear in √β, diffusers' name) or ``"cosine"`` (Nichol & Dhariwal 2021 eq. 17, offset s = 0.008, β clipped at 0.999).
     :param T: number of training steps (1000).
 
     Timestep ``t`` indexes ``alphas_cumprod[t]`` (0-based, as in guided-diffusion/diffusers).
@@ -64,12 +64,14 @@ class VPSchedule:
             raise ValueError(f"VPSchedule needs T >= 2, got {T}")
         if kind == "linear":
             betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+        elif kind == "scaled_linear":  # latent/Stable-Diffusion style: linear in √β
+            betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
         elif kind == "cosine":
             s = 0.008
             f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
             betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
         else:
-            raise ValueError(f"unknown VP schedule kind {kind!r}; choose 'linear' or 'cosine'")
+            raise ValueError(f"unknown VP schedule kind {kind!r}; choose 'linear', 'scaled_linear' or 'cosine'")
         self.kind, self.T = kind, T
         self.beta_start, self.beta_end = beta_start, beta_end
         self.betas = betas

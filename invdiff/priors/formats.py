@@ -1,0 +1,314 @@
+"""The foreign checkpoint formats behind :func:`invdiff.priors.load` (see ``loaders.py``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .adapters import NetworkPrior
+from .checkpoints import CheckpointError, safe_safetensors_load, safe_torch_load, strict_load
+from .loaders import register_architecture
+from .schedules import EDMSchedule, VPSchedule
+
+# -- architectures the project's own format can name ---------------------------------------------
+
+
+@register_architecture("deepinv.DiffUNet")
+def build_diffunet(in_channels: int = 3, out_channels: int = 3, large_model: bool = False) -> torch.nn.Module:
+    """guided-diffusion's ADM UNet for 256×256 images (deepinv's copy; key-for-key compatible)."""
+    from deepinv.models import DiffUNet
+
+    return GuidedDiffusionUNet(DiffUNet(in_channels=in_channels, out_channels=out_channels,
+                                        large_model=large_model, pretrained=None))
+
+
+class GuidedDiffusionUNet(torch.nn.Module):
+    """``net(x_vp, t)`` -> the raw ADM output (ε̂ and the learned-variance channels), with
+    *fractional* timesteps passed straight to the sinusoidal embedding (no snapping). The wrapped
+    module's state dict is exposed unprefixed, as guided-diffusion saves it."""
+
+    def __init__(self, unet: torch.nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet.forward_diffusion(x, t)
+
+    # deepinv registers two schedule buffers that guided-diffusion files do not hold: they are
+    # fixed by the constructor, so they are left out of the state dict and kept on load.
+    _derived = ("sqrt_1m_alphas_cumprod", "sqrt_alphas_cumprod")
+
+    def state_dict(self, *args, **kwargs):
+        state = self.unet.state_dict(*args, **kwargs)
+        for k in self._derived:
+            state.pop(k, None)
+        return state
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        own = self.unet.state_dict()
+        full = dict(state)
+        full.update({k: own[k] for k in self._derived if k in own})
+        return self.unet.load_state_dict(full, strict=strict, assign=assign)
+
+
+# -- guided-diffusion / ADM ------------------------------------------------------------------------
+
+
+def _load_guided_diffusion(state: dict, source: str, overrides: dict) -> NetworkPrior:
+    w_in, w_out = state["input_blocks.0.0.weight"], state.get("out.2.weight")
+    if w_out is None:
+        raise CheckpointError(f"{source}: guided-diffusion state dict without 'out.2.weight'")
+    channels, c_in, c_out = w_in.shape[0], w_in.shape[1], w_out.shape[0]
+    if channels not in (128, 256):
+        raise CheckpointError(
+            f"{source}: guided-diffusion model with {channels} base channels is not supported yet: only the "
+            "256×256 configurations of DPS ffhq_10m.pt (128 channels) and OpenAI 256x256_diffusion_uncond.pt "
+            "(256 channels), which deepinv's DiffUNet reproduces, are")
+    net = build_diffunet(in_channels=c_in, out_channels=3 if c_out == 6 else c_out, large_model=channels == 256)
+    strict_load(net, state, source)
+    kwargs = dict(shape=(c_in, 256, 256), data_range=(0.0, 1.0), model_range=(-1.0, 1.0),
+                  learned_sigma=c_out == 2 * c_in)
+    kwargs.update(overrides)
+    return NetworkPrior(net.eval(), "eps", VPSchedule("linear", 1000), **kwargs)
+
+
+# -- EDM / InverseBench ------------------------------------------------------------------------------
+
+
+class EDMPreconditioned(torch.nn.Module):
+    """EDM's preconditioners (Karras et al. 2022, Table 1) around a raw EDM UNet ``F`` held as
+    ``self.model`` (so the state dict has EDM's ``model.`` prefix): ``forward(x, σ) = D(x; σ)``.
+
+    * ``edm``: c_skip = σ_d²/(σ²+σ_d²), c_out = σσ_d/√(σ²+σ_d²), c_in = 1/√(σ²+σ_d²), c_noise = ¼ ln σ
+    * ``vp``: c_skip = 1, c_out = −σ, c_in = 1/√(σ²+1), c_noise = (M−1)·t(σ),
+      t(σ) = (√(β_min² + 2β_d ln(σ²+1)) − β_min)/β_d
+    * ``ve``: c_skip = 1, c_out = σ, c_in = 1, c_noise = ln(σ/2)
+    """
+
+    def __init__(self, unet: torch.nn.Module, precond: str = "edm", sigma_data: float = 0.5,
+                 M: int = 1000, beta_d: float = 19.9, beta_min: float = 0.1):
+        super().__init__()
+        if precond not in ("edm", "vp", "ve"):
+            raise ValueError(f"unknown EDM preconditioning {precond!r}; choose 'edm', 'vp' or 've'")
+        self.model, self.precond, self.sigma_data = unet, precond, float(sigma_data)
+        self.M, self.beta_d, self.beta_min = M, beta_d, beta_min
+
+    def sigma_range(self) -> tuple[float, float]:
+        if self.precond == "vp":  # EDM's VPPrecond: t ∈ [1e-5, 1]
+            sig = lambda t: math.sqrt(math.expm1(0.5 * self.beta_d * t**2 + self.beta_min * t))  # noqa: E731
+            return sig(1e-5), sig(1.0)
+        return (0.002, 80.0) if self.precond == "edm" else (0.02, 100.0)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+        if self.precond == "edm":
+            sd = self.sigma_data
+            c_skip, c_out = sd**2 / (s**2 + sd**2), s * sd / (s**2 + sd**2).sqrt()
+            c_in, c_noise = 1 / (sd**2 + s**2).sqrt(), sigma.log() / 4
+        elif self.precond == "vp":
+            c_skip, c_out, c_in = torch.ones_like(s), -s, 1 / (s**2 + 1).sqrt()
+            t = ((self.beta_min**2 + 2 * self.beta_d * (sigma**2).log1p()).sqrt() - self.beta_min) / self.beta_d
+            c_noise = (self.M - 1) * t
+        else:
+            c_skip, c_out, c_in, c_noise = torch.ones_like(s), s, torch.ones_like(s), (0.5 * sigma).log()
+        return c_skip * x + c_out * self.model.forward_unet(c_in * x, c_noise.flatten())
+
+
+def _edm_unet_config(state: dict, source: str) -> tuple[str, dict]:
+    """(class name, constructor kwargs) of the EDM UNet that ``state`` (unprefixed) belongs to."""
+    res = sorted({int(m.group(1)) for k in state if (m := re.match(r"enc\.(\d+)x\1_conv\.weight$", k))})
+    if not res or "map_layer0.weight" not in state:
+        raise CheckpointError(f"{source}: not an EDM SongUNet/DhariwalUNet state dict (no enc.RxR_conv / map_layer0)")
+    R = res[-1]
+    adm = "out_norm.weight" in state
+    kind = "ADMUNet" if adm else "NCSNpp"
+    ncsn = "map_noise.freqs" in state
+    mc = state["map_layer0.weight"].shape[1] // (2 if (ncsn and not adm) else 1)
+    if mc < 128:
+        raise CheckpointError(
+            f"{source}: EDM networks with fewer than 128 base channels ({mc}) are not supported yet: deepinv's "
+            "re-implementation uses 32 GroupNorm groups everywhere where EDM uses min(32, C/4), so such a "
+            "checkpoint would load but compute something else")
+    blocks = {int(m.group(1)) for k in state if (m := re.match(rf"enc\.{R}x{R}_block(\d+)\.", k))}
+    mult, level = [], 0
+    while f"enc.{R >> level}x{R >> level}_block0.conv0.weight" in state:
+        mult.append(state[f"enc.{R >> level}x{R >> level}_block0.conv0.weight"].shape[0] // mc)
+        level += 1
+    attn = sorted({int(m.group(1)) for k in state if (m := re.match(r"enc\.(\d+)x\1_block\d+\.qkv\.weight$", k))})
+    out_key = "out_conv.weight" if adm else f"dec.{R}x{R}_aux_conv.weight"
+    kwargs = dict(
+        img_resolution=R, in_channels=state[f"enc.{R}x{R}_conv.weight"].shape[1],
+        out_channels=state[out_key].shape[0], model_channels=mc,
+        channel_mult=mult, channel_mult_emb=state["map_layer1.weight"].shape[0] // mc,
+        num_blocks=len(blocks), attn_resolutions=attn,
+        label_dim=state["map_label.weight"].shape[1] if "map_label.weight" in state else 0,
+        augment_dim=state["map_augment.weight"].shape[1] if "map_augment.weight" in state else 0,
+    )
+    if not adm:
+        kwargs["model_type"] = "ncsn" if ncsn else "ddpm"
+    return kind, kwargs
+
+
+@register_architecture("deepinv.NCSNpp")
+def build_ncsnpp(**kwargs) -> torch.nn.Module:
+    from deepinv.models import NCSNpp
+
+    return NCSNpp(pretrained=None, **kwargs)
+
+
+@register_architecture("deepinv.ADMUNet")
+def build_admunet(**kwargs) -> torch.nn.Module:
+    from deepinv.models import ADMUNet
+
+    return ADMUNet(pretrained=None, **kwargs)
+
+
+def _load_edm_dict(obj: dict, source: str, overrides: dict) -> NetworkPrior:
+    key = "ema" if "ema" in obj else "net"
+    state = obj[key]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source}: '{key}' holds a {type(state).__name__}, not a state dict")
+    if all(k.startswith("model.") for k in state):
+        state = {k[len("model."):]: v for k, v in state.items()}
+    kind, kwargs = _edm_unet_config(state, source)
+    unet = (build_admunet if kind == "ADMUNet" else build_ncsnpp)(**kwargs)
+    precond = overrides.pop("precond", "edm")
+    net = EDMPreconditioned(unet, precond, sigma_data=overrides.pop("sigma_data", 0.5))
+    strict_load(net, {"model." + k: v for k, v in state.items()}, f"{source}['{key}']")
+    lo, hi = net.sigma_range()
+    prior_kwargs = dict(shape=(kwargs["in_channels"], kwargs["img_resolution"], kwargs["img_resolution"]),
+                        data_range=(0.0, 1.0), model_range=(-1.0, 1.0), conditioning="sigma", learned_sigma=False)
+    prior_kwargs.update(overrides)
+    return NetworkPrior(net.eval(), "x0", EDMSchedule(lo, hi), **prior_kwargs)
+
+
+@register_architecture("edm.precond")
+def build_edm_precond(unet: str, unet_kwargs: dict, precond: str = "edm", sigma_data: float = 0.5) -> torch.nn.Module:
+    """An EDM UNet (``deepinv.NCSNpp`` or ``deepinv.ADMUNet``) inside EDM's preconditioning."""
+    builders = {"deepinv.NCSNpp": build_ncsnpp, "deepinv.ADMUNet": build_admunet}
+    if unet not in builders:
+        raise CheckpointError(f"edm.precond: unknown unet {unet!r}; known: {sorted(builders)}")
+    return EDMPreconditioned(builders[unet](**unet_kwargs), precond, sigma_data)
+
+
+_PRECOND_CLASSES = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve"}
+
+
+def _wrap_edm_module(net: torch.nn.Module, source: str, overrides: dict) -> NetworkPrior:
+    """A trusted, unpickled EDM preconditioner module: read its type and σ_data, then load its
+    state dict through the same strict path as the state-dict files."""
+    name = type(net).__name__
+    if name not in _PRECOND_CLASSES:
+        raise CheckpointError(f"{source}: unpickled a {name}, expected one of {sorted(_PRECOND_CLASSES)}")
+    overrides = {"precond": _PRECOND_CLASSES[name], "sigma_data": getattr(net, "sigma_data", 0.5), **overrides}
+    return _load_edm_dict({"ema": dict(net.state_dict())}, source, overrides)
+
+
+# -- score_sde ----------------------------------------------------------------------------------------
+
+
+def _load_score_sde(obj: dict, source: str, overrides: dict) -> NetworkPrior:
+    raise CheckpointError(
+        f"{source}: score_sde checkpoints ({{model, ema, step}}, NCSN++ with 'module.all_modules.N' keys) are "
+        "not supported yet. No equivalent network ships with EDM or deepinv: EDM's SongUNet re-implements "
+        "NCSN++ but with another module order and attention layout (score_sde's NIN weights are transposed "
+        "and split into q, k, v), and neither project provides a converter, so these weights cannot be "
+        "loaded strictly. Loading them loosely (strict=False, as score-MRI does) is refused.")
+
+
+# -- dispatch ---------------------------------------------------------------------------------------
+
+
+def load_torch_file(path: Path, overrides: dict) -> tuple[NetworkPrior, str]:
+    obj = safe_torch_load(path)
+    source = str(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{source}: expected a dict (state dict or checkpoint), got {type(obj).__name__}")
+    if "input_blocks.0.0.weight" in obj:
+        return _load_guided_diffusion(obj, source, overrides), "guided-diffusion"
+    if "model" in obj and "step" in obj:
+        return _load_score_sde(obj, source, overrides), "score_sde"
+    if "ema" in obj or "net" in obj:
+        return _load_edm_dict(obj, source, overrides), "edm"
+    keys = ", ".join(sorted(map(str, obj))[:10])
+    raise CheckpointError(
+        f"{source}: unrecognised checkpoint layout (top-level keys: {keys}). Known: guided-diffusion "
+        "state dicts, EDM/InverseBench dicts with 'ema' or 'net', score_sde dicts {model, ema, step}, "
+        "invdiff .safetensors files and diffusers folders.")
+
+
+def load_edm_pickle(path: Path, trust: bool, overrides: dict) -> NetworkPrior:
+    if not trust:
+        raise CheckpointError(
+            f"refusing to unpickle {path}: EDM .pkl files are Python pickles and run code when loaded. "
+            "Convert it once, in an environment with EDM's code, to a state dict: "
+            "`net = pickle.load(open(path, 'rb'))['ema']; torch.save({'ema': net.state_dict()}, 'net.pt')`, "
+            "then load 'net.pt'; or pass trust=True if you trust the file and EDM's torch_utils is importable.")
+    try:
+        import torch_utils  # noqa: F401  (EDM's persistence module)
+    except ImportError as err:
+        raise CheckpointError(f"{path}: trust=True needs EDM's `torch_utils` package on the Python path") from err
+    import pickle
+
+    with open(path, "rb") as f:
+        data = pickle.load(f)  # the caller trusts this file
+    net = data["ema"] if isinstance(data, dict) else data
+    return _wrap_edm_module(net, str(path), overrides)
+
+
+def weights_file(folder: Path) -> Path:
+    """The weights file of a model folder (what the SHA-256 is taken of)."""
+    root = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+        if (root / name).is_file():
+            return root / name
+    raise CheckpointError(f"{folder}: no diffusion_pytorch_model.safetensors or .bin next to config.json")
+
+
+def load_folder(folder: Path, overrides: dict) -> NetworkPrior:
+    """A diffusers ``UNet2DModel`` folder (``config.json`` + weights), or a pipeline folder with
+    ``unet/`` and ``scheduler/``."""
+    root = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
+    cfg_path = root / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{folder}: a model folder needs a config.json (diffusers layout)")
+    config = json.loads(cfg_path.read_text())
+    if config.get("_class_name") != "UNet2DModel":
+        raise CheckpointError(f"{cfg_path}: only diffusers UNet2DModel folders are supported, got "
+                              f"{config.get('_class_name')!r}")
+    try:
+        from diffusers import UNet2DModel
+    except ImportError as err:
+        raise CheckpointError(f"{folder} is a diffusers model: install the optional extra "
+                              "`pip install invdiff[diffusers]` to load it") from err
+    weights = weights_file(folder)
+    state = safe_safetensors_load(weights)[0] if weights.suffix == ".safetensors" else safe_torch_load(weights)
+    net = UNet2DModel.from_config(config)
+    strict_load(net, state, str(weights))
+    sched_path = next((p for p in (folder / "scheduler" / "scheduler_config.json",
+                                   folder / "scheduler_config.json") if p.is_file()), None)
+    sched_cfg: dict[str, Any] = json.loads(sched_path.read_text()) if sched_path else {}
+    schedule = _diffusers_schedule(sched_cfg, str(sched_path or folder))
+    prediction = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}.get(sched_cfg.get("prediction_type", "epsilon"))
+    if prediction is None:
+        raise CheckpointError(f"{sched_path}: prediction_type {sched_cfg.get('prediction_type')!r} is not supported")
+    size = config.get("sample_size", 64)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    kwargs = dict(shape=(config.get("in_channels", 3), *size), data_range=(0.0, 1.0), model_range=(-1.0, 1.0),
+                  learned_sigma=False)
+    kwargs.update(overrides)
+    return NetworkPrior(net.eval(), prediction, schedule, **kwargs)
+
+
+def _diffusers_schedule(cfg: dict, source: str) -> VPSchedule:
+    kind = {"linear": "linear", "squaredcos_cap_v2": "cosine", "scaled_linear": "scaled_linear"}.get(
+        cfg.get("beta_schedule", "linear"))
+    if kind is None or cfg.get("trained_betas") is not None:
+        raise CheckpointError(f"{source}: beta_schedule {cfg.get('beta_schedule')!r} / trained_betas is not supported yet")
+    return VPSchedule(kind, int(cfg.get("num_train_timesteps", 1000)), float(cfg.get("beta_start", 1e-4)),
+                      float(cfg.get("beta_end", 0.02)))

@@ -1,0 +1,159 @@
+"""``invdiff.priors.load``: detect a checkpoint's format and return a :class:`Prior`.
+
+=========================================  ==============================================
+file                                       format
+=========================================  ==============================================
+``*.safetensors`` with ``invdiff`` metadata  the project's own (weights + JSON description)
+``*.pt`` state dict with ``input_blocks.*``  guided-diffusion / ADM (DPS, OpenAI)
+``*.pt`` dict with ``ema`` / ``net``         EDM-style (InverseBench)
+``*.pt`` dict ``{model, ema, step}``         score_sde (score-MRI)
+folder with ``config.json``                  diffusers ``UNet2DModel`` (optional extra)
+``*.pkl``                                    EDM pickle: refused unless ``trust=True``
+=========================================  ==============================================
+
+Every path reads safely and strictly (:mod:`invdiff.priors.checkpoints`); the returned prior
+carries ``prior.checkpoint = {"path", "sha256", "format"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .adapters import NetworkPrior
+from .checkpoints import CheckpointError, require_file, safe_safetensors_load, sha256_file, strict_load
+from .schedules import EDMSchedule, VESchedule, VPSchedule
+
+FORMAT_VERSION = 1
+
+#: Network builders the project's own format may name: ``name -> builder(**arch_kwargs)``.
+ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {}
+
+
+def register_architecture(name: str):
+    def deco(builder):
+        ARCHITECTURES[name] = builder
+        return builder
+    return deco
+
+
+def schedule_to_dict(schedule) -> dict:
+    if isinstance(schedule, VPSchedule):
+        return {"type": "vp", "kind": schedule.kind, "T": schedule.T,
+                "beta_start": schedule.beta_start, "beta_end": schedule.beta_end}
+    if isinstance(schedule, VESchedule):
+        return {"type": "ve", "sigma_min": schedule.sigma_min, "sigma_max": schedule.sigma_max}
+    if isinstance(schedule, EDMSchedule):
+        return {"type": "edm", "sigma_min": schedule.sigma_min, "sigma_max": schedule.sigma_max, "rho": schedule.rho}
+    raise TypeError(f"unknown schedule {schedule!r}")
+
+
+def schedule_from_dict(d: dict):
+    d = dict(d)
+    kind = d.pop("type", None)
+    classes = {"vp": VPSchedule, "ve": VESchedule, "edm": EDMSchedule}
+    if kind not in classes:
+        raise CheckpointError(f"unknown schedule type {kind!r}; known: {sorted(classes)}")
+    return classes[kind](**d)
+
+
+def save(path: str | Path, prior: NetworkPrior, architecture: str, arch_kwargs: dict) -> Path:
+    """Write ``prior`` in the project's format: one ``.safetensors`` file whose metadata holds the
+    architecture, its arguments, the parameterisation, schedule, shape, ranges and conditioning.
+    Written to a temporary name and moved into place (never a partial file)."""
+    from safetensors.torch import save_file
+
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; registered: {sorted(ARCHITECTURES)}")
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "architecture": architecture,
+        "arch_kwargs": arch_kwargs,
+        "parameterization": prior.parameterization,
+        "schedule": schedule_to_dict(prior.schedule),
+        "conditioning": prior.conditioning,
+        "learned_sigma": prior.learned_sigma,
+        "shape": list(prior.shape),
+        "data_range": list(prior.data_range),
+        "model_range": list(prior.model_range),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in prior.net.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"invdiff": json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _load_invdiff(path: Path, overrides: dict) -> NetworkPrior:
+    tensors, meta = safe_safetensors_load(path)
+    try:
+        info = json.loads(meta["invdiff"])
+    except (KeyError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} has no valid 'invdiff' metadata; it is not an invdiff prior file") from err
+    if info.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format version {info.get('format_version')} is not supported "
+                              f"(this invdiff reads version {FORMAT_VERSION})")
+    arch = info["architecture"]
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"{path} needs architecture {arch!r}, which is not registered "
+                              f"(registered: {sorted(ARCHITECTURES)})")
+    net = ARCHITECTURES[arch](**info["arch_kwargs"])
+    strict_load(net, tensors, str(path))
+    kwargs = dict(shape=info["shape"], data_range=info["data_range"], model_range=info["model_range"],
+                  conditioning=info["conditioning"], learned_sigma=info["learned_sigma"])
+    kwargs.update(overrides)
+    return NetworkPrior(net.eval(), info["parameterization"], schedule_from_dict(info["schedule"]), **kwargs)
+
+
+def load_checkpoint(path: str | Path | None = None, *, env: str | None = None, name: str = "prior",
+                    **kwargs: Any) -> NetworkPrior:
+    """:func:`load` for configs: the path comes from ``path`` or, if that is empty, from the
+    environment variable ``env``; a clear error names both when neither is set."""
+    if path in (None, "") and env:
+        path = os.environ.get(env) or None
+    if path in (None, ""):
+        hint = f" or set the environment variable {env}" if env else ""
+        raise FileNotFoundError(f"the {name} prior needs its checkpoint file: pass prior.path=/path/to/file{hint}. "
+                                "Nothing is downloaded.")
+    return load(path, **kwargs)
+
+
+def load(name_or_path: str | Path, *, trust: bool = False, device: str | torch.device | None = None,
+         **overrides: Any) -> NetworkPrior:
+    """Load a pretrained score model as a :class:`Prior`, detecting its format.
+
+    :param name_or_path: a file or folder (see the module table).
+    :param trust: allow unpickling an EDM ``.pkl`` (runs code from the file; needs EDM's
+        ``torch_utils`` importable). Never needed for the other formats.
+    :param device: where to put the network.
+    :param overrides: :class:`NetworkPrior` arguments that replace the detected ones
+        (``data_range``, ``snap``, ``net_dtype``, ...).
+    """
+    from . import formats
+
+    path = require_file(name_or_path)
+    if path.is_dir():
+        prior, fmt = formats.load_folder(path, overrides), "diffusers"
+    elif path.suffix == ".safetensors":
+        prior, fmt = _load_invdiff(path, overrides), "invdiff"
+    elif path.suffix == ".pkl":
+        prior, fmt = formats.load_edm_pickle(path, trust, overrides), "edm-pickle"
+    else:
+        prior, fmt = formats.load_torch_file(path, overrides)
+    digest = sha256_file(path if path.is_file() else formats.weights_file(path))
+    prior.checkpoint = {"path": str(path.resolve()), "sha256": digest, "format": fmt}
+    if device is not None:
+        prior.to(device)
+    return prior
