@@ -115,9 +115,15 @@ def test_malicious_pickles_are_refused_without_running(tmp_path):
 # -- guided-diffusion / ADM (DPS ffhq_10m.pt layout) ------------------------------------------------
 
 
-def test_guided_diffusion_state_dict(tmp_path):
+@pytest.fixture(scope="module")
+def dps_unet():
+    """The DPS ffhq_10m.pt architecture (93.6 M parameters) with random weights, built once."""
     torch.manual_seed(0)
-    original = build_diffunet(3, 3, large_model=False).eval()
+    return build_diffunet(3, 3, large_model=False).eval()
+
+
+def test_guided_diffusion_state_dict(tmp_path, dps_unet):
+    original = dps_unet
     state = original.state_dict()
     assert "input_blocks.0.0.weight" in state and "out.2.weight" in state and len(state) == 362
     torch.save(state, tmp_path / "ffhq_10m.pt")  # a flat state dict, as DPS ships it
@@ -135,6 +141,19 @@ def test_guided_diffusion_state_dict(tmp_path):
     torch.save(state, tmp_path / "broken.pt")
     with pytest.raises(CheckpointError, match="(?s)missing keys: out.2.bias.*unexpected keys: extra.weight"):
         load(tmp_path / "broken.pt")
+
+
+def test_inversebench_ffhq_vp_preconditioned_adm(tmp_path, dps_unet):
+    state = {"model." + k: v for k, v in dps_unet.state_dict().items()}
+    torch.save({"ema": state, "net": state}, tmp_path / "ffhq256.pt")
+    prior = load(tmp_path / "ffhq256.pt", shape=(3, 32, 32))
+    assert prior.net.precond == "vp" and prior.checkpoint["format"] == "edm"
+    x, sigma = noisy((2, 3, 32, 32), 0.7), torch.tensor([0.1, 3.0], dtype=torch.float64)
+    s = sigma.reshape(-1, 1, 1, 1)
+    t = ((0.1**2 + 2 * 19.9 * torch.log1p(sigma**2)).sqrt() - 0.1) / 19.9
+    with torch.no_grad():
+        eps = dps_unet((x / (s**2 + 1).sqrt()).float(), (999 * t).float())[:, :3].double()
+        assert torch.allclose(prior.denoiser(x, sigma), x - s * eps, atol=1e-5)
 
 
 # -- EDM / InverseBench dicts ---------------------------------------------------------------------------

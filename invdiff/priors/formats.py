@@ -23,37 +23,24 @@ def build_diffunet(in_channels: int = 3, out_channels: int = 3, large_model: boo
     """guided-diffusion's ADM UNet for 256×256 images (deepinv's copy; key-for-key compatible)."""
     from deepinv.models import DiffUNet
 
-    return GuidedDiffusionUNet(DiffUNet(in_channels=in_channels, out_channels=out_channels,
-                                        large_model=large_model, pretrained=None))
+    class GuidedDiffusionUNet(DiffUNet):
+        """``net(x_vp, t)`` -> the raw ADM output (ε̂ and the learned-variance channels), with
+        *fractional* timesteps passed straight to the sinusoidal embedding (no snapping)."""
 
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.forward_diffusion(x, t)
 
-class GuidedDiffusionUNet(torch.nn.Module):
-    """``net(x_vp, t)`` -> the raw ADM output (ε̂ and the learned-variance channels), with
-    *fractional* timesteps passed straight to the sinusoidal embedding (no snapping). The wrapped
-    module's state dict is exposed unprefixed, as guided-diffusion saves it."""
+        def forward_unet(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+            """The ε̂ channels only (how InverseBench's VPPrecond calls its ADM network)."""
+            return self.forward_diffusion(x, c_noise)[:, : x.shape[1]]
 
-    def __init__(self, unet: torch.nn.Module):
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.unet.forward_diffusion(x, t)
-
-    # deepinv registers two schedule buffers that guided-diffusion files do not hold: they are
-    # fixed by the constructor, so they are left out of the state dict and kept on load.
-    _derived = ("sqrt_1m_alphas_cumprod", "sqrt_alphas_cumprod")
-
-    def state_dict(self, *args, **kwargs):
-        state = self.unet.state_dict(*args, **kwargs)
-        for k in self._derived:
-            state.pop(k, None)
-        return state
-
-    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
-        own = self.unet.state_dict()
-        full = dict(state)
-        full.update({k: own[k] for k in self._derived if k in own})
-        return self.unet.load_state_dict(full, strict=strict, assign=assign)
+    net = GuidedDiffusionUNet(in_channels=in_channels, out_channels=out_channels, large_model=large_model,
+                              pretrained=None)
+    # deepinv registers two schedule buffers that guided-diffusion files do not hold; they are fixed
+    # by the constructor, so they are kept out of the state dict (strict loading then matches).
+    net._non_persistent_buffers_set.update(
+        name for name in ("sqrt_1m_alphas_cumprod", "sqrt_alphas_cumprod") if name in net._buffers)
+    return net
 
 
 # -- guided-diffusion / ADM ------------------------------------------------------------------------
@@ -175,14 +162,25 @@ def _load_edm_dict(obj: dict, source: str, overrides: dict) -> NetworkPrior:
         raise CheckpointError(f"{source}: '{key}' holds a {type(state).__name__}, not a state dict")
     if all(k.startswith("model.") for k in state):
         state = {k[len("model."):]: v for k, v in state.items()}
-    kind, kwargs = _edm_unet_config(state, source)
-    unet = (build_admunet if kind == "ADMUNet" else build_ncsnpp)(**kwargs)
-    precond = overrides.pop("precond", "edm")
-    net = EDMPreconditioned(unet, precond, sigma_data=overrides.pop("sigma_data", 0.5))
+    precond = overrides.pop("precond", None)
+    sigma_data = overrides.pop("sigma_data", 0.5)
+    if "input_blocks.0.0.weight" in state:
+        # InverseBench's FFHQ prior: the DPS guided-diffusion UNet inside EDM's VPPrecond.
+        w_in, w_out = state["input_blocks.0.0.weight"], state["out.2.weight"]
+        unet = build_diffunet(in_channels=w_in.shape[1], out_channels=3 if w_out.shape[0] == 6 else w_out.shape[0],
+                              large_model=w_in.shape[0] == 256)
+        shape = (w_in.shape[1], 256, 256)
+        precond = precond or "vp"
+    else:
+        kind, kwargs = _edm_unet_config(state, source)
+        unet = (build_admunet if kind == "ADMUNet" else build_ncsnpp)(**kwargs)
+        shape = (kwargs["in_channels"], kwargs["img_resolution"], kwargs["img_resolution"])
+        precond = precond or "edm"
+    net = EDMPreconditioned(unet, precond, sigma_data=sigma_data)
     strict_load(net, {"model." + k: v for k, v in state.items()}, f"{source}['{key}']")
     lo, hi = net.sigma_range()
-    prior_kwargs = dict(shape=(kwargs["in_channels"], kwargs["img_resolution"], kwargs["img_resolution"]),
-                        data_range=(0.0, 1.0), model_range=(-1.0, 1.0), conditioning="sigma", learned_sigma=False)
+    prior_kwargs = dict(shape=shape, data_range=(0.0, 1.0), model_range=(-1.0, 1.0), conditioning="sigma",
+                        learned_sigma=False)
     prior_kwargs.update(overrides)
     return NetworkPrior(net.eval(), "x0", EDMSchedule(lo, hi), **prior_kwargs)
 
