@@ -35,7 +35,7 @@ def build(node: DictConfig, what: str):
         return instantiate(node)
     except InstantiationException as err:
         cause = err.__cause__ or err
-        kind = type(cause) if isinstance(cause, (ValueError, TypeError, FileNotFoundError)) else ValueError
+        kind = type(cause) if type(cause) in (ValueError, TypeError, FileNotFoundError) else ValueError
         raise kind(f"{what} config: {cause}") from err
 
 

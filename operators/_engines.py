@@ -81,7 +81,8 @@ class FourierEngine(torch.nn.Module):
                            accumulate=True)
         otf = torch.fft.fft2(wrapped)
         mag = otf.abs()
-        phase = torch.where(mag > 0, otf / torch.where(mag > 0, mag, 1.0), torch.ones_like(otf))
+        # Where k̂ = 0 the component is not measured: U drops it (phase 0), as the SVD convention says.
+        phase = torch.where(mag > 0, otf / torch.where(mag > 0, mag, 1.0), torch.zeros_like(otf))
         # Complex buffers are stored as real pairs: deepinv-style .to(float64) keeps them intact.
         self.register_buffer("phase", torch.view_as_real(phase).contiguous())
         self.register_buffer("mag", mag)
@@ -194,7 +195,8 @@ class ConvEngine(torch.nn.Module):
 
 
 class DiagonalEngine(torch.nn.Module):
-    """Multiplication by a {0, 1} (or any real) mask; ``U = V = I`` and ``s = mask``."""
+    """Multiplication by a non-negative mask (Inpainting's is {0, 1}); ``V = I``, ``s = mask`` and
+    ``U`` the projection onto the entries with ``mask > 0``."""
 
     has_svd = True
 

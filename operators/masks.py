@@ -152,7 +152,7 @@ class FreeFormMask:
 class MaskFile:
     """A user mask from ``.npy`` (any numeric/bool array) or an image file (PNG/TIFF via
     scikit-image); nonzero = observed, or missing with ``invert=True``. ``[H, W]`` or
-    ``[n, H, W]`` (one mask per image)."""
+    ``[n, H, W]`` (one mask per image); a single mask is repeated when n masks are asked for."""
 
     def __init__(self, path: str, invert: bool = False):
         self.path, self.invert = str(path), bool(invert)
@@ -175,6 +175,10 @@ class MaskFile:
             arr = arr[None]
         if arr.ndim != 3 or arr.shape[-2:] != (H, W):
             raise ValueError(f"mask in {p} has shape {arr.shape}; expected [H, W] or [n, H, W] with H, W = {H}, {W}")
+        if arr.shape[0] != n and arr.shape[0] != 1 and n != 1:
+            raise ValueError(f"mask file {p} holds {arr.shape[0]} masks but {n} were asked for")
+        if arr.shape[0] == 1 and n > 1:  # one mask for each of n images
+            arr = np.repeat(arr, n, axis=0)
         mask = arr != 0
         if self.invert:
             mask = ~mask

@@ -31,6 +31,7 @@ def _blurs():
     out["blur-gauss61-reflect-wraps"] = lambda: O.Blur(O.GaussianKernel(61, 3.0), (C, H, W), "reflect")
     out["blur-uniform-replicate"] = lambda: O.Blur(O.UniformKernel((3, 4)), (C, H, W), "replicate")
     out["blur-even-nonsep-reflect"] = lambda: O.Blur(_nonseparable_kernel(4, 6), (C, H, W), "reflect")
+    out["blur-circular-even-transfer-zeros"] = lambda: O.Blur(torch.tensor([[0.5, 0.5]]), (C, 8, 6), "circular")
     out["blur-even-nonsep-circular"] = lambda: O.Blur(_nonseparable_kernel(4, 6), (C, H, W), "circular")
     return out
 

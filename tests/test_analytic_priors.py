@@ -166,3 +166,18 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="one measurement"):
         p.posterior(O.MatrixOperator(torch.eye(2)), torch.zeros(2, 2), 0.1)
     np.testing.assert_equal(p.shape, (2,))
+
+
+def test_per_item_generators_and_stable_posteriors():
+    p = GaussianMixturePrior([[0.0], [100.0]], [0.5, 0.5], 1.0)
+    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    for seed in range(6):
+        alone = p.sample(1, [g(seed)])
+        assert torch.equal(p.sample(2, [g(99), g(seed)])[1], alone[0])
+    # an ill-conditioned blur with a tiny σ_y: the posterior covariance stays PSD (Joseph form)
+    prior = GaussianPrior(torch.zeros(64), 1.0, shape=(1, 8, 8))
+    op = O.Blur(O.GaussianKernel(7, 2.0), (1, 8, 8), "reflect")
+    post = prior.posterior(op, op.A(prior.sample(1, g(0))), 1e-8)
+    assert bool((torch.linalg.eigvalsh(post.cov_matrices()[0]) > -1e-9).all())
+    with pytest.raises(ValueError, match="sigma_y must be > 0"):
+        prior.posterior(op, torch.zeros(1, 1, 8, 8), 0.0)

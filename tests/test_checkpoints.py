@@ -199,6 +199,11 @@ def test_edm_small_networks_and_score_sde_are_refused_with_reasons(tmp_path):
     torch.save({"ema": {"model." + k: v for k, v in small.state_dict().items()}}, tmp_path / "small.pt")
     with pytest.raises(CheckpointError, match="fewer than 128 base channels.*GroupNorm"):
         load(tmp_path / "small.pt")
+    conditional = build_ncsnpp(model_type="ncsn", img_resolution=8, in_channels=1, out_channels=1, model_channels=128,
+                               channel_mult=[1], num_blocks=1, attn_resolutions=[], augment_dim=0, label_dim=10)
+    torch.save({"ema": conditional.state_dict()}, tmp_path / "cond.pt")
+    with pytest.raises(CheckpointError, match="class-conditional"):
+        load(tmp_path / "cond.pt")
     score_sde = {"model": {"module.sigmas": torch.ones(3), "module.all_modules.0.W": torch.ones(4)},
                  "ema": {"decay": 0.999, "num_updates": 1, "shadow_params": [torch.ones(4)]},
                  "optimizer": {}, "step": 100}

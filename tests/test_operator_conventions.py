@@ -172,6 +172,11 @@ def test_half_freeform_and_file_masks(tmp_path):
     assert torch.equal(O.Inpainting(O.MaskFile(str(tmp_path / "m.png")), (1, 5, 7)).mask, op.mask)
     with pytest.raises(ValueError, match="expected"):
         O.Inpainting(O.MaskFile(str(tmp_path / "m.npy")), (1, 6, 7))
+    per_image = O.Inpainting(O.MaskFile(str(tmp_path / "m.npy")), (1, 5, 7), batch_size=3)
+    assert per_image.mask.shape == (3, 1, 5, 7) and torch.equal(per_image.mask[2], op.mask[0])
+    np.save(tmp_path / "two.npy", np.stack([m, ~m]))
+    with pytest.raises(ValueError, match="holds 2 masks but 3"):
+        O.Inpainting(O.MaskFile(str(tmp_path / "two.npy")), (1, 5, 7), batch_size=3)
     with pytest.raises(ValueError, match="0 \\(missing\\) or 1"):
         O.Inpainting(torch.full((5, 7), 0.5), (1, 5, 7))
 

@@ -41,9 +41,10 @@ class NetworkPrior(Prior):
     :param parameterization: ``eps``, ``x0``, ``v`` or ``score``.
     :param schedule: :class:`VPSchedule`, :class:`VESchedule` or :class:`EDMSchedule`.
     :param shape: event shape ``(C, H, W)`` in model space.
-    :param conditioning: what ``cond`` is: ``timestep`` (fractional DDPM index; VP default),
-        ``t`` (the schedule's continuous time), ``sigma`` (VE/EDM default), ``log_sigma``, or
-        ``edm`` (¼ ln σ, EDM's c_noise).
+    :param conditioning: what ``cond`` is: ``timestep`` (fractional DDPM index, or the nearest
+        one with ``snap``; VP default), ``t`` (the schedule's own time: the fractional index for VP,
+        t ∈ [0, 1] for VE, σ for EDM), ``sigma`` (VE/EDM default), ``log_sigma``, or ``edm``
+        (¼ ln σ, EDM's c_noise).
     :param learned_sigma: ``"auto"`` (keep the first C of 2·C output channels), True or False.
     :param snap: VP only: round the timestep to the nearest training step.
     :param net_dtype: dtype the network runs in (default: its parameters' dtype); the state keeps

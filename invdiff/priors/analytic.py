@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._random import GeneratorArg, randn
+from .._random import GeneratorArg, check_generator, randn
 from .base import Prior, per_sample_sigma
 
 
@@ -108,8 +108,11 @@ class GaussianMixturePrior(Prior):
     # -- sampling -----------------------------------------------------------------------------
     def sample(self, n: int, generator: GeneratorArg = None) -> Tensor:
         """``n`` exact samples ``[n, *shape]`` in physical units."""
-        g = generator[0] if isinstance(generator, (list, tuple)) else generator
-        k = torch.multinomial(self.weights, n, replacement=True, generator=g)
+        if isinstance(generator, (list, tuple)):  # one generator per item: item i uses only g_i
+            check_generator(generator, n)
+            k = torch.cat([torch.multinomial(self.weights, 1, generator=g) for g in generator])
+        else:
+            k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = randn((n, self.d), generator) * self.lam[k].sqrt()
         if self.Q is not None:
             z = (self.Q[k] @ z[:, :, None])[:, :, 0]
@@ -158,8 +161,9 @@ class GaussianMixturePrior(Prior):
                 raise ValueError(f"posterior takes one measurement; got a batch of {y.shape[0]} (loop over it)")
             y = y[0]
         sigma_y = float(sigma_y)
-        if sigma_y < 0:
-            raise ValueError(f"sigma_y must be >= 0, got {sigma_y}")
+        if not sigma_y > 0:
+            raise ValueError(f"sigma_y must be > 0, got {sigma_y} (a noiseless posterior is degenerate: "
+                             "use a small positive σ_y)")
         A = _dense(operator, self.d, self.shape)
         yv = y.reshape(-1)
         if A.shape[0] != yv.numel():
@@ -173,7 +177,10 @@ class GaussianMixturePrior(Prior):
         resid = yv[None] - mu @ A.T  # [K, m]
         gain = torch.cholesky_solve(AS, L).transpose(1, 2)  # Σ Aᵀ S⁻¹: [K, d, m]
         mu_post = mu + (gain @ resid[:, :, None])[:, :, 0]
-        cov_post = covs - gain @ AS
+        # Joseph form (I − KA) Σ (I − KA)ᵀ + σ_y² K Kᵀ: positive semi-definite by construction, where
+        # Σ − KAΣ loses it to cancellation for ill-conditioned A and small σ_y.
+        I_KA = torch.eye(self.d, dtype=torch.float64) - gain @ A
+        cov_post = I_KA @ covs @ I_KA.transpose(1, 2) + sigma_y**2 * gain @ gain.transpose(1, 2)
         cov_post = 0.5 * (cov_post + cov_post.transpose(1, 2))
         w = torch.cholesky_solve(resid[:, :, None], L)[:, :, 0]
         log_det = 2 * torch.log(torch.diagonal(L, dim1=1, dim2=2)).sum(1)

@@ -127,13 +127,17 @@ def _edm_unet_config(state: dict, source: str) -> tuple[str, dict]:
         mult.append(state[f"enc.{R >> level}x{R >> level}_block0.conv0.weight"].shape[0] // mc)
         level += 1
     attn = sorted({int(m.group(1)) for k in state if (m := re.match(r"enc\.(\d+)x\1_block\d+\.qkv\.weight$", k))})
+    if "map_label.weight" in state:
+        raise CheckpointError(f"{source}: class-conditional EDM networks (map_label: "
+                              f"{state['map_label.weight'].shape[1]} classes) are not supported yet; "
+                              "invdiff's priors are unconditional")
     out_key = "out_conv.weight" if adm else f"dec.{R}x{R}_aux_conv.weight"
     kwargs = dict(
         img_resolution=R, in_channels=state[f"enc.{R}x{R}_conv.weight"].shape[1],
         out_channels=state[out_key].shape[0], model_channels=mc,
         channel_mult=mult, channel_mult_emb=state["map_layer1.weight"].shape[0] // mc,
         num_blocks=len(blocks), attn_resolutions=attn,
-        label_dim=state["map_label.weight"].shape[1] if "map_label.weight" in state else 0,
+        label_dim=0,
         augment_dim=state["map_augment.weight"].shape[1] if "map_augment.weight" in state else 0,
     )
     if not adm:

@@ -65,6 +65,14 @@ def _vp_schedule(prior: Prior, schedule: VPSchedule | None) -> VPSchedule:
     return own if isinstance(own, VPSchedule) else VPSchedule("linear", 1000)
 
 
+def _vp_timesteps(prior: Prior, sched: VPSchedule, steps: int) -> Tensor:
+    """The respaced timesteps, starting at the last training step whose σ the prior covers."""
+    t_max = sched.T - 1
+    if prior.sigma_max < sched.sigma_max:
+        t_max = int(sched.t(prior.sigma_max).floor())
+    return sched.timesteps(steps, t_max=t_max).long()
+
+
 def ddpm(prior: Prior, shape, *, steps: int = 1000, generator: GeneratorArg = None, callback: Callback = None,
          schedule: VPSchedule | None = None) -> Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2), on ``steps`` evenly respaced timesteps.
@@ -73,12 +81,12 @@ def ddpm(prior: Prior, shape, *, steps: int = 1000, generator: GeneratorArg = No
     ``β' = 1 − ᾱ_t/ᾱ_s`` (respacing as in Nichol & Dhariwal 2021):
     ``x_s = (√ᾱ_s β'/(1−ᾱ_t)) x̂₀ + (√(1−β') (1−ᾱ_s)/(1−ᾱ_t)) x_t + √β̃ z``, ``β̃ = β'(1−ᾱ_s)/(1−ᾱ_t)``
     (eq. 7, the "fixed small" variance); the last step returns x̂₀.
-    Deviation: none beyond respacing; the schedule is the prior's own if it is VP, else DDPM's
-    linear-β T = 1000. NFE = ``steps``.
+    The schedule is the prior's own if it is VP, else DDPM's linear-β T = 1000, started at the
+    largest step whose σ the prior covers. NFE = ``steps``.
     """
     shape, device = _setup(prior, shape, generator)
     sched = _vp_schedule(prior, schedule)
-    t_seq = sched.timesteps(steps).long()
+    t_seq = _vp_timesteps(prior, sched, steps)
     abar = sched.alphas_cumprod[t_seq].tolist() + [1.0]
     x_vp = randn(shape, generator, device=device)
     x0_hat = x_vp
@@ -104,7 +112,7 @@ def ddim(prior: Prior, shape, *, steps: int = 100, generator: GeneratorArg = Non
     """
     shape, device = _setup(prior, shape, generator)
     sched = _vp_schedule(prior, schedule)
-    t_seq = sched.timesteps(steps).long()
+    t_seq = _vp_timesteps(prior, sched, steps)
     abar = sched.alphas_cumprod[t_seq].tolist() + [1.0]
     x_vp = randn(shape, generator, device=device)
     x0_hat = x_vp
@@ -127,9 +135,11 @@ def annealed_langevin(prior: Prior, shape, *, steps: int = 10, generator: Genera
     """Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1).
 
     ``steps`` geometric levels σ_1 > … > σ_L; at level i, ``n_steps_each`` updates
-    ``x ← x + (α_i/2) ∇log p_{σ_i}(x) + √α_i z`` with ``α_i = step_lr · σ_i² / σ_L²``. Paper
-    defaults: L = 10, σ 1 → 0.01, T = 100, ε = 2e-5. With ``denoise`` a final Tweedie step
-    ``x̂₀ = D(x, σ_L)`` (Jolicoeur-Martineau et al. 2021; NCSNv2) is added.
+    ``x ← x + η_i ∇log p_{σ_i}(x) + √(2η_i) z`` with ``η_i = step_lr · σ_i² / σ_L²``, as in the
+    authors' released code (the paper's Alg. 1 writes α_i/2 and √α_i with α_i = ε σ_i²/σ_L², i.e.
+    half this step for the same ε; the published ε = 2e-5 was used with the code). Defaults: L = 10,
+    σ 1 → 0.01, T = 100, ε = 2e-5. With ``denoise`` a final Tweedie step ``x̂₀ = D(x, σ_L)``
+    (Jolicoeur-Martineau et al. 2021; NCSNv2) is added.
     Deviation: initialised from N(0, σ_1² I) instead of U(0, 1) (score_sde's choice; it matches
     the noise level of the first Langevin level). NFE = ``steps · n_steps_each`` (+1 with denoise).
     """
@@ -139,11 +149,11 @@ def annealed_langevin(prior: Prior, shape, *, steps: int = 10, generator: Genera
     x = sigmas[0] * randn(shape, generator, device=device)
     x0_hat = x
     for i, sigma in enumerate(sigmas):
-        alpha = step_lr * sigma**2 / sigmas[-1] ** 2
+        eta = step_lr * sigma**2 / sigmas[-1] ** 2
         for _ in range(n_steps_each):
             x0_hat = _D(prior, x, sigma)
             score = (x0_hat - x) / sigma**2
-            x = x + 0.5 * alpha * score + math.sqrt(alpha) * randn(shape, generator, device=device)
+            x = x + eta * score + math.sqrt(2 * eta) * randn(shape, generator, device=device)
         if callback is not None:
             callback(i, x, x0_hat)
     if denoise:

@@ -111,12 +111,14 @@ class VPSchedule:
         """ᾱ = 1/(1 + σ²) for any σ (not only on the grid)."""
         return 1.0 / (1.0 + _as64(sigma) ** 2)
 
-    def timesteps(self, steps: int) -> Tensor:
-        """``steps`` integer timesteps, decreasing from T−1 to 0, evenly spread (DDPM respacing /
-        DDIM's "uniform" skip; rounded ``linspace``)."""
-        if not 1 <= steps <= self.T:
-            raise ValueError(f"steps must be in [1, {self.T}], got {steps}")
-        return torch.linspace(self.T - 1, 0, steps, dtype=torch.float64).round()
+    def timesteps(self, steps: int, t_max: int | None = None) -> Tensor:
+        """``steps`` integer timesteps, decreasing from ``t_max`` (default T−1) to 0, evenly spread
+        (a rounded ``linspace``, as guided-diffusion's respacing; DDIM's code uses
+        ``range(0, T, T // steps)``, which starts lower, at T − T/steps)."""
+        t_max = self.T - 1 if t_max is None else int(t_max)
+        if not 1 <= steps <= t_max + 1:
+            raise ValueError(f"steps must be in [1, {t_max + 1}], got {steps}")
+        return torch.linspace(t_max, 0, steps, dtype=torch.float64).round()
 
     def sigma_grid(self, steps: int) -> Tensor:
         return self.sigmas[self.timesteps(steps).long()]
