@@ -12,15 +12,20 @@ from .inpainting import Inpainting
 from .kernels import GaussianKernel, KernelFile, MotionKernel, UniformKernel
 from .masks import BoxMask, FreeFormMask, HalfMask, MaskFile, RandomPixelMask
 from .matrix import MatrixOperator
-from .noise import GaussianNoise, PoissonGaussianNoise, PoissonNoise
+from .mri import MultiCoilMRI, SingleCoilMRI, birdcage_maps, fft2c, ifft2c
+from .mri_masks import (FastMRIMask, PoissonDiscMask, RadialMask, RandomLinesMask, ScoreMRIMask, acceleration,
+                        fastmri_seed)
+from .noise import GaussianNoise, PoissonGaussianNoise, PoissonNoise, RicianNoise
 
 #: Operator classes that :func:`from_dict` may rebuild.
-OPERATORS = ("Blur", "Downsampling", "Inpainting", "MatrixOperator")
+OPERATORS = ("Blur", "Downsampling", "Inpainting", "MatrixOperator", "SingleCoilMRI", "MultiCoilMRI")
 
 __all__ = [
     "CAPABILITIES", "CapabilityError", "LinearOperator", "from_dict", "require", "OPERATORS",
     "Blur", "Downsampling", "Inpainting", "MatrixOperator",
     "GaussianKernel", "UniformKernel", "MotionKernel", "KernelFile",
     "BoxMask", "RandomPixelMask", "HalfMask", "FreeFormMask", "MaskFile",
-    "GaussianNoise", "PoissonNoise", "PoissonGaussianNoise",
+    "GaussianNoise", "PoissonNoise", "PoissonGaussianNoise", "RicianNoise",
+    "SingleCoilMRI", "MultiCoilMRI", "birdcage_maps", "fft2c", "ifft2c",
+    "FastMRIMask", "RandomLinesMask", "ScoreMRIMask", "PoissonDiscMask", "RadialMask", "acceleration", "fastmri_seed",
 ]

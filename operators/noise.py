@@ -68,6 +68,26 @@ class PoissonNoise(torch.nn.Module):
         return f"gain={self.gain}"
 
 
+class RicianNoise(torch.nn.Module):
+    """Magnitude-image noise: ``|y + σ(n₁ + i n₂)|`` for a real, non-negative magnitude ``y``
+    (what a magnitude reconstruction of complex-Gaussian k-space noise gives). For complex
+    k-space stored as 2 real channels, complex Gaussian noise of σ per component is
+    :class:`GaussianNoise` (σ) itself."""
+
+    def __init__(self, sigma=0.05):
+        super().__init__()
+        self.gaussian = GaussianNoise(sigma)
+
+    def forward(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        _check_finite(y, "RicianNoise")
+        re = self.gaussian(y, generator=generator)
+        im = self.gaussian(torch.zeros_like(y), generator=generator)
+        return torch.sqrt(re**2 + im**2)
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.gaussian.sigma.tolist()}"
+
+
 class PoissonGaussianNoise(torch.nn.Module):
     """``gain · Poisson(y / gain) + σ·n``: shot noise plus read noise."""
 

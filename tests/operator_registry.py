@@ -66,4 +66,17 @@ def _matrices():
     return {"matrix-wide": lambda: O.MatrixOperator(wide), "matrix-tall": lambda: O.MatrixOperator(tall)}
 
 
-REGISTRY = {**_blurs(), **_inpaintings(), **_downsamplings(), **_matrices()}
+def _mris():
+    mask = O.RandomLinesMask(3, 0.1)
+    maps = O.birdcage_maps(3, H, W)
+    return {
+        "mri-single-real": lambda: O.SingleCoilMRI(mask, (1, H, W), seed=0),
+        "mri-single-complex": lambda: O.SingleCoilMRI(mask, (2, H, W), seed=0),
+        "mri-single-real-even": lambda: O.SingleCoilMRI(O.FastMRIMask("random", [0.08], [4]), (1, 16, 12), seed=1),
+        "mri-single-real-2d-mask": lambda: O.SingleCoilMRI(O.ScoreMRIMask("gaussian2d", 3), (1, H, W), seed=2),
+        "mri-multi-real": lambda: O.MultiCoilMRI(mask, maps, (1, H, W), seed=0),
+        "mri-multi-complex": lambda: O.MultiCoilMRI(mask, maps, (2, H, W), seed=0),
+    }
+
+
+REGISTRY = {**_blurs(), **_inpaintings(), **_downsamplings(), **_matrices(), **_mris()}

@@ -63,12 +63,14 @@ def test_every_config_has_a_source_comment():
 
 @pytest.mark.parametrize("name", OPERATOR_CONFIGS)
 def test_operator_configs_compose_with_a_shared_shape(name, user_files):
+    shape = (2, 32, 48) if name.startswith("mri") else (3, 32, 48)  # MRI images: 1 (real) or 2 (complex) channels
     with initialize_config_module("invdiff.configs", version_base=None):
-        cfg = compose("config", overrides=[f"operator={name}", "shape=[3,32,48]", "operator_seed=3"])
-    op = instantiate(user_files(name, cfg.operator, (3, 32, 48)))
-    assert op.img_size == (3, 32, 48)
-    again = instantiate(user_files(name, cfg.operator, (3, 32, 48)))
-    x = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(1))
+        cfg = compose("config", overrides=[f"operator={name}", f"shape=[{','.join(map(str, shape))}]",
+                                           "operator_seed=3"])
+    op = instantiate(user_files(name, cfg.operator, shape))
+    assert op.img_size == shape
+    again = instantiate(user_files(name, cfg.operator, shape))
+    x = torch.rand(1, *shape, generator=torch.Generator().manual_seed(1))
     assert torch.equal(op.A(x), again.A(x))  # same operator_seed, same random parameters
 
 
