@@ -12,7 +12,8 @@ from .inpainting import Inpainting
 from .kernels import GaussianKernel, KernelFile, MotionKernel, UniformKernel
 from .masks import BoxMask, FreeFormMask, HalfMask, MaskFile, RandomPixelMask
 from .matrix import MatrixOperator
-from .mri import MultiCoilMRI, SingleCoilMRI, birdcage_maps, fft2c, ifft2c
+from .espirit import espirit_maps
+from .mri import MultiCoilMRI, SingleCoilMRI, birdcage_maps, center_crop, center_pad, fft2c, ifft2c
 from .mri_masks import (FastMRIMask, PoissonDiscMask, RadialMask, RandomLinesMask, ScoreMRIMask, acceleration,
                         fastmri_seed)
 from .noise import GaussianNoise, PoissonGaussianNoise, PoissonNoise, RicianNoise
@@ -26,6 +27,6 @@ __all__ = [
     "GaussianKernel", "UniformKernel", "MotionKernel", "KernelFile",
     "BoxMask", "RandomPixelMask", "HalfMask", "FreeFormMask", "MaskFile",
     "GaussianNoise", "PoissonNoise", "PoissonGaussianNoise", "RicianNoise",
-    "SingleCoilMRI", "MultiCoilMRI", "birdcage_maps", "fft2c", "ifft2c",
+    "SingleCoilMRI", "MultiCoilMRI", "birdcage_maps", "fft2c", "ifft2c", "center_crop", "center_pad", "espirit_maps",
     "FastMRIMask", "RandomLinesMask", "ScoreMRIMask", "PoissonDiscMask", "RadialMask", "acceleration", "fastmri_seed",
 ]

@@ -52,6 +52,20 @@ def to_channels(z: Tensor, channel_dim: int = 1) -> Tensor:
     return torch.stack([z.real, z.imag], dim=channel_dim)
 
 
+def center_pad(x: Tensor, shape: tuple[int, int]) -> Tensor:
+    """Zero-pad the last two dims to ``shape``, centred as fastMRI's ``center_crop`` crops."""
+    H, W = x.shape[-2:]
+    top, left = (shape[0] - H + 1) // 2, (shape[1] - W + 1) // 2
+    return torch.nn.functional.pad(x, (left, shape[1] - W - left, top, shape[0] - H - top))
+
+
+def center_crop(x: Tensor, shape: tuple[int, int]) -> Tensor:
+    """fastMRI's centre crop of the last two dims (the adjoint of :func:`center_pad`)."""
+    H, W = x.shape[-2:]
+    top, left = (H - shape[0] + 1) // 2, (W - shape[1] + 1) // 2
+    return x[..., top : top + shape[0], left : left + shape[1]]
+
+
 def _draw_mask(mask, shape, seed, generator) -> Tensor:
     if callable(mask) and not isinstance(mask, Tensor):
         if generator is None and seed is not None:
@@ -60,6 +74,15 @@ def _draw_mask(mask, shape, seed, generator) -> Tensor:
     if seed is not None or generator is not None:
         raise ValueError("a seed/generator was given but the mask is fixed, not a mask generator")
     return mask
+
+
+def _kspace_size(kspace_size, h: int, w: int, who: str) -> tuple[int, int]:
+    if kspace_size is None:
+        return h, w
+    H, W = (int(s) for s in kspace_size)
+    if H < h or W < w:
+        raise ValueError(f"{who}: kspace_size {(H, W)} must be at least the image size {(h, w)}")
+    return H, W
 
 
 def _check_mask(mask, H: int, W: int, who: str) -> Tensor:
@@ -74,13 +97,14 @@ def _check_mask(mask, H: int, W: int, who: str) -> Tensor:
 
 
 class _SingleCoilEngine(torch.nn.Module):
-    has_svd = True
-
-    def __init__(self, mask: Tensor, complex_image: bool):
+    def __init__(self, mask: Tensor, complex_image: bool, image_shape: tuple[int, int]):
         super().__init__()
         H, W = mask.shape
         self.register_buffer("mask", mask)
         self.complex_image = complex_image
+        self.image_shape = tuple(image_shape)
+        self.padded = self.image_shape != (H, W)
+        self.has_svd = not self.padded  # F·pad is not unitary: the SVD is lost, CG remains
         self.basis = RealFourierBasis(H, W)
         # Real images: singular values in the real Fourier basis of the unshifted spectrum of
         # ifftshift(x): sqrt((M(f) + M(−f)) / 2) on each conjugate pair.
@@ -89,10 +113,10 @@ class _SingleCoilEngine(torch.nn.Module):
         self.register_buffer("s_real", ((m_u + partner) / 2).sqrt())
 
     def forward(self, x: Tensor) -> Tensor:
-        return to_channels(self.mask.to(x) * fft2c(to_complex(x)))
+        return to_channels(self.mask.to(x) * fft2c(center_pad(to_complex(x), self.mask.shape)))
 
     def adjoint(self, y: Tensor) -> Tensor:
-        z = ifft2c(self.mask.to(y) * to_complex(y))
+        z = center_crop(ifft2c(self.mask.to(y) * to_complex(y)), self.image_shape)
         return to_channels(z) if self.complex_image else z.real[:, None]
 
     # SVD ----------------------------------------------------------------------------------
@@ -130,6 +154,9 @@ class SingleCoilMRI(LinearOperator):
     :param mask: ``[W]`` or ``[H, W]`` {0, 1} tensor, or a mask generator
         (:class:`FastMRIMask`, :class:`RandomLinesMask`, ...) drawn with ``seed``/``generator``.
     :param img_size: ``(1, H, W)`` (real image) or ``(2, H, W)`` (complex image).
+    :param kspace_size: the acquired k-space grid when it is larger than the image: the image is
+        the centre crop of the field of view (fastMRI's 320×320 targets of 640×368 k-space, readout
+        oversampling), modelled as zero-padding before the FFT. The SVD is then lost (CG remains).
 
     Example::
 
@@ -139,15 +166,16 @@ class SingleCoilMRI(LinearOperator):
         ((2, 64, 64), True)
     """
 
-    def __init__(self, mask: Tensor | Callable, img_size=(1, 64, 64), *, seed: int | None = None,
+    def __init__(self, mask: Tensor | Callable, img_size=(1, 64, 64), *, kspace_size=None, seed: int | None = None,
                  generator: torch.Generator | None = None, **solver_options):
         img_size = tuple(int(s) for s in img_size)
         if len(img_size) != 3 or img_size[0] not in (1, 2):
             raise ValueError(f"SingleCoilMRI: img_size must be (1, H, W) (real) or (2, H, W) (complex), got {img_size}")
-        C, H, W = img_size
+        C, h, w = img_size
+        H, W = _kspace_size(kspace_size, h, w, "SingleCoilMRI")
         mask = _check_mask(_draw_mask(mask, (H, W), seed, generator), H, W, "SingleCoilMRI")
-        super().__init__(_SingleCoilEngine(mask, C == 2), img_size, (2, H, W), **solver_options)
-        self._solver_options = solver_options
+        super().__init__(_SingleCoilEngine(mask, C == 2, (h, w)), img_size, (2, H, W), **solver_options)
+        self._solver_options = dict(solver_options, kspace_size=(H, W))
 
     @property
     def mask(self) -> Tensor:
@@ -171,23 +199,24 @@ class SingleCoilMRI(LinearOperator):
 class _MultiCoilEngine(torch.nn.Module):
     has_svd = False
 
-    def __init__(self, mask: Tensor, coil_maps: Tensor, complex_image: bool):
+    def __init__(self, mask: Tensor, coil_maps: Tensor, complex_image: bool, image_shape: tuple[int, int]):
         super().__init__()
         self.register_buffer("mask", mask)
         self.register_buffer("coil_maps", torch.view_as_real(coil_maps).contiguous())  # [N, H, W, 2]
         self.complex_image = complex_image
+        self.image_shape = tuple(image_shape)
 
     def _S(self, like: Tensor) -> Tensor:
         S = torch.view_as_complex(self.coil_maps.to(device=like.device))
         return S.to(torch.complex128 if like.dtype == torch.float64 else torch.complex64)
 
     def forward(self, x: Tensor) -> Tensor:
-        z = to_complex(x)[:, None]  # [B, 1, H, W]
+        z = center_pad(to_complex(x), self.mask.shape)[:, None]  # [B, 1, H, W] on the k-space grid
         return to_channels(self.mask.to(x) * fft2c(self._S(x) * z))  # [B, 2, N, H, W]
 
     def adjoint(self, y: Tensor) -> Tensor:
         k = self.mask.to(y) * to_complex(y)  # [B, N, H, W]
-        z = (self._S(y).conj() * ifft2c(k)).sum(1)
+        z = center_crop((self._S(y).conj() * ifft2c(k)).sum(1), self.image_shape)
         return to_channels(z) if self.complex_image else z.real[:, None]
 
 
@@ -198,17 +227,19 @@ class MultiCoilMRI(LinearOperator):
     :param coil_maps: complex ``[N, H, W]`` sensitivities (or real ``[N, 2, H, W]`` channels), a
         ``.npy`` path holding either, or an int N for :func:`birdcage_maps` (simulation).
     :param img_size: ``(1, H, W)`` or ``(2, H, W)``.
+    :param kspace_size: as :class:`SingleCoilMRI` (coil maps are on the k-space grid).
 
     No SVD (ΣS_cᴴFᴴMFS_c is not diagonal under undersampling): ``A_dagger`` and ``prox_l2`` run
     batched conjugate gradients.
     """
 
-    def __init__(self, mask: Tensor | Callable, coil_maps: Tensor, img_size=(1, 64, 64), *, seed: int | None = None,
-                 generator: torch.Generator | None = None, **solver_options):
+    def __init__(self, mask: Tensor | Callable, coil_maps: Tensor, img_size=(1, 64, 64), *, kspace_size=None,
+                 seed: int | None = None, generator: torch.Generator | None = None, **solver_options):
         img_size = tuple(int(s) for s in img_size)
         if len(img_size) != 3 or img_size[0] not in (1, 2):
             raise ValueError(f"MultiCoilMRI: img_size must be (1, H, W) or (2, H, W), got {img_size}")
-        C, H, W = img_size
+        C, h, w = img_size
+        H, W = _kspace_size(kspace_size, h, w, "MultiCoilMRI")
         if isinstance(coil_maps, int):  # synthetic smooth sensitivities, for simulation studies
             coil_maps = birdcage_maps(coil_maps, H, W)
         elif isinstance(coil_maps, str):
@@ -227,8 +258,8 @@ class MultiCoilMRI(LinearOperator):
             raise ValueError("MultiCoilMRI: coil_maps contain NaN or Inf")
         mask = _check_mask(_draw_mask(mask, (H, W), seed, generator), H, W, "MultiCoilMRI")
         n = coil_maps.shape[0]
-        super().__init__(_MultiCoilEngine(mask, coil_maps, C == 2), img_size, (2, n, H, W), **solver_options)
-        self._solver_options = solver_options
+        super().__init__(_MultiCoilEngine(mask, coil_maps, C == 2, (h, w)), img_size, (2, n, H, W), **solver_options)
+        self._solver_options = dict(solver_options, kspace_size=(H, W))
 
     @property
     def mask(self) -> Tensor:

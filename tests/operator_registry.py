@@ -74,6 +74,8 @@ def _mris():
         "mri-single-complex": lambda: O.SingleCoilMRI(mask, (2, H, W), seed=0),
         "mri-single-real-even": lambda: O.SingleCoilMRI(O.FastMRIMask("random", [0.08], [4]), (1, 16, 12), seed=1),
         "mri-single-real-2d-mask": lambda: O.SingleCoilMRI(O.ScoreMRIMask("gaussian2d", 3), (1, H, W), seed=2),
+        "mri-single-oversampled-readout": lambda: O.SingleCoilMRI(mask, (1, 9, W), kspace_size=(H, W), seed=0),
+        "mri-multi-oversampled-readout": lambda: O.MultiCoilMRI(mask, maps, (2, 10, 9), kspace_size=(H, W), seed=0),
         "mri-multi-real": lambda: O.MultiCoilMRI(mask, maps, (1, H, W), seed=0),
         "mri-multi-complex": lambda: O.MultiCoilMRI(mask, maps, (2, H, W), seed=0),
     }
