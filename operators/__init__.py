@@ -12,14 +12,17 @@ from .inpainting import Inpainting
 from .kernels import GaussianKernel, KernelFile, MotionKernel, UniformKernel
 from .masks import BoxMask, FreeFormMask, HalfMask, MaskFile, RandomPixelMask
 from .matrix import MatrixOperator
+from .ct import ParallelBeamCT, TransmissionCT
 from .espirit import espirit_maps
 from .mri import MultiCoilMRI, SingleCoilMRI, birdcage_maps, center_crop, center_pad, fft2c, ifft2c
 from .mri_masks import (FastMRIMask, PoissonDiscMask, RadialMask, RandomLinesMask, ScoreMRIMask, acceleration,
                         fastmri_seed)
+from .nonlinear import HDR, NonlinearOperator, PhaseRetrieval
 from .noise import GaussianNoise, PoissonGaussianNoise, PoissonNoise, RicianNoise
 
 #: Operator classes that :func:`from_dict` may rebuild.
-OPERATORS = ("Blur", "Downsampling", "Inpainting", "MatrixOperator", "SingleCoilMRI", "MultiCoilMRI")
+OPERATORS = ("Blur", "Downsampling", "Inpainting", "MatrixOperator", "SingleCoilMRI", "MultiCoilMRI",
+             "ParallelBeamCT", "PhaseRetrieval", "HDR", "TransmissionCT")
 
 __all__ = [
     "CAPABILITIES", "CapabilityError", "LinearOperator", "from_dict", "require", "OPERATORS",
@@ -27,6 +30,7 @@ __all__ = [
     "GaussianKernel", "UniformKernel", "MotionKernel", "KernelFile",
     "BoxMask", "RandomPixelMask", "HalfMask", "FreeFormMask", "MaskFile",
     "GaussianNoise", "PoissonNoise", "PoissonGaussianNoise", "RicianNoise",
+    "NonlinearOperator", "PhaseRetrieval", "HDR", "ParallelBeamCT", "TransmissionCT",
     "SingleCoilMRI", "MultiCoilMRI", "birdcage_maps", "fft2c", "ifft2c", "center_crop", "center_pad", "espirit_maps",
     "FastMRIMask", "RandomLinesMask", "ScoreMRIMask", "PoissonDiscMask", "RadialMask", "acceleration", "fastmri_seed",
 ]

@@ -81,4 +81,22 @@ def _mris():
     }
 
 
-REGISTRY = {**_blurs(), **_inpaintings(), **_downsamplings(), **_matrices(), **_mris()}
+def _cts():
+    return {
+        "ct-sparse-view": lambda: O.ParallelBeamCT((C, 17, 17), angles=9),
+        "ct-limited-angle": lambda: O.ParallelBeamCT((1, 16, 16), angles=8, limited_angle=(0, 90)),
+    }
+
+
+def _nonlinear():
+    return {
+        "phase-retrieval": lambda: O.PhaseRetrieval((C, H, W), oversampling=2.0),
+        "hdr": lambda: O.HDR((C, H, W), scale=2.0),
+        "ct-transmission": lambda: O.TransmissionCT((1, 15, 15), angles=7, I0=100.0),
+    }
+
+
+#: linear operators (the whole suite) and nonlinear ones (the checks that do not need linearity)
+REGISTRY = {**_blurs(), **_inpaintings(), **_downsamplings(), **_matrices(), **_mris(), **_cts()}
+NONLINEAR = _nonlinear()
+ALL = {**REGISTRY, **NONLINEAR}

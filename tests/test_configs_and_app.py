@@ -44,7 +44,7 @@ def user_files(tmp_path):
 def test_operator_config_instantiates_alone(name, user_files):
     cfg = user_files(name, OmegaConf.load(CONFIGS / "operator" / f"{name}.yaml"), (1, 64, 64))
     op = instantiate(cfg)
-    assert isinstance(op, O.LinearOperator) and op.img_size == (1, 64, 64)
+    assert isinstance(op, (O.LinearOperator, O.NonlinearOperator)) and op.img_size == (1, 64, 64)
     x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(op.A(x)).all()
 
@@ -63,7 +63,8 @@ def test_every_config_has_a_source_comment():
 
 @pytest.mark.parametrize("name", OPERATOR_CONFIGS)
 def test_operator_configs_compose_with_a_shared_shape(name, user_files):
-    shape = (2, 32, 48) if name.startswith("mri") else (3, 32, 48)  # MRI images: 1 (real) or 2 (complex) channels
+    # MRI images have 1 (real) or 2 (complex) channels; CT images are square
+    shape = (2, 32, 48) if name.startswith("mri") else (1, 32, 32) if name.startswith("ct") else (3, 32, 48)
     with initialize_config_module("invdiff.configs", version_base=None):
         cfg = compose("config", overrides=[f"operator={name}", f"shape=[{','.join(map(str, shape))}]",
                                            "operator_seed=3"])

@@ -263,3 +263,39 @@ def test_operators_package_does_not_import_invdiff():
 
     code = "import sys, operators; assert not any(m == 'invdiff' or m.startswith('invdiff.') for m in sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- nonlinear and CT ------------------------------------------------------------------------------
+
+
+def test_phase_retrieval_follows_dps():
+    op = O.PhaseRetrieval((3, 256, 256), oversampling=2.0)
+    assert op.pad == (64, 64) and op.meas_size == (3, 384, 384)  # REFERENCE.md: 256 → 384
+    x = img((1, 3, 32, 24))
+    small = O.PhaseRetrieval((3, 32, 24))
+    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (8, 8), (6, 6)))
+    ref = np.abs(np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(padded, axes=(-2, -1)), norm="ortho"), axes=(-2, -1)))
+    np.testing.assert_allclose(small.A(x).numpy(), ref, atol=1e-12)
+    with pytest.raises(O.CapabilityError, match="'linear'"):
+        O.require(small, "ddrm", ["linear", "svd"])
+    O.require(small, "dps", ["differentiable"])
+
+
+def test_hdr_is_daps_clip_on_minus_one_one():
+    x = img((2, 1, 8, 8))
+    x_m = 2 * x - 1
+    assert torch.allclose(O.HDR((1, 8, 8)).A(x), (torch.clamp(2 * x_m, -1, 1) + 1) / 2)
+
+
+def test_ct_geometry_and_transmission_counts():
+    lim = O.ParallelBeamCT((1, 32, 32), angles=10, limited_angle=(0, 90))
+    assert float(lim.angles.max()) < 90 and lim.meas_size[-1] == 10
+    op = O.TransmissionCT((1, 32, 32), angles=12, I0=1000.0)
+    mu = 0.02 * img((2, 1, 32, 32))
+    counts = op.measure(mu, O.PoissonNoise(gain=1.0), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(counts, counts.round()) and float(counts.max()) <= 1000 * 1.2
+    expected = op.A(mu)
+    assert bool((expected <= 1000.0).all()) and torch.allclose(expected, 1000 * torch.exp(-op.radon.A(mu)))
+    mu.requires_grad_(True)
+    op.A(mu).sum().backward()
+    assert bool((mu.grad <= 0).all())  # more attenuation, fewer photons
