@@ -12,17 +12,19 @@ from .inpainting import Inpainting
 from .kernels import GaussianKernel, KernelFile, MotionKernel, UniformKernel
 from .masks import BoxMask, FreeFormMask, HalfMask, MaskFile, RandomPixelMask
 from .matrix import MatrixOperator
+from .blur_net import BlurNet, NonlinearBlur, load_blur_net, save_blur_net
 from .ct import ParallelBeamCT, TransmissionCT
 from .espirit import espirit_maps
 from .mri import MultiCoilMRI, SingleCoilMRI, birdcage_maps, center_crop, center_pad, fft2c, ifft2c
 from .mri_masks import (FastMRIMask, PoissonDiscMask, RadialMask, RandomLinesMask, ScoreMRIMask, acceleration,
                         fastmri_seed)
 from .nonlinear import HDR, NonlinearOperator, PhaseRetrieval
+from .remote_sensing import CloudMask, Pansharpening, SplitGaussianNoise
 from .noise import GaussianNoise, PoissonGaussianNoise, PoissonNoise, RicianNoise
 
 #: Operator classes that :func:`from_dict` may rebuild.
 OPERATORS = ("Blur", "Downsampling", "Inpainting", "MatrixOperator", "SingleCoilMRI", "MultiCoilMRI",
-             "ParallelBeamCT", "PhaseRetrieval", "HDR", "TransmissionCT")
+             "ParallelBeamCT", "PhaseRetrieval", "HDR", "TransmissionCT", "NonlinearBlur", "Pansharpening")
 
 __all__ = [
     "CAPABILITIES", "CapabilityError", "LinearOperator", "from_dict", "require", "OPERATORS",
@@ -31,6 +33,8 @@ __all__ = [
     "BoxMask", "RandomPixelMask", "HalfMask", "FreeFormMask", "MaskFile",
     "GaussianNoise", "PoissonNoise", "PoissonGaussianNoise", "RicianNoise",
     "NonlinearOperator", "PhaseRetrieval", "HDR", "ParallelBeamCT", "TransmissionCT",
+    "BlurNet", "NonlinearBlur", "save_blur_net", "load_blur_net",
+    "Pansharpening", "CloudMask", "SplitGaussianNoise",
     "SingleCoilMRI", "MultiCoilMRI", "birdcage_maps", "fft2c", "ifft2c", "center_crop", "center_pad", "espirit_maps",
     "FastMRIMask", "RandomLinesMask", "ScoreMRIMask", "PoissonDiscMask", "RadialMask", "acceleration", "fastmri_seed",
 ]

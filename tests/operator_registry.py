@@ -88,8 +88,27 @@ def _cts():
     }
 
 
+def _remote_sensing():
+    return {
+        "pansharpening": lambda: O.Pansharpening((3, H, W), factor=2, mtf_sigma=[0.8, 1.0, 1.2]),
+        "inpaint-clouds": lambda: O.Inpainting(O.CloudMask(0.3), (4, H, W), seed=0),
+    }
+
+
+def _blur_net():
+    """A randomly initialised blur network saved to a temporary checkpoint and loaded back."""
+    import tempfile
+    from pathlib import Path
+
+    torch.manual_seed(0)
+    path = Path(tempfile.mkdtemp(prefix="invdiff-registry-")) / "blur.safetensors"
+    O.save_blur_net(O.BlurNet(channels=C, features=8, latent_dim=4), path)
+    return O.NonlinearBlur(str(path), (C, H, W), seed=0)
+
+
 def _nonlinear():
     return {
+        "nonlinear-blur-net": _blur_net,
         "phase-retrieval": lambda: O.PhaseRetrieval((C, H, W), oversampling=2.0),
         "hdr": lambda: O.HDR((C, H, W), scale=2.0),
         "ct-transmission": lambda: O.TransmissionCT((1, 15, 15), angles=7, I0=100.0),
@@ -97,6 +116,7 @@ def _nonlinear():
 
 
 #: linear operators (the whole suite) and nonlinear ones (the checks that do not need linearity)
-REGISTRY = {**_blurs(), **_inpaintings(), **_downsamplings(), **_matrices(), **_mris(), **_cts()}
+REGISTRY = {**_blurs(), **_inpaintings(), **_downsamplings(), **_matrices(), **_mris(), **_cts(),
+            **_remote_sensing()}
 NONLINEAR = _nonlinear()
 ALL = {**REGISTRY, **NONLINEAR}

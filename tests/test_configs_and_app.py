@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 OPERATOR_CONFIGS = sorted(p.stem for p in (CONFIGS / "operator").glob("*.yaml"))
 NOISE_CONFIGS = sorted(p.stem for p in (CONFIGS / "noise").glob("*.yaml"))
-NEEDS_FILE = {"kernel_file_blur": "kernel", "mask_file_inpainting": "mask"}
 
 
 @pytest.fixture
@@ -32,6 +31,10 @@ def user_files(tmp_path):
         if name == "kernel_file_blur":
             np.save(tmp_path / "psf.npy", O.GaussianKernel(5, 1.0)().numpy())
             cfg.kernel.path = str(tmp_path / "psf.npy")
+        if name == "nonlinear_blur":
+            if not (tmp_path / "blur.safetensors").exists():
+                O.save_blur_net(O.BlurNet(channels=shape[0], features=4, latent_dim=4), tmp_path / "blur.safetensors")
+            cfg.checkpoint = str(tmp_path / "blur.safetensors")
         if name == "mask_file_inpainting":
             np.save(tmp_path / "mask.npy", np.arange(shape[1] * shape[2]).reshape(shape[1:]) % 2)
             cfg.mask.path = str(tmp_path / "mask.npy")
@@ -44,8 +47,8 @@ def user_files(tmp_path):
 def test_operator_config_instantiates_alone(name, user_files):
     cfg = user_files(name, OmegaConf.load(CONFIGS / "operator" / f"{name}.yaml"), (1, 64, 64))
     op = instantiate(cfg)
-    assert isinstance(op, (O.LinearOperator, O.NonlinearOperator)) and op.img_size == (1, 64, 64)
-    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert isinstance(op, (O.LinearOperator, O.NonlinearOperator)) and op.img_size[1:] == (64, 64)
+    x = torch.rand(2, *op.img_size, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(op.A(x)).all()
 
 

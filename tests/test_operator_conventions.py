@@ -299,3 +299,48 @@ def test_ct_geometry_and_transmission_counts():
     mu.requires_grad_(True)
     op.A(mu).sum().backward()
     assert bool((mu.grad <= 0).all())  # more attenuation, fewer photons
+
+
+# -- nonlinear blur network and remote sensing -------------------------------------------------------
+
+
+def test_blur_network_checkpoint_roundtrip_and_refusals(tmp_path):
+    torch.manual_seed(3)
+    net = O.BlurNet(channels=2, features=8, latent_dim=4).eval()
+    path = O.save_blur_net(net, tmp_path / "blur.safetensors")
+    op = O.NonlinearBlur(str(path), (2, 16, 12), seed=5)
+    x = img((3, 2, 16, 12)).float()
+    with torch.no_grad():
+        assert torch.allclose(op.A(x), net(x, op.latent.float().expand(3, -1)), atol=1e-6)
+    assert torch.equal(op.latent, O.NonlinearBlur(str(path), (2, 16, 12), seed=5).latent)
+    torch.save(net.state_dict(), tmp_path / "blur.pt")  # a plain state dict plus its architecture
+    same = O.NonlinearBlur(str(tmp_path / "blur.pt"), (2, 16, 12), latent=op.latent, arch_kwargs=net.arch_kwargs())
+    assert torch.allclose(same.A(x), op.A(x))
+    with pytest.raises(ValueError, match="SHA-256"):
+        O.NonlinearBlur(str(path), (2, 16, 12), seed=5, sha256="0" * 64)
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupted"):
+        O.NonlinearBlur(str(tmp_path / "cut.safetensors"), (2, 16, 12), seed=0)
+    with pytest.raises(ValueError, match="does not match BlurNet"):
+        O.NonlinearBlur(str(tmp_path / "blur.pt"), (2, 16, 12), seed=0, arch_kwargs=dict(channels=2, features=4, latent_dim=4))
+    with pytest.raises(FileNotFoundError):
+        O.NonlinearBlur(str(tmp_path / "none.safetensors"), (2, 16, 12))
+
+
+def test_pansharpening_measurements_and_cloud_masks():
+    op = O.Pansharpening((4, 32, 24), factor=4, spectral_response=[0.1, 0.2, 0.3, 0.4])
+    x = img((2, 4, 32, 24))
+    ms, pan = op.split(op.A(x))
+    assert ms.shape == (2, 4, 8, 6) and pan.shape == (2, 1, 32, 24)
+    assert torch.allclose(pan[:, 0], (torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)[None, :, None, None] * x).sum(1))
+    assert torch.allclose(ms[:, 2], O.Downsampling(4, (1, 32, 24), "gaussian", sigma=2.0).A(x[:, 2:3])[:, 0])
+    y = op.measure(x, op.noise(0.01, 0.05), generator=torch.Generator().manual_seed(0))
+    ms_n, pan_n = op.split(y - op.A(x))
+    assert abs(float(ms_n.std()) - 0.01) < 0.002 and abs(float(pan_n.std()) - 0.05) < 0.005
+    assert op.sigma_y(0.01, 0.05).shape == op.meas_size
+    clouds = O.CloudMask(0.3, 5.0)((64, 64), n=3, generator=torch.Generator().manual_seed(1))
+    assert clouds.shape == (3, 1, 64, 64)
+    assert all(abs(float(1 - m.mean()) - 0.3) < 0.01 for m in clouds)
+    cloudy = O.Inpainting(clouds[:1], (6, 64, 64))  # one mask over all six bands
+    assert torch.equal(cloudy.A(torch.ones(1, 6, 64, 64))[0, 0], cloudy.A(torch.ones(1, 6, 64, 64))[0, 5])
