@@ -89,7 +89,54 @@ def _to_plain(v: Any) -> Any:
     return v
 
 
-class LinearOperator(LinearPhysics):
+class OperatorMixin:
+    """What every invdiff operator shares: description, shape checks, simulation, persistence."""
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}({self._describe_params()})"
+
+    def _describe_params(self) -> str:
+        return f"img_size={list(self.img_size)}"
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    def _check(self, t: Tensor, expected: tuple[int, ...], what: str) -> None:
+        """Refuse a tensor that is not ``[B, *expected]``."""
+        _check_shape(t, expected, what, self)
+
+    def _no_kwargs(self, kwargs: dict, method: str) -> None:
+        if kwargs:
+            raise TypeError(f"{self.describe()}.{method} got unexpected arguments {sorted(kwargs)}")
+
+    def measure(self, x: Tensor, noise_model=None, generator: torch.Generator | None = None) -> Tensor:
+        """Simulate ``y = N(A x)``: the noiseless map, then the (separate) noise model."""
+        self._check(x, self.img_size, "x")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{self.describe()}.measure: x contains NaN or Inf")
+        y = self.A(x)
+        if noise_model is not None:
+            y = self.restrict_to_range(noise_model(y, generator=generator))
+        return y
+
+    def restrict_to_range(self, y: Tensor) -> Tensor:
+        """Zero the entries of ``y`` the instrument does not measure (identity by default)."""
+        return y
+
+    def config(self) -> dict:
+        """Constructor arguments that rebuild this exact operator (tensors included)."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        """``{"type": "operators.Name", "params": {...}}`` with numpy arrays for tensors; rebuild
+        with :func:`operators.from_dict`."""
+        return {
+            "type": f"operators.{type(self).__name__}",
+            "params": {k: _to_plain(v) for k, v in self.config().items()},
+        }
+
+
+class LinearOperator(OperatorMixin, LinearPhysics):
     """Base of invdiff's linear operators: an engine plus shapes, capabilities and parameters.
 
     :param engine: module with ``forward``/``adjoint`` (and, if ``engine.has_svd``, ``V``,
@@ -126,23 +173,6 @@ class LinearOperator(LinearPhysics):
     def closed_form(self) -> frozenset:
         """Which of ``pinv``/``prox_l2`` are exact closed forms (the others use CG)."""
         return frozenset({"pinv", "prox_l2"}) if self.has_svd else frozenset()
-
-    def describe(self) -> str:
-        return f"{type(self).__name__}({self._describe_params()})"
-
-    def _describe_params(self) -> str:
-        return f"img_size={list(self.img_size)}"
-
-    def __repr__(self) -> str:
-        return self.describe()
-
-    def _check(self, t: Tensor, expected: tuple[int, ...], what: str) -> None:
-        """Refuse a tensor that is not ``[B, *expected]``."""
-        _check_shape(t, expected, what, self)
-
-    def _no_kwargs(self, kwargs: dict, method: str) -> None:
-        if kwargs:
-            raise TypeError(f"{self.describe()}.{method} got unexpected arguments {sorted(kwargs)}")
 
     # -- the linear map -----------------------------------------------------------------------
     def A(self, x: Tensor, **kwargs) -> Tensor:
@@ -233,33 +263,6 @@ class LinearOperator(LinearPhysics):
         rhs = self.A_adjoint(y) + rho * z
         return conjugate_gradient(lambda v: self.A_adjoint_A(v) + rho * v, rhs, z,
                                   tol=self.cg_tol, max_iter=self.cg_max_iter)
-
-    # -- simulation and persistence -------------------------------------------------------------
-    def measure(self, x: Tensor, noise_model=None, generator: torch.Generator | None = None) -> Tensor:
-        """Simulate ``y = N(A x)``: the noiseless map, then the (separate) noise model."""
-        self._check(x, self.img_size, "x")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{self.describe()}.measure: x contains NaN or Inf")
-        y = self.A(x)
-        if noise_model is not None:
-            y = self.restrict_to_range(noise_model(y, generator=generator))
-        return y
-
-    def restrict_to_range(self, y: Tensor) -> Tensor:
-        """Zero the entries of ``y`` the instrument does not measure (identity by default)."""
-        return y
-
-    def config(self) -> dict:
-        """Constructor arguments that rebuild this exact operator (tensors included)."""
-        raise NotImplementedError
-
-    def to_dict(self) -> dict:
-        """``{"type": "operators.Name", "params": {...}}`` with numpy arrays for tensors; rebuild
-        with :func:`operators.from_dict`."""
-        return {
-            "type": f"operators.{type(self).__name__}",
-            "params": {k: _to_plain(v) for k, v in self.config().items()},
-        }
 
 
 def from_dict(d: dict) -> LinearOperator:

@@ -148,7 +148,29 @@ class _SingleCoilEngine(torch.nn.Module):
         return self._inv_s(y) * self.V_adjoint(self.adjoint(y))
 
 
-class SingleCoilMRI(LinearOperator):
+class _CartesianMRI(LinearOperator):
+    """What the Cartesian MRI operators share: the sampling mask and its acceleration."""
+
+    @staticmethod
+    def _sizes(img_size, kspace_size, who: str) -> tuple[tuple[int, int, int], int, int]:
+        img_size = tuple(int(s) for s in img_size)
+        if len(img_size) != 3 or img_size[0] not in (1, 2):
+            raise ValueError(f"{who}: img_size must be (1, H, W) (real) or (2, H, W) (complex), got {img_size}")
+        return (img_size, *_kspace_size(kspace_size, img_size[1], img_size[2], who))
+
+    @property
+    def mask(self) -> Tensor:
+        return self.engine.mask
+
+    @property
+    def acceleration(self) -> float:
+        return float(self.mask.numel() / self.mask.sum())
+
+    def restrict_to_range(self, y: Tensor) -> Tensor:
+        return self.mask.to(y) * y
+
+
+class SingleCoilMRI(_CartesianMRI):
     """Single-coil Cartesian MRI ``y = M · fft2c(x)``.
 
     :param mask: ``[W]`` or ``[H, W]`` {0, 1} tensor, or a mask generator
@@ -168,25 +190,11 @@ class SingleCoilMRI(LinearOperator):
 
     def __init__(self, mask: Tensor | Callable, img_size=(1, 64, 64), *, kspace_size=None, seed: int | None = None,
                  generator: torch.Generator | None = None, **solver_options):
-        img_size = tuple(int(s) for s in img_size)
-        if len(img_size) != 3 or img_size[0] not in (1, 2):
-            raise ValueError(f"SingleCoilMRI: img_size must be (1, H, W) (real) or (2, H, W) (complex), got {img_size}")
+        img_size, H, W = self._sizes(img_size, kspace_size, "SingleCoilMRI")
         C, h, w = img_size
-        H, W = _kspace_size(kspace_size, h, w, "SingleCoilMRI")
         mask = _check_mask(_draw_mask(mask, (H, W), seed, generator), H, W, "SingleCoilMRI")
         super().__init__(_SingleCoilEngine(mask, C == 2, (h, w)), img_size, (2, H, W), **solver_options)
         self._solver_options = dict(solver_options, kspace_size=(H, W))
-
-    @property
-    def mask(self) -> Tensor:
-        return self.engine.mask
-
-    @property
-    def acceleration(self) -> float:
-        return float(self.mask.numel() / self.mask.sum())
-
-    def restrict_to_range(self, y: Tensor) -> Tensor:
-        return self.mask.to(y) * y
 
     def _describe_params(self) -> str:
         kind = "complex" if self.img_size[0] == 2 else "real"
@@ -220,7 +228,7 @@ class _MultiCoilEngine(torch.nn.Module):
         return to_channels(z) if self.complex_image else z.real[:, None]
 
 
-class MultiCoilMRI(LinearOperator):
+class MultiCoilMRI(_CartesianMRI):
     """Multi-coil Cartesian MRI ``y_c = M · fft2c(S_c x)``, c = 1..N.
 
     :param mask: as :class:`SingleCoilMRI`.
@@ -235,11 +243,8 @@ class MultiCoilMRI(LinearOperator):
 
     def __init__(self, mask: Tensor | Callable, coil_maps: Tensor, img_size=(1, 64, 64), *, kspace_size=None,
                  seed: int | None = None, generator: torch.Generator | None = None, **solver_options):
-        img_size = tuple(int(s) for s in img_size)
-        if len(img_size) != 3 or img_size[0] not in (1, 2):
-            raise ValueError(f"MultiCoilMRI: img_size must be (1, H, W) or (2, H, W), got {img_size}")
+        img_size, H, W = self._sizes(img_size, kspace_size, "MultiCoilMRI")
         C, h, w = img_size
-        H, W = _kspace_size(kspace_size, h, w, "MultiCoilMRI")
         if isinstance(coil_maps, int):  # synthetic smooth sensitivities, for simulation studies
             coil_maps = birdcage_maps(coil_maps, H, W)
         elif isinstance(coil_maps, str):
@@ -262,19 +267,8 @@ class MultiCoilMRI(LinearOperator):
         self._solver_options = dict(solver_options, kspace_size=(H, W))
 
     @property
-    def mask(self) -> Tensor:
-        return self.engine.mask
-
-    @property
     def coil_maps(self) -> Tensor:
         return torch.view_as_complex(self.engine.coil_maps)
-
-    @property
-    def acceleration(self) -> float:
-        return float(self.mask.numel() / self.mask.sum())
-
-    def restrict_to_range(self, y: Tensor) -> Tensor:
-        return self.mask.to(y) * y
 
     def _describe_params(self) -> str:
         return f"{self.meas_size[1]} coils, R={self.acceleration:.2f}, img_size={list(self.img_size)}"

@@ -11,11 +11,11 @@ import torch
 from deepinv.physics import Physics
 from torch import Tensor
 
-from .base import _check_shape, _to_plain
+from .base import OperatorMixin
 from .mri import fft2c
 
 
-class NonlinearOperator(Physics):
+class NonlinearOperator(OperatorMixin, Physics):
     """Base of the nonlinear operators: shapes, capabilities, simulation and persistence."""
 
     capabilities = frozenset({"differentiable"})
@@ -26,43 +26,13 @@ class NonlinearOperator(Physics):
         self.img_size = tuple(int(s) for s in img_size)
         self.meas_size = tuple(int(s) for s in meas_size)
 
-    def describe(self) -> str:
-        return f"{type(self).__name__}({self._describe_params()})"
-
-    def _describe_params(self) -> str:
-        return f"img_size={list(self.img_size)}"
-
-    def __repr__(self) -> str:
-        return self.describe()
-
-    def _check(self, t: Tensor, expected, what: str) -> None:
-        _check_shape(t, expected, what, self)
-
     def A(self, x: Tensor, **kwargs) -> Tensor:
-        if kwargs:
-            raise TypeError(f"{self.describe()}.A got unexpected arguments {sorted(kwargs)}")
+        self._no_kwargs(kwargs, "A")
         self._check(x, self.img_size, "x")
         return self.forward_model(x)
 
     def forward_model(self, x: Tensor) -> Tensor:
         raise NotImplementedError
-
-    def measure(self, x: Tensor, noise_model=None, generator: torch.Generator | None = None) -> Tensor:
-        self._check(x, self.img_size, "x")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{self.describe()}.measure: x contains NaN or Inf")
-        y = self.A(x)
-        return noise_model(y, generator=generator) if noise_model is not None else y
-
-    def restrict_to_range(self, y: Tensor) -> Tensor:
-        return y
-
-    def config(self) -> dict:
-        raise NotImplementedError
-
-    def to_dict(self) -> dict:
-        return {"type": f"operators.{type(self).__name__}",
-                "params": {k: _to_plain(v) for k, v in self.config().items()}}
 
 
 class PhaseRetrieval(NonlinearOperator):

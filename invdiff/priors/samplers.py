@@ -73,6 +73,14 @@ def _vp_timesteps(prior: Prior, sched: VPSchedule, steps: int) -> Tensor:
     return sched.timesteps(steps, t_max=t_max).long()
 
 
+def _vp_start(prior: Prior, shape, steps: int, generator: GeneratorArg, schedule: VPSchedule | None):
+    """Shape, device, the ᾱ of the respaced steps (then 1) and the initial VP state N(0, I)."""
+    shape, device = _setup(prior, shape, generator)
+    sched = _vp_schedule(prior, schedule)
+    abar = sched.alphas_cumprod[_vp_timesteps(prior, sched, steps)].tolist() + [1.0]
+    return shape, device, abar, randn(shape, generator, device=device)
+
+
 def ddpm(prior: Prior, shape, *, steps: int = 1000, generator: GeneratorArg = None, callback: Callback = None,
          schedule: VPSchedule | None = None) -> Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2), on ``steps`` evenly respaced timesteps.
@@ -84,12 +92,7 @@ def ddpm(prior: Prior, shape, *, steps: int = 1000, generator: GeneratorArg = No
     The schedule is the prior's own if it is VP, else DDPM's linear-β T = 1000, started at the
     largest step whose σ the prior covers. NFE = ``steps``.
     """
-    shape, device = _setup(prior, shape, generator)
-    sched = _vp_schedule(prior, schedule)
-    t_seq = _vp_timesteps(prior, sched, steps)
-    abar = sched.alphas_cumprod[t_seq].tolist() + [1.0]
-    x_vp = randn(shape, generator, device=device)
-    x0_hat = x_vp
+    shape, device, abar, x_vp = _vp_start(prior, shape, steps, generator, schedule)
     for i in range(steps):
         a_t, a_s = abar[i], abar[i + 1]
         sigma = math.sqrt((1 - a_t) / a_t)
@@ -110,12 +113,7 @@ def ddim(prior: Prior, shape, *, steps: int = 100, generator: GeneratorArg = Non
     ``x_s = √ᾱ_s x̂₀ + √(1 − ᾱ_s − c²) ε̂ + c z`` with
     ``c = η √((1−ᾱ_s)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_s)`` (eq. 16); the last step returns x̂₀. NFE = ``steps``.
     """
-    shape, device = _setup(prior, shape, generator)
-    sched = _vp_schedule(prior, schedule)
-    t_seq = _vp_timesteps(prior, sched, steps)
-    abar = sched.alphas_cumprod[t_seq].tolist() + [1.0]
-    x_vp = randn(shape, generator, device=device)
-    x0_hat = x_vp
+    shape, device, abar, x_vp = _vp_start(prior, shape, steps, generator, schedule)
     for i in range(steps):
         a_t, a_s = abar[i], abar[i + 1]
         x0_hat = _D(prior, x_vp / math.sqrt(a_t), math.sqrt((1 - a_t) / a_t))
