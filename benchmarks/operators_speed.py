@@ -97,6 +97,7 @@ def main(argv=None) -> Path:
         "an SVD (truncated at 1e-6·max s for A⁺), else batched CG (tol 1e-6, ≤ 100 iterations); deepinv's",
         "are its defaults (CG, or its closed forms for BlurFFT and Inpainting). deepinv's",
         "DownsamplingMatlab computes Aᵀ by autograd and its A⁺/prox by CG on top of that.",
+        "Timings on a shared 2-core machine vary by up to ~2× between runs; compare within one table.",
     ]
     out = Path(args.out) / f"operators_{dev.split(':')[0]}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
