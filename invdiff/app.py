@@ -15,6 +15,8 @@ from pathlib import Path
 
 import hydra
 import torch
+
+import operators
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -47,6 +49,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
         raise ValueError(f"unknown solver {cfg.solver!r}; available so far: {SOLVERS}")
     # Everything that can fail on bad input is built before any work or output.
     op = build(cfg.operator, "operator")
+    operators.require(op, cfg.solver, ["pinv"])
     noise = build(cfg.noise, "noise") if cfg.get("noise") is not None else None
     x = sample_image(cfg.data.image, cfg.shape)
     generator = torch.Generator().manual_seed(int(cfg.seed))

@@ -11,7 +11,7 @@ import torch
 from deepinv.physics import Physics
 from torch import Tensor
 
-from .base import OperatorMixin
+from .base import CapabilityError, OperatorMixin
 from .mri import fft2c
 
 
@@ -33,6 +33,12 @@ class NonlinearOperator(OperatorMixin, Physics):
 
     def forward_model(self, x: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def A_dagger(self, y: Tensor, **kwargs) -> Tensor:
+        raise CapabilityError(f"{self.describe()} is nonlinear: it has no pseudo-inverse (capabilities: differentiable)")
+
+    def A_adjoint(self, y: Tensor, **kwargs) -> Tensor:
+        raise CapabilityError(f"{self.describe()} is nonlinear: it has no adjoint (capabilities: differentiable)")
 
 
 class PhaseRetrieval(NonlinearOperator):

@@ -111,6 +111,16 @@ def test_app_refuses_bad_input_before_writing(tmp_path):
     assert not (tmp_path / "samples").exists()
 
 
+def test_app_refuses_an_operator_without_pseudo_inverse(tmp_path):
+    import operators as ops
+
+    with initialize_config_module("invdiff.configs", version_base=None):
+        cfg = compose("config", overrides=["operator=phase_retrieval"])
+    with pytest.raises(ops.CapabilityError, match="solver 'pinv' needs 'pinv'.*PhaseRetrieval"):
+        run(cfg, tmp_path)
+    assert not (tmp_path / "samples").exists()
+
+
 def test_non_editable_install_ships_the_configs(tmp_path):
     """Build a wheel, install it alone into a directory and run the app from there."""
     wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
