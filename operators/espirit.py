@@ -20,7 +20,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .mri import center_pad, ifft2c
+from .mri import ifft2c
+
+
+def _pad_kernel(k: Tensor, H: int, W: int) -> Tensor:
+    """Zero-pad kernels to H×W with their centre sample at the DC position of the centred grid
+    (the placement the validated ESPIRiT convention uses)."""
+    kh, kw = k.shape[-2:]
+    top, left = (H - kh + 1) // 2, (W - kw + 1) // 2
+    return torch.nn.functional.pad(k, (left, W - kw - left, top, H - kh - top))
 
 
 def espirit_maps(kspace: Tensor, calib: int | tuple[int, int] = 24, kernel: int = 6, threshold: float = 0.02,
@@ -47,8 +55,11 @@ def espirit_maps(kspace: Tensor, calib: int | tuple[int, int] = 24, kernel: int 
     _, S, Vh = torch.linalg.svd(A, full_matrices=False)
     kernels = Vh[S >= threshold * S[0]].reshape(-1, N, kernel, kernel)  # [n, N, k, k]
     # 3. image-space kernels on the full grid: ĝ = (inverse) DFT of the zero-padded kernel / k
-    img = ifft2c(center_pad(kernels, (H, W))) * ((H * W) ** 0.5 / kernel)  # [n, N, H, W]
-    G = torch.einsum("jahw,jbhw->hwab", img, img.conj())  # Σ_j ĝ_j ĝ_jᴴ per pixel: [H, W, N, N]
+    # kernels are accumulated a few at a time: [n, N, H, W] at once can take gigabytes
+    G = torch.zeros(H, W, N, N, dtype=torch.complex128)
+    for chunk in kernels.split(8):
+        img = ifft2c(_pad_kernel(chunk, H, W)) * ((H * W) ** 0.5 / kernel)  # [n, N, H, W]
+        G += torch.einsum("jahw,jbhw->hwab", img, img.conj())  # Σ_j ĝ_j ĝ_jᴴ per pixel
     # 4. top eigenvector per pixel (Hermitian eigendecomposition, ascending eigenvalues)
     evals, evecs = torch.linalg.eigh(G)
     eig, v = evals[..., -1], evecs[..., -1]

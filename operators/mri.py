@@ -52,25 +52,32 @@ def to_channels(z: Tensor, channel_dim: int = 1) -> Tensor:
     return torch.stack([z.real, z.imag], dim=channel_dim)
 
 
+def _offsets(small: tuple[int, int], big: tuple[int, int], what: str) -> tuple[int, int]:
+    if small[0] > big[0] or small[1] > big[1]:
+        raise ValueError(f"{what}: {tuple(small)} does not fit inside {tuple(big)}")
+    return (big[0] - small[0]) // 2, (big[1] - small[1]) // 2  # fastMRI's center_crop offsets
+
+
 def center_pad(x: Tensor, shape: tuple[int, int]) -> Tensor:
-    """Zero-pad the last two dims to ``shape``, centred as fastMRI's ``center_crop`` crops."""
+    """Zero-pad the last two dims to ``shape``, placed where fastMRI's ``center_crop`` crops."""
     H, W = x.shape[-2:]
-    top, left = (shape[0] - H + 1) // 2, (shape[1] - W + 1) // 2
+    top, left = _offsets((H, W), tuple(shape), "center_pad")
     return torch.nn.functional.pad(x, (left, shape[1] - W - left, top, shape[0] - H - top))
 
 
 def center_crop(x: Tensor, shape: tuple[int, int]) -> Tensor:
-    """fastMRI's centre crop of the last two dims (the adjoint of :func:`center_pad`)."""
+    """fastMRI's centre crop of the last two dims, offsets ``(H − h)//2`` (the adjoint of
+    :func:`center_pad`); a crop larger than the input is an error."""
     H, W = x.shape[-2:]
-    top, left = (H - shape[0] + 1) // 2, (W - shape[1] + 1) // 2
+    top, left = _offsets(tuple(shape), (H, W), "center_crop")
     return x[..., top : top + shape[0], left : left + shape[1]]
 
 
 def _draw_mask(mask, shape, seed, generator) -> Tensor:
     if callable(mask) and not isinstance(mask, Tensor):
-        if generator is None and seed is not None:
-            generator = torch.Generator().manual_seed(int(seed))
-        return mask(shape, generator=generator)
+        # The mask generators take the seed directly (an int or a fastMRI file-name tuple), so
+        # seed=s gives fastMRI's own mask for seed s.
+        return mask(shape, generator=generator, seed=seed)
     if seed is not None or generator is not None:
         raise ValueError("a seed/generator was given but the mask is fixed, not a mask generator")
     return mask
@@ -174,7 +181,8 @@ class SingleCoilMRI(_CartesianMRI):
     """Single-coil Cartesian MRI ``y = M · fft2c(x)``.
 
     :param mask: ``[W]`` or ``[H, W]`` {0, 1} tensor, or a mask generator
-        (:class:`FastMRIMask`, :class:`RandomLinesMask`, ...) drawn with ``seed``/``generator``.
+        (:class:`FastMRIMask`, :class:`RandomLinesMask`, ...) drawn with ``seed`` (an int or
+        :func:`fastmri_seed` of a file name: fastMRI's own mask for that seed) or ``generator``.
     :param img_size: ``(1, H, W)`` (real image) or ``(2, H, W)`` (complex image).
     :param kspace_size: the acquired k-space grid when it is larger than the image: the image is
         the centre crop of the field of view (fastMRI's 320×320 targets of 640×368 k-space, readout

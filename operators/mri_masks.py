@@ -133,6 +133,8 @@ class ScoreMRIMask:
     def __init__(self, kind: str = "gaussian1d", acceleration: int = 4, center_fraction: float = 0.08):
         if kind not in self.KINDS:
             raise ValueError(f"ScoreMRIMask: unknown kind {kind!r}; choose one of {self.KINDS}")
+        if int(acceleration) != acceleration or acceleration < 1:
+            raise ValueError(f"ScoreMRIMask: score-MRI's masks take an integer acceleration, got {acceleration}")
         self.kind, self.acceleration, self.center_fraction = kind, int(acceleration), float(center_fraction)
 
     def __call__(self, shape, generator: torch.Generator | None = None, seed=None) -> Tensor:
@@ -162,7 +164,9 @@ class PoissonDiscMask:
     """Variable-density Poisson-disc sampling in 2-D (as used for 2-D Cartesian/3-D acquisitions):
     points no closer than ``r(ρ) = r₀ (1 + slope·ρ)`` (ρ the normalised distance from the k-space
     centre), by dart throwing, with r₀ set by bisection to hit ``acceleration`` within 5 %, plus a
-    fully sampled ``calib × calib`` centre."""
+    fully sampled ``calib × calib`` centre. Pure-Python dart throwing, O(points²): seconds at 64²,
+    tens of seconds at 128²; draw large masks once and save them (``Inpainting``-style, pass the
+    tensor)."""
 
     def __init__(self, acceleration: float = 6.0, calib: int = 8, slope: float = 1.0, max_tries: int = 30):
         self.acceleration, self.calib, self.slope, self.max_tries = float(acceleration), int(calib), float(slope), int(max_tries)

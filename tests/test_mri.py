@@ -162,3 +162,25 @@ def test_rician_noise_statistics():
     assert bool((n >= 0).all())
     # Rician mean at ν = 2, σ = 0.5: σ √(π/2) L_{1/2}(−ν²/2σ²) ≈ 2.0618
     assert abs(float(n.mean()) - 2.0618) < 0.01
+
+
+def test_centre_crop_is_fastmris_and_refuses_oversized_crops():
+    row = torch.arange(12.0)[None].expand(3, 12)
+    assert O.center_crop(row, (3, 7))[0, 0] == 2  # fastMRI: (12 − 7) // 2
+    assert O.center_crop(torch.arange(11.0)[None], (1, 8))[0, 0] == 1
+    x = torch.randn(2, 5, 7, dtype=torch.float64)
+    y = torch.randn(2, 9, 12, dtype=torch.float64)
+    assert torch.allclose((O.center_pad(x, (9, 12)) * y).sum(), (x * O.center_crop(y, (5, 7))).sum())
+    with pytest.raises(ValueError, match="does not fit"):
+        O.center_crop(torch.zeros(4, 10), (4, 16))
+
+
+def test_operator_seed_is_fastmris_seed():
+    gen = O.FastMRIMask("random", [0.08], [4])
+    op = O.SingleCoilMRI(gen, (1, 16, 368), seed=0)
+    assert torch.equal(op.mask, gen((16, 368), seed=0))
+    name_seed = O.fastmri_seed("file1000001.h5")
+    op2 = O.MultiCoilMRI(gen, 2, (1, 16, 368), seed=name_seed)
+    assert torch.equal(op2.mask, gen((16, 368), seed=name_seed))
+    with pytest.raises(ValueError, match="integer acceleration"):
+        O.ScoreMRIMask("gaussian1d", 2.5)
