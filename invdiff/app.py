@@ -56,9 +56,10 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
     y = op.measure(x, noise, generator=generator)
     x_hat = op.A_dagger(y)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    saved_op = op.to_dict()
     record = {
         "x_hat": x_hat[0], "y": y[0], "x_true": x[0],
-        "operator": op.to_dict()["params"] | {"type": op.to_dict()["type"]},
+        "operator": saved_op["params"] | {"type": saved_op["type"]},
         "seed": int(cfg.seed),
         "solver": cfg.solver,
         "noise": repr(noise),

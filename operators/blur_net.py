@@ -10,17 +10,14 @@ SHA-256 is kept in the operator's parameters.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import pickle
-import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from ._checkpoints import (require_file, safe_safetensors_load, safe_torch_load, save_safetensors, sha256_file,
+                           strict_load)
 from .nonlinear import NonlinearOperator
 
 
@@ -48,55 +45,22 @@ class BlurNet(nn.Module):
 
 def save_blur_net(net: BlurNet, path: str | Path) -> Path:
     """Write ``net`` as safetensors with its architecture in the metadata (atomically)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-        save_file(state, tmp, metadata={"architecture": "operators.BlurNet", "kwargs": json.dumps(net.arch_kwargs())})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return save_safetensors(path, net.state_dict(),
+                            {"architecture": "operators.BlurNet", "kwargs": json.dumps(net.arch_kwargs())})
 
 
 def load_blur_net(path: str | Path, **arch_kwargs) -> tuple[BlurNet, str]:
     """(network, SHA-256) from a ``.safetensors`` file written by :func:`save_blur_net`, or from a
     ``.pt`` state dict with the architecture given as ``arch_kwargs``."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"blur-network checkpoint not found: {p}")
-    digest = hashlib.sha256(p.read_bytes()).hexdigest()
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors import SafetensorError, safe_open
-
-            try:
-                with safe_open(str(p), framework="pt") as f:
-                    meta = f.metadata() or {}
-                    state = {k: f.get_tensor(k) for k in f.keys()}
-            except SafetensorError as err:
-                raise ValueError(f"could not read {p}: truncated or corrupted ({err})") from err
-            kwargs = {**json.loads(meta.get("kwargs", "{}")), **arch_kwargs}
-        else:
-            state = torch.load(p, map_location="cpu", weights_only=True)
-            kwargs = arch_kwargs
-    except pickle.UnpicklingError as err:
-        raise ValueError(f"refusing to load {p}: it holds pickled Python objects (save a state dict)") from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"could not read {p}: truncated or corrupted ({err})") from err
+    p = require_file(path, "blur-network checkpoint")
+    if p.suffix == ".safetensors":
+        state, meta = safe_safetensors_load(p)
+        kwargs = {**json.loads(meta.get("kwargs", "{}")), **arch_kwargs}
+    else:
+        state, kwargs = safe_torch_load(p), arch_kwargs
     net = BlurNet(**kwargs)
-    own = net.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shapes:
-        raise ValueError(f"{p} does not match BlurNet({kwargs}): missing {missing[:8]}, unexpected "
-                         f"{unexpected[:8]}, shape mismatches {shapes[:8]}")
-    net.load_state_dict(state, strict=True)
-    return net.eval().requires_grad_(False), digest  # a fixed forward model: gradients flow to x only
+    strict_load(net, state, str(p))
+    return net.eval().requires_grad_(False), sha256_file(p)  # a fixed forward model: gradients flow to x only
 
 
 class NonlinearBlur(NonlinearOperator):

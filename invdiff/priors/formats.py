@@ -46,7 +46,8 @@ def build_diffunet(in_channels: int = 3, out_channels: int = 3, large_model: boo
 # -- guided-diffusion / ADM ------------------------------------------------------------------------
 
 
-def _load_guided_diffusion(state: dict, source: str, overrides: dict) -> NetworkPrior:
+def _diffunet_for(state: dict, source: str) -> tuple[torch.nn.Module, int, int]:
+    """(unbuilt-weights DiffUNet, input channels, output channels) for a guided-diffusion state dict."""
     w_in, w_out = state["input_blocks.0.0.weight"], state.get("out.2.weight")
     if w_out is None:
         raise CheckpointError(f"{source}: guided-diffusion state dict without 'out.2.weight'")
@@ -57,6 +58,11 @@ def _load_guided_diffusion(state: dict, source: str, overrides: dict) -> Network
             "256×256 configurations of DPS ffhq_10m.pt (128 channels) and OpenAI 256x256_diffusion_uncond.pt "
             "(256 channels), which deepinv's DiffUNet reproduces, are")
     net = build_diffunet(in_channels=c_in, out_channels=3 if c_out == 6 else c_out, large_model=channels == 256)
+    return net, c_in, c_out
+
+
+def _load_guided_diffusion(state: dict, source: str, overrides: dict) -> NetworkPrior:
+    net, c_in, c_out = _diffunet_for(state, source)
     strict_load(net, state, source)
     kwargs = dict(shape=(c_in, 256, 256), data_range=(0.0, 1.0), model_range=(-1.0, 1.0),
                   learned_sigma=c_out == 2 * c_in)
@@ -170,10 +176,8 @@ def _load_edm_dict(obj: dict, source: str, overrides: dict) -> NetworkPrior:
     sigma_data = overrides.pop("sigma_data", 0.5)
     if "input_blocks.0.0.weight" in state:
         # InverseBench's FFHQ prior: the DPS guided-diffusion UNet inside EDM's VPPrecond.
-        w_in, w_out = state["input_blocks.0.0.weight"], state["out.2.weight"]
-        unet = build_diffunet(in_channels=w_in.shape[1], out_channels=3 if w_out.shape[0] == 6 else w_out.shape[0],
-                              large_model=w_in.shape[0] == 256)
-        shape = (w_in.shape[1], 256, 256)
+        unet, c_in, _ = _diffunet_for(state, source)
+        shape = (c_in, 256, 256)
         precond = precond or "vp"
     else:
         kind, kwargs = _edm_unet_config(state, source)

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from .adapters import NetworkPrior
-from .checkpoints import CheckpointError, require_file, safe_safetensors_load, sha256_file, strict_load
+from .checkpoints import (CheckpointError, require_file, safe_safetensors_load, save_safetensors, sha256_file,
+                          strict_load)
 from .schedules import EDMSchedule, VESchedule, VPSchedule
 
 FORMAT_VERSION = 1
@@ -66,8 +66,6 @@ def save(path: str | Path, prior: NetworkPrior, architecture: str, arch_kwargs: 
     """Write ``prior`` in the project's format: one ``.safetensors`` file whose metadata holds the
     architecture, its arguments, the parameterisation, schedule, shape, ranges and conditioning.
     Written to a temporary name and moved into place (never a partial file)."""
-    from safetensors.torch import save_file
-
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; registered: {sorted(ARCHITECTURES)}")
     meta = {
@@ -82,18 +80,7 @@ def save(path: str | Path, prior: NetworkPrior, architecture: str, arch_kwargs: 
         "data_range": list(prior.data_range),
         "model_range": list(prior.model_range),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in prior.net.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"invdiff": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return save_safetensors(path, prior.net.state_dict(), {"invdiff": json.dumps(meta)})
 
 
 def _load_invdiff(path: Path, overrides: dict) -> NetworkPrior:
