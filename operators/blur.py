@@ -33,6 +33,7 @@ from torch import Tensor
 from ._engines import ConvEngine, FourierEngine, SeparableEngine
 from ._linalg import PADDINGS, conv_matrix_1d
 from .base import LinearOperator
+from .kernels import seeded
 
 METHODS = ("auto", "fourier", "separable", "conv")
 
@@ -41,9 +42,7 @@ def draw(param, seed: int | None, generator: torch.Generator | None, what: str):
     """Use ``param`` as given, or, if it is a generator object (callable), draw from it with
     ``generator`` (or a fresh one seeded by ``seed``)."""
     if callable(param) and not isinstance(param, Tensor):
-        if generator is None and seed is not None:
-            generator = torch.Generator().manual_seed(int(seed))
-        return param(generator=generator)
+        return param(generator=seeded(generator, seed))
     if generator is not None or seed is not None:
         raise ValueError(f"a seed/generator was given but the {what} is fixed, not a generator object")
     return param

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ._checkpoints import (require_file, safe_safetensors_load, safe_torch_load, save_safetensors, sha256_file,
                            strict_load)
+from .kernels import seeded
 from .nonlinear import NonlinearOperator
 
 
@@ -82,9 +83,7 @@ class NonlinearBlur(NonlinearOperator):
         if img_size[0] != net.channels:
             raise ValueError(f"NonlinearBlur: the network expects {net.channels} channels, img_size has {img_size[0]}")
         if latent is None:
-            if generator is None and seed is not None:
-                generator = torch.Generator().manual_seed(int(seed))
-            latent = latent_scale * torch.randn(net.latent_dim, generator=generator, dtype=torch.float64)
+            latent = latent_scale * torch.randn(net.latent_dim, generator=seeded(generator, seed), dtype=torch.float64)
         latent = torch.as_tensor(latent, dtype=torch.float64).reshape(-1)
         if latent.numel() != net.latent_dim:
             raise ValueError(f"NonlinearBlur: latent has {latent.numel()} entries, the network takes {net.latent_dim}")

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ._engines import DiagonalEngine
 from .base import LinearOperator
+from .kernels import seeded
 
 
 class Inpainting(LinearOperator):
@@ -36,9 +37,7 @@ class Inpainting(LinearOperator):
         if len(img_size) != 3:
             raise ValueError(f"Inpainting: img_size must be (C, H, W), got {img_size}")
         if callable(mask) and not isinstance(mask, Tensor):
-            if generator is None and seed is not None:
-                generator = torch.Generator().manual_seed(int(seed))
-            mask = mask(img_size, n=1 if batch_size is None else int(batch_size), generator=generator)
+            mask = mask(img_size, n=1 if batch_size is None else int(batch_size), generator=seeded(generator, seed))
         elif seed is not None or generator is not None or batch_size is not None:
             raise ValueError("Inpainting: seed/generator/batch_size apply only to a mask generator")
         mask = torch.as_tensor(mask, dtype=torch.float64)

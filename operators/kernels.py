@@ -22,6 +22,13 @@ def numpy_rng(generator: torch.Generator | None) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def seeded(generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:
+    """``generator`` if given, else a fresh one seeded with ``seed`` (None: torch's default)."""
+    if generator is None and seed is not None:
+        return torch.Generator().manual_seed(int(seed))
+    return generator
+
+
 def _pair(v, name: str) -> tuple:
     if isinstance(v, (int, float)):
         return (v, v)
