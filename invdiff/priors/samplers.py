@@ -28,7 +28,7 @@ from torch import Tensor
 
 from .._random import GeneratorArg, check_generator, randn
 from .base import Prior
-from .schedules import VPSchedule, edm_sigma_grid, geometric_sigma_grid
+from .schedules import VPSchedule, edm_sigma_grid, geometric_sigma_grid, vp_schedule_of, vp_timesteps
 
 Callback = Callable[[int, Tensor, Tensor], None] | None
 
@@ -58,26 +58,11 @@ def _D(prior: Prior, x: Tensor, sigma: float | Tensor) -> Tensor:
     return out.to(torch.float64)
 
 
-def _vp_schedule(prior: Prior, schedule: VPSchedule | None) -> VPSchedule:
-    if schedule is not None:
-        return schedule
-    own = getattr(prior, "schedule", None)
-    return own if isinstance(own, VPSchedule) else VPSchedule("linear", 1000)
-
-
-def _vp_timesteps(prior: Prior, sched: VPSchedule, steps: int) -> Tensor:
-    """The respaced timesteps, starting at the last training step whose σ the prior covers."""
-    t_max = sched.T - 1
-    if prior.sigma_max < sched.sigma_max:
-        t_max = int(sched.t(prior.sigma_max).floor())
-    return sched.timesteps(steps, t_max=t_max).long()
-
-
 def _vp_start(prior: Prior, shape, steps: int, generator: GeneratorArg, schedule: VPSchedule | None):
     """Shape, device, the ᾱ of the respaced steps (then 1) and the initial VP state N(0, I)."""
     shape, device = _setup(prior, shape, generator)
-    sched = _vp_schedule(prior, schedule)
-    abar = sched.alphas_cumprod[_vp_timesteps(prior, sched, steps)].tolist() + [1.0]
+    sched = vp_schedule_of(prior, schedule)
+    abar = sched.alphas_cumprod[vp_timesteps(prior, sched, steps)].tolist() + [1.0]
     return shape, device, abar, randn(shape, generator, device=device)
 
 

@@ -127,6 +127,24 @@ class VPSchedule:
         return f"VPSchedule(kind={self.kind!r}, T={self.T})"
 
 
+def vp_schedule_of(prior, schedule: "VPSchedule | None" = None) -> "VPSchedule":
+    """The VP schedule a VP-paper sampler runs on: ``schedule`` if given, else the prior's own if
+    it is VP, else DDPM's linear-β schedule with T = 1000."""
+    if schedule is not None:
+        return schedule
+    own = getattr(prior, "schedule", None)
+    return own if isinstance(own, VPSchedule) else VPSchedule("linear", 1000)
+
+
+def vp_timesteps(prior, schedule: "VPSchedule", steps: int) -> Tensor:
+    """``steps`` respaced integer timesteps (decreasing, int64), starting at the last training step
+    whose σ the prior covers (``prior.sigma_max``)."""
+    t_max = schedule.T - 1
+    if prior.sigma_max < schedule.sigma_max:
+        t_max = int(schedule.t(prior.sigma_max).floor())
+    return schedule.timesteps(steps, t_max=t_max).long()
+
+
 class VESchedule:
     """Continuous variance-exploding schedule ``σ(t) = σ_min (σ_max/σ_min)^t``, t ∈ [0, 1]
     (score_sde: σ_min = 0.01, σ_max = 50 for 32×32, 348–378 for 256×256 images)."""

@@ -1,0 +1,285 @@
+"""Shared, tested machinery of every posterior sampler (DESIGN.md "Solver").
+
+* :func:`setup` checks everything before any work — the operator's capabilities, y's shape and
+  values, σ_y, steps, generators, the prior/operator geometry — and returns a :class:`Problem`.
+* :class:`Problem` holds the measurement in the prior's *model space*, the network call (no-grad,
+  optional bf16 autocast and ``torch.compile``), the noise source, the NaN guard and the callback.
+* :class:`Spectral` gives SVD-based solvers (DDRM, DDNM) one coefficient-wise view of a linear
+  operator: the exact SVD, or the "simplified" mode built from A and A⁺ only.
+
+Model-space measurement. The solver state lives in the prior's space ``x_m = a·x + b`` (a =
+``prior.scale``, b = ``prior.offset``), the operator in physical units. For a linear operator,
+``y = A x + σ_y n`` is equivalent to ``y_m = a·y + A(b·1) = A x_m + (a σ_y) n``: the same operator
+on the model-space state, with ``σ_y`` scaled by ``a`` (e.g. σ_y on [0, 1] doubles on [-1, 1], as
+DDRM/DDNM do by hand). Nonlinear operators are instead applied to ``prior.to_physical(x_m)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import weakref
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor
+
+from operators import require
+
+from .._random import GeneratorArg, check_generator, randn
+from ..priors.base import Prior
+from ..priors.schedules import vp_schedule_of, vp_timesteps
+
+Callback = Callable[[int, Tensor, Tensor], None] | None
+
+
+class SolverDivergedError(FloatingPointError):
+    """NaN or Inf appeared in a solver's state; the message names the solver, the step and a cause."""
+
+
+# --------------------------------------------------------------------------------------------
+# σ grids shared by the VP-paper solvers
+# --------------------------------------------------------------------------------------------
+def vp_sigmas(prior: Prior, steps: int, schedule=None) -> list[float]:
+    """EDM-form σ of ``steps`` respaced VP timesteps (the prior's own VP schedule, else DDPM's
+    linear T = 1000), decreasing, clipped to the prior's σ range, followed by a final 0."""
+    sched = vp_schedule_of(prior, schedule)
+    t = vp_timesteps(prior, sched, steps)
+    return sched.sigmas[t].tolist() + [0.0]
+
+
+def vp_scale(sigma: float) -> float:
+    """√ᾱ = 1/√(1 + σ²): the factor from the EDM state to the VP state, ``x_vp = √ᾱ · x``."""
+    return 1.0 / math.sqrt(1.0 + sigma * sigma)
+
+
+# --------------------------------------------------------------------------------------------
+# the network call
+# --------------------------------------------------------------------------------------------
+_COMPILED: "weakref.WeakKeyDictionary[Prior, Callable]" = weakref.WeakKeyDictionary()
+
+
+def _compiled(prior: Prior) -> Callable:
+    fn = _COMPILED.get(prior)
+    if fn is None:
+        fn = torch.compile(prior.denoiser, dynamic=False)
+        _COMPILED[prior] = fn
+    return fn
+
+
+class Network:
+    """``D(x, σ)`` of a prior in float64, with the solver's flags.
+
+    :param autocast: run the network under ``torch.autocast(bfloat16)`` on the input's device.
+    :param compile: call a ``torch.compile``-d denoiser (compiled once per prior and reused).
+    """
+
+    def __init__(self, prior: Prior, *, autocast: bool = False, compile: bool = False):
+        self.prior = prior
+        self.autocast = bool(autocast)
+        self.fn = _compiled(prior) if compile else prior.denoiser
+
+    def _ctx(self, x: Tensor):
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
+
+    def __call__(self, x: Tensor, sigma) -> Tensor:
+        """No-grad denoiser call, result in float64."""
+        with torch.no_grad(), self._ctx(x):
+            out = self.fn(x, sigma)
+        return out.to(torch.float64)
+
+    def with_grad(self, x: Tensor, sigma) -> Tensor:
+        """Denoiser call that keeps the autograd graph (vector–Jacobian products)."""
+        if not self.prior.differentiable:
+            raise ValueError(f"{type(self.prior).__name__} is not differentiable; this solver needs "
+                             "vector–Jacobian products through the denoiser")
+        with torch.enable_grad(), self._ctx(x):
+            out = self.fn(x, sigma)
+        return out.to(torch.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# the problem: checked inputs + helpers used inside every loop
+# --------------------------------------------------------------------------------------------
+def _per_sample_sigma_y(name: str, sigma_y, y: Tensor, per_entry: bool) -> Tensor:
+    """σ_y as ``[B]`` (or, with ``per_entry``, as y's shape) float64 on y's device, checked."""
+    s = torch.as_tensor(sigma_y, dtype=torch.float64, device=y.device)
+    B = y.shape[0]
+    if s.ndim == 0:
+        s = s.expand(B).clone()
+    elif s.shape == y.shape and s.ndim > 1:
+        flat = s.reshape(B, -1)
+        if bool((flat == flat[:, :1]).all()):
+            s = flat[:, 0].clone()
+        elif not per_entry:
+            raise ValueError(f"solver '{name}' takes one σ_y per sample (a float or a [B] tensor); it got "
+                             "a per-entry σ_y that varies within a sample (e.g. pansharpening). Use a "
+                             "solver with a per-entry Gaussian likelihood (dps, daps) or one σ_y.")
+    elif s.ndim != 1 or s.shape[0] != B:
+        raise ValueError(f"sigma_y must be a float, a [B] tensor with B={B} or a tensor shaped like y "
+                         f"{list(y.shape)}; got shape {list(s.shape)}")
+    if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
+        raise ValueError(f"solver '{name}': sigma_y must be finite and >= 0, got {sigma_y}")
+    return s
+
+
+class Problem:
+    """A checked posterior-sampling problem; built by :func:`setup`."""
+
+    def __init__(self, name, y, op, prior, sigma_y, steps, generator, callback, net, linear):
+        self.name, self.op, self.prior, self.steps = name, op, prior, steps
+        self.generator, self._callback, self.net = generator, callback, net
+        self.device = y.device
+        self.B = y.shape[0]
+        self.shape = (self.B, *prior.shape)
+        self.out_dtype = y.dtype
+        self.y_phys = y.to(torch.float64)
+        self.sigma_y_phys = sigma_y
+        self.sigma_y = sigma_y * prior.scale  # model space
+        if linear:
+            b = torch.full(self.shape, prior.offset, dtype=torch.float64, device=self.device)
+            self.y = prior.scale * self.y_phys + (op.A(b) if prior.offset != 0 else 0.0)
+        else:
+            self.y = self.y_phys
+
+    # -- shapes -------------------------------------------------------------------------------
+    def per_sample(self, v: Tensor) -> Tensor:
+        """A ``[B]`` tensor reshaped to broadcast against the state ``[B, *shape]``."""
+        return v.reshape(-1, *([1] * len(self.prior.shape)))
+
+    @property
+    def sigma_y_b(self) -> Tensor:
+        """Model-space σ_y broadcastable against the state (or y's shape when given per entry)."""
+        s = self.sigma_y
+        return self.per_sample(s) if s.ndim == 1 else s
+
+    # -- randomness ------------------------------------------------------------------------------
+    def randn(self, shape=None) -> Tensor:
+        """Standard normal noise (state shape by default) from the solver's generator(s)."""
+        return randn(self.shape if shape is None else shape, self.generator, device=self.device)
+
+    def init_noise(self, sigma: float) -> Tensor:
+        """The starting state N(0, σ² I) in EDM form."""
+        return sigma * self.randn()
+
+    # -- network ----------------------------------------------------------------------------------
+    def denoise(self, x: Tensor, sigma: float, step: int) -> Tensor:
+        out = self.net(x, sigma)
+        if not bool(torch.isfinite(out).all()):
+            raise SolverDivergedError(
+                f"solver '{self.name}': the prior's denoiser returned NaN/Inf at step {step}/{self.steps} "
+                f"(σ={float(sigma):.4g}). Likely cause: the state left the prior's range in an earlier step "
+                "(a step size too large), or the network overflows in reduced precision (autocast).")
+        return out
+
+    # -- guards and reporting ------------------------------------------------------------------
+    def check(self, step: int, x: Tensor, cause: str = "a step size too large for this problem") -> None:
+        if not bool(torch.isfinite(x).all()):
+            raise SolverDivergedError(
+                f"solver '{self.name}': NaN/Inf in the state at step {step}/{self.steps}. Likely cause: "
+                f"{cause}. Nothing was written; lower the step size or check y and σ_y.")
+
+    def callback(self, step: int, x: Tensor, x0_hat: Tensor) -> None:
+        if self._callback is not None:
+            self._callback(step, x, x0_hat)
+
+    def finish(self, x_model: Tensor) -> Tensor:
+        """Model-space state -> physical units, in y's dtype."""
+        self.check(self.steps, x_model)
+        return self.prior.to_physical(x_model).to(self.out_dtype)
+
+
+def _prior_device(prior: Prior) -> torch.device | None:
+    t = next(itertools.chain(prior.parameters(), prior.buffers()), None)
+    return None if t is None else t.device
+
+
+def setup(name: str, y: Tensor, operator, prior: Prior, *, sigma_y, steps: int, generator: GeneratorArg,
+          callback: Callback = None, needs: Iterable = (), per_entry_sigma_y: bool = False,
+          autocast: bool = False, compile: bool = False) -> Problem:
+    """Check a solver call before any work and build its :class:`Problem`.
+
+    Raises :class:`operators.CapabilityError` for a missing capability, ``ValueError`` for bad
+    shapes, values, σ_y, steps or generators, ``TypeError`` for non-tensors.
+    """
+    require(operator, name, needs)
+    if not isinstance(prior, Prior):
+        raise TypeError(f"solver '{name}': prior must be an invdiff.priors.Prior, got {type(prior).__name__}")
+    if not isinstance(y, Tensor):
+        raise TypeError(f"solver '{name}': y must be a torch.Tensor, got {type(y).__name__}")
+    if y.is_complex() or not y.is_floating_point():
+        raise ValueError(f"solver '{name}': y must be a real floating tensor (complex data as 2 real "
+                         f"channels), got dtype {y.dtype}")
+    meas = tuple(getattr(operator, "meas_size", ()))
+    if meas and (y.ndim != len(meas) + 1 or tuple(y.shape[1:]) != meas):
+        raise ValueError(f"solver '{name}': y must have shape [B, {', '.join(map(str, meas))}] for "
+                         f"{operator.describe() if hasattr(operator, 'describe') else type(operator).__name__}, "
+                         f"got {list(y.shape)}")
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError(f"solver '{name}': y contains NaN or Inf")
+    img = tuple(getattr(operator, "img_size", prior.shape))
+    if tuple(img) != tuple(prior.shape):
+        raise ValueError(f"solver '{name}': the operator acts on images {list(img)} but the prior models "
+                         f"{list(prior.shape)}; resize the problem or choose a matching prior")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"solver '{name}': steps must be a positive integer, got {steps!r}")
+    check_generator(generator, y.shape[0])
+    dev = _prior_device(prior)
+    if dev is not None and dev != y.device:
+        raise ValueError(f"solver '{name}': y is on {y.device} but the prior is on {dev}; move one of them")
+    s = _per_sample_sigma_y(name, sigma_y, y, per_entry_sigma_y)
+    linear = "linear" in operator.capabilities
+    net = Network(prior, autocast=autocast, compile=compile)
+    return Problem(name, y, operator, prior, s, steps, generator, callback, net, linear)
+
+
+# --------------------------------------------------------------------------------------------
+# coefficient-wise view of a linear operator (DDRM, DDNM)
+# --------------------------------------------------------------------------------------------
+class Spectral:
+    """A linear operator seen coefficient by coefficient: ``x̄ = Vᵀx``, singular values ``s``,
+    ``ȳ = s⁻¹ Uᵀ y`` (zero where ``s = 0``).
+
+    ``mode="svd"`` uses the exact SVD. ``mode="simplified"`` uses only A and A⁺ (DDNM's
+    "simplified" form): the coefficient space is the image itself, split by the projection
+    ``P = A⁺A`` into range (treated as ``s = 1``) and null space (``s = 0``), with ``ȳ = A⁺y``. It
+    is exact when A's non-zero singular values are all 1 (inpainting, single-coil MRI on complex
+    images, A with orthonormal rows); otherwise the noise in ``A⁺y`` is treated as ``σ_y`` per
+    coefficient where it really is ``σ_y/s_i``. ``mode="auto"`` picks the SVD when there is one.
+
+    Updates are written as an elementwise function ``fn(s)`` of the singular values, evaluated
+    on coefficient tensors; :meth:`combine` maps the result back to an image.
+    """
+
+    def __init__(self, problem: Problem, mode: str = "auto"):
+        op = problem.op
+        if mode not in ("auto", "svd", "simplified"):
+            raise ValueError(f"mode must be 'auto', 'svd' or 'simplified', got {mode!r}")
+        if mode == "auto":
+            mode = "svd" if "svd" in op.capabilities else "simplified"
+        require(op, f"{problem.name} (mode={mode!r})", ["svd"] if mode == "svd" else ["pinv"])
+        self.mode, self.op = mode, op
+        y = problem.y
+        if mode == "svd":
+            s = op.singular_values.to(device=y.device, dtype=torch.float64)
+            self.s = torch.broadcast_to(s, problem.shape)
+            pos = self.s > 0
+            self.ybar = torch.where(pos, op.U_adjoint(y) / torch.where(pos, self.s, 1.0), 0.0)
+        else:
+            self.s = None
+            self.ybar = op.A_dagger(y)
+
+    def to_coef(self, x: Tensor) -> Tensor:
+        return self.op.V_adjoint(x) if self.mode == "svd" else x
+
+    def combine(self, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """Image of the coefficient update ``fn(s)``; in simplified mode ``P fn(1) + (I − P) fn(0)``."""
+        if self.mode == "svd":
+            return self.op.V(fn(self.s))
+        ones = torch.ones_like(self.ybar)
+        on_range, on_null = fn(ones), fn(0 * ones)
+        proj = self.op.A_dagger(self.op.A(on_range - on_null))
+        return on_null + proj

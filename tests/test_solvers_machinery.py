@@ -1,0 +1,166 @@
+"""Machinery every posterior sampler goes through: call shape, capability refusal before any work,
+exact NFE, determinism, batch independence, callbacks, the NaN guard, bad input, devices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import operators
+from invdiff import solvers
+from invdiff.priors import GaussianPrior, Prior
+from invdiff.solvers import SolverDivergedError
+
+from posterior_harness import smooth_cov
+
+SHAPE = (1, 4, 5)
+PRIOR = GaussianPrior(torch.full((20,), 0.1), smooth_cov(4, 5, var=0.5), shape=SHAPE,
+                      data_range=(0.0, 1.0), model_range=(-1.0, 1.0))
+INPAINT = operators.Inpainting(operators.masks.RandomPixelMask(0.5), SHAPE, seed=0)
+REFLECT_BLUR = operators.Blur(torch.tensor([[1.0, 2.0, 1.0], [2.0, 5.0, 2.0], [1.0, 2.0, 1.5]]), SHAPE, padding="reflect")
+
+# solver -> (kwargs for a short run, expected NFE for those kwargs)
+CALLS = {
+    "ddrm": (dict(steps=7), 7),
+    "ddrm-simplified": (dict(steps=6, mode="simplified"), 6),
+}
+
+
+def solver_of(key):
+    return getattr(solvers, key.split("-")[0])
+
+
+class Counting(Prior):
+    """Counts network calls; optionally returns NaN from call ``nan_at`` on."""
+
+    def __init__(self, inner, nan_at=None):
+        super().__init__(inner.shape, data_range=inner.data_range, model_range=inner.model_range)
+        self.inner, self.calls, self.nan_at = inner, 0, nan_at
+
+    def denoiser(self, x, sigma):
+        self.calls += 1
+        out = self.inner.denoiser(x, sigma)
+        if self.nan_at is not None and self.calls >= self.nan_at:
+            out = out * float("nan")
+        return out
+
+
+def measurement(op=INPAINT, n=3, seed=0, sigma_y=0.05):
+    g = torch.Generator().manual_seed(seed)
+    x = PRIOR.sample(n, g)
+    return op.measure(x, operators.GaussianNoise(sigma_y), generator=g)
+
+
+def run(key, y, prior=PRIOR, op=INPAINT, generator=None, **extra):
+    kw, _ = CALLS[key]
+    return solver_of(key)(y, op, prior, sigma_y=0.05, generator=generator, **{**kw, **extra})
+
+
+def test_every_solver_is_covered():
+    assert {k.split("-")[0] for k in CALLS} == set(solvers.SOLVERS)
+
+
+@pytest.mark.parametrize("key", sorted(CALLS))
+def test_nfe_is_exactly_documented(key):
+    prior = Counting(PRIOR)
+    run(key, measurement(n=2), prior=prior, generator=torch.Generator().manual_seed(0))
+    assert prior.calls == CALLS[key][1]
+
+
+@pytest.mark.parametrize("key", sorted(CALLS))
+def test_deterministic_given_the_generator(key):
+    y = measurement()
+    a = run(key, y, generator=torch.Generator().manual_seed(7))
+    b = run(key, y, generator=torch.Generator().manual_seed(7))
+    c = run(key, y, generator=torch.Generator().manual_seed(8))
+    assert a.shape == (3, *SHAPE) and a.dtype == y.dtype
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("key", sorted(CALLS))
+def test_batch_items_are_independent(key):
+    y = measurement(n=3)
+    gens = [torch.Generator().manual_seed(s) for s in (11, 12, 13)]
+    batch = run(key, y, generator=gens)
+    alone = run(key, y[1:2], generator=[torch.Generator().manual_seed(12)])
+    torch.testing.assert_close(batch[1:2], alone, rtol=1e-7, atol=1e-8)
+
+
+@pytest.mark.parametrize("key", sorted(CALLS))
+def test_callback_sees_every_step(key):
+    seen = []
+    kw, _ = CALLS[key]
+    run(key, measurement(n=2), generator=torch.Generator().manual_seed(0),
+        callback=lambda i, x, x0: seen.append((i, x.shape, x0.shape)))
+    assert len(seen) >= 1 and [s[0] for s in seen] == list(range(len(seen)))
+    assert all(s[1] == (2, *SHAPE) and s[2] == (2, *SHAPE) for s in seen)
+
+
+@pytest.mark.parametrize("key", sorted(CALLS))
+def test_nan_from_the_network_stops_with_a_clear_error(key):
+    prior = Counting(PRIOR, nan_at=2)
+    with pytest.raises(SolverDivergedError, match=key.split("-")[0] + r".*step"):
+        run(key, measurement(n=2), prior=prior, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", sorted(solvers.SOLVERS))
+def test_nonlinear_operator_is_refused_before_any_work(name):
+    op = operators.HDR(SHAPE)
+    prior = Counting(PRIOR)
+    y = op.A(PRIOR.sample(2, torch.Generator().manual_seed(0)))
+    with pytest.raises(operators.CapabilityError, match=name):
+        solvers.SOLVERS[name](y, op, prior, sigma_y=0.05, steps=3)
+    assert prior.calls == 0
+
+
+def test_ddrm_svd_mode_needs_an_svd_and_auto_falls_back():
+    y = REFLECT_BLUR.A(PRIOR.sample(2, torch.Generator().manual_seed(0)))
+    with pytest.raises(operators.CapabilityError, match="svd"):
+        solvers.ddrm(y, REFLECT_BLUR, PRIOR, sigma_y=0.05, steps=3, mode="svd")
+    out = solvers.ddrm(y, REFLECT_BLUR, PRIOR, sigma_y=0.05, steps=3)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", sorted(solvers.SOLVERS))
+def test_bad_input_is_refused_before_any_work(name):
+    f = solvers.SOLVERS[name]
+    y = measurement(n=2)
+    prior = Counting(PRIOR)
+    bad = [
+        (dict(y=y[:, :, :3]), ValueError, "shape"),
+        (dict(y=torch.where(y > 0.3, float("nan"), y)), ValueError, "NaN"),
+        (dict(sigma_y=-0.1), ValueError, "sigma_y"),
+        (dict(sigma_y=torch.tensor([0.1, 0.2, 0.3])), ValueError, "sigma_y"),
+        (dict(steps=0), ValueError, "steps"),
+        (dict(generator=[torch.Generator()]), ValueError, "generators"),
+        (dict(y=y.to(torch.complex128)), ValueError, "real"),
+    ]
+    for override, err, match in bad:
+        kw = dict(y=y, sigma_y=0.05, steps=3, generator=None) | override
+        with pytest.raises(err, match=match):
+            f(kw.pop("y"), INPAINT, prior, **kw)
+    other = GaussianPrior(torch.zeros(16), 1.0, shape=(1, 4, 4))
+    with pytest.raises(ValueError, match="prior models"):
+        f(y, INPAINT, other, sigma_y=0.05, steps=3)
+    assert prior.calls == 0
+
+
+@pytest.mark.parametrize("key", sorted(CALLS))
+def test_per_sample_sigma_y_equals_separate_runs(key):
+    y = measurement(n=2)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (1, 2)]  # noqa: E731
+    kw, _ = CALLS[key]
+    f = solver_of(key)
+    both = f(y, INPAINT, PRIOR, sigma_y=torch.tensor([0.05, 0.2]), generator=gens(), **kw)
+    second = f(y[1:], INPAINT, PRIOR, sigma_y=0.2, generator=gens()[1:], **kw)
+    torch.testing.assert_close(both[1:], second, rtol=1e-7, atol=1e-8)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("key", sorted(CALLS))
+def test_follows_the_input_device(key):
+    prior = GaussianPrior(PRIOR.means[0], PRIOR.cov_matrices()[0], shape=SHAPE).cuda()
+    y = measurement(n=2).cuda()
+    op = operators.Inpainting(INPAINT.mask.cuda(), SHAPE)
+    out = run(key, y, prior=prior, op=op, generator=torch.Generator(device="cuda").manual_seed(0))
+    assert out.device.type == "cuda"
