@@ -3,7 +3,8 @@ callback=None, **paper_params) -> x`` (one posterior sample per batch item, phys
 
 from ._common import SolverDivergedError
 from .ddrm import ddrm
+from .diffpir import diffpir
 
-SOLVERS = {f.__name__: f for f in (ddrm,)}
+SOLVERS = {f.__name__: f for f in (ddrm, diffpir)}
 
 __all__ = ["SOLVERS", "SolverDivergedError", *SOLVERS]
