@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("invdiff")
 
-SOLVERS = ("pinv",)
+APP_SOLVERS = ("pinv",)
 
 
 def psnr(x_hat: torch.Tensor, x: torch.Tensor, data_range: float = 1.0) -> float:
@@ -45,30 +45,33 @@ def run(cfg: DictConfig, out_dir: str | Path) -> Path:
     """Simulate, reconstruct and save one sample; returns the result file's path."""
     from invdiff.data import sample_image, write_sample
 
-    if cfg.solver not in SOLVERS:
-        raise ValueError(f"unknown solver {cfg.solver!r}; available so far: {SOLVERS}")
+    solver_name = str(cfg.solver.get("_target_", "")).rpartition(".")[2]
+    if solver_name not in APP_SOLVERS:
+        raise ValueError(f"the app runs solver={APP_SOLVERS} so far; diffusion solvers ({solver_name!r}) are "
+                         "called from Python: invdiff.solvers.<name>(y, operator, prior, sigma_y=..., steps=...)")
     # Everything that can fail on bad input is built before any work or output.
     op = build(cfg.operator, "operator")
-    operators.require(op, cfg.solver, ["pinv"])
+    operators.require(op, solver_name, ["pinv"])
+    solver = build(cfg.solver, "solver")
     noise = build(cfg.noise, "noise") if cfg.get("noise") is not None else None
     x = sample_image(cfg.data.image, cfg.shape)
     generator = torch.Generator().manual_seed(int(cfg.seed))
     y = op.measure(x, noise, generator=generator)
-    x_hat = op.A_dagger(y)
+    x_hat = solver(y, op, None)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     saved_op = op.to_dict()
     record = {
         "x_hat": x_hat[0], "y": y[0], "x_true": x[0],
         "operator": saved_op["params"] | {"type": saved_op["type"]},
         "seed": int(cfg.seed),
-        "solver": cfg.solver,
+        "solver": solver_name,
         "noise": repr(noise),
         "config_yaml": resolved,
         "config_hash": hashlib.sha256(resolved.encode()).hexdigest()[:16],
         "psnr": psnr(x_hat, x),
     }
     path = write_sample(Path(out_dir) / "samples" / "0.h5", record)
-    log.info("%s + %s, %s reconstruction: PSNR %.2f dB -> %s", op.describe(), noise, cfg.solver, record["psnr"], path)
+    log.info("%s + %s, %s reconstruction: PSNR %.2f dB -> %s", op.describe(), noise, solver_name, record["psnr"], path)
     return path
 
 

@@ -23,6 +23,15 @@ REFLECT_BLUR = operators.Blur(torch.tensor([[1.0, 2.0, 1.0], [2.0, 5.0, 2.0], [1
 CALLS = {
     "ddrm": (dict(steps=7), 7),
     "ddrm-simplified": (dict(steps=6, mode="simplified"), 6),
+    "ddnm": (dict(steps=9), 9),
+    "ddnm-travel": (dict(steps=10, travel_length=3, travel_repeat=2), 10 + 1 * 3 * 3),
+    "ddnm-simplified": (dict(steps=5, mode="simplified"), 5),
+    "pigdm": (dict(steps=6), 6),
+    "pigdm-cg": (dict(steps=4, op=REFLECT_BLUR), 4),
+    "pigdm-posterior": (dict(steps=5, guidance="posterior"), 5),
+    "score_sde": (dict(steps=6), 12),
+    "score_sde-nocorrector": (dict(steps=6, corrector_steps=0, noisy_projection=True), 6),
+    "score_sde-cg": (dict(steps=4, corrector_steps=2, op=REFLECT_BLUR), 12),
     "diffpir": (dict(steps=8), 8),
     "diffpir-cg": (dict(steps=5, op=REFLECT_BLUR), 5),
 }
