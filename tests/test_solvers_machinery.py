@@ -3,8 +3,13 @@ exact NFE, determinism, batch independence, callbacks, the NaN guard, bad input,
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 import operators
 from invdiff import solvers
@@ -13,6 +18,7 @@ from invdiff.solvers import SolverDivergedError
 
 from posterior_harness import smooth_cov
 
+ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (1, 4, 5)
 PRIOR = GaussianPrior(torch.full((20,), 0.1), smooth_cov(4, 5, var=0.5), shape=SHAPE,
                       data_range=(0.0, 1.0), model_range=(-1.0, 1.0))
@@ -185,3 +191,64 @@ def test_follows_the_input_device(key):
     op = operators.Inpainting(INPAINT.mask.cuda(), SHAPE)
     out = run(key, y, prior=prior, op=op, generator=torch.Generator(device="cuda").manual_seed(0))
     assert out.device.type == "cuda"
+
+
+SOLVER_CONFIGS = sorted(p.stem for p in (ROOT / "configs" / "solver").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SOLVER_CONFIGS)
+def test_solver_config_instantiates_alone_and_runs_two_steps(name):
+    text = (ROOT / "configs" / "solver" / f"{name}.yaml").read_text()
+    assert text.lstrip().startswith("#"), "solver configs start with their source comment"
+    cfg = OmegaConf.load(ROOT / "configs" / "solver" / f"{name}.yaml")
+    cfg.pop("steps", None)
+    solver = instantiate(cfg)
+    y = measurement(n=2)
+    out = solver(y, INPAINT, PRIOR, sigma_y=0.05, steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, *SHAPE) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_configs_compose(name):
+    with initialize_config_module("invdiff.configs", version_base=None):
+        cfg = compose("config", overrides=[f"+experiment={name}"])
+    assert cfg.solver._target_.startswith("invdiff.solvers.") and cfg.solver._partial_
+    assert callable(instantiate(cfg.solver))
+
+
+def test_every_solver_has_a_config():
+    assert set(solvers.SOLVERS) <= set(SOLVER_CONFIGS)
+
+
+class TinyNet(Prior):
+    """A small conv denoiser that records the dtype its convolution ran in."""
+
+    def __init__(self):
+        super().__init__(SHAPE, data_range=(0.0, 1.0), model_range=(-1.0, 1.0))
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+        self.seen = []
+
+    def denoiser(self, x, sigma):
+        h = self.conv(x.float() / (1 + float(sigma)))
+        self.seen.append(h.dtype)
+        return (x / (1 + float(sigma) ** 2) + 0.01 * h).to(x.dtype)
+
+
+def test_autocast_flag_runs_the_network_in_bfloat16():
+    net = TinyNet()
+    y = measurement(n=2)
+    out = solvers.ddrm(y, INPAINT, net, sigma_y=0.05, steps=3, generator=torch.Generator().manual_seed(0), autocast=True)
+    assert set(net.seen) == {torch.bfloat16} and out.dtype == y.dtype and torch.isfinite(out).all()
+    net.seen.clear()
+    solvers.ddrm(y, INPAINT, net, sigma_y=0.05, steps=3, generator=torch.Generator().manual_seed(0))
+    assert set(net.seen) == {torch.float32}
+
+
+def test_compile_flag_gives_the_same_result():
+    net = TinyNet()
+    y = measurement(n=2)
+    kw = dict(sigma_y=0.05, steps=3, generator=None)
+    eager = solvers.diffpir(y, INPAINT, net, **(kw | {"generator": torch.Generator().manual_seed(0)}))
+    compiled = solvers.diffpir(y, INPAINT, net, compile=True, **(kw | {"generator": torch.Generator().manual_seed(0)}))
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)

@@ -41,11 +41,23 @@ class SolverDivergedError(FloatingPointError):
 # --------------------------------------------------------------------------------------------
 # σ grids shared by the VP-paper solvers
 # --------------------------------------------------------------------------------------------
-def vp_sigmas(prior: Prior, steps: int, schedule=None) -> list[float]:
+def vp_sigmas(prior: Prior, steps: int, schedule=None, spacing: str = "uniform") -> list[float]:
     """EDM-form σ of ``steps`` respaced VP timesteps (the prior's own VP schedule, else DDPM's
-    linear T = 1000), decreasing, clipped to the prior's σ range, followed by a final 0."""
+    linear T = 1000), decreasing, starting at the largest step the prior covers, then a final 0.
+
+    ``spacing="uniform"``: evenly spread timesteps (guided-diffusion's respacing).
+    ``spacing="quad"``: DiffPIR's ``skip_type="quad"``, ``t_i = t_max − ⌊√(i/(N−1))·(t_max+1)⌋``
+    (the last one 0): coarse at high noise, fine near t = 0.
+    """
     sched = vp_schedule_of(prior, schedule)
     t = vp_timesteps(prior, sched, steps)
+    if spacing == "quad":
+        t_max = int(t[0])
+        seq = torch.linspace(0, float(t_max + 1) ** 2, steps, dtype=torch.float64).sqrt().floor().long()
+        seq[-1] = t_max
+        t = t_max - seq
+    elif spacing != "uniform":
+        raise ValueError(f"spacing must be 'uniform' or 'quad', got {spacing!r}")
     return sched.sigmas[t].tolist() + [0.0]
 
 

@@ -24,17 +24,25 @@ code        paper          code           paper
 ``sigma``   σ̄_t             ``rho``        ρ_t
 ==========  =============  =============  ================
 
-Defaults: 100 steps, λ = 7, ζ = 0.3 (the paper's Gaussian-deblurring row; ζ = 0.1 deblur /
-0.25 SR / 1.0 inpainting in REFERENCE.md). σ_n is floored at 0.001 (the authors' ``max(0.001,
-noise_level_img)``), so noiseless data still give a finite ρ_t.
+Defaults: 100 steps on the authors' "quad" timestep spacing, λ = 7, ζ = 0.3 — the settings their
+deblurring script runs (SR ×4: ζ = 0.25 with λ swept 2…12; inpainting: λ = 1, ζ = 1.0, 20 steps).
+σ_n is floored at 0.001 (the authors' ``max(0.001, noise_level_img)``), so noiseless data still
+give a finite ρ_t.
 
 Noise units: the authors compute ρ_t with σ_n on the [0, 1] image scale and σ̄_t on the network's
 [−1, 1] scale. Here both are in the prior's model space and ``units="model"`` uses
 ρ_t = λ σ_n² / σ̄_t²; ``units="paper"`` (the default) reproduces the authors' code by evaluating
 σ_n on a unit-width range: σ_n = σ_y,model / (model range width), i.e. σ_y/2 for [−1, 1] priors.
 
-Deviations: none in the update; timesteps are respaced evenly over the prior's VP schedule (the
-authors' ``skip_type="uniform"``), starting at its largest trained σ.
+Deviations:
+
+* The last network call's x₀ is returned; the authors' code evaluates it and then returns x at
+  t = 0 (σ̄ ≈ 0.01 of residual noise) instead.
+* The start is VP noise N(0, I) (the paper); the authors' code starts from a noised y (or its
+  bicubic upsampling), an initialisation their issue #41 calls optional.
+* x₀ is not clipped to [−1, 1] (their ``clip_denoised=True``): priors here need not be bounded.
+* The data step is the operator's own exact prox (SVD/FFT closed form or CG); the authors' SR
+  uses an FFT formula with a bicubic kernel that does not match their MATLAB-bicubic degradation.
 """
 
 from __future__ import annotations
@@ -49,7 +57,8 @@ from ._common import Callback, setup, vp_scale, vp_sigmas
 
 def diffpir(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generator=None,
             callback: Callback = None, lam: float = 7.0, zeta: float = 0.3, units: str = "paper",
-            sigma_y_min: float = 0.001, schedule=None, autocast: bool = False, compile: bool = False) -> Tensor:
+            sigma_y_min: float = 0.001, skip_type: str = "quad", schedule=None, autocast: bool = False,
+            compile: bool = False) -> Tensor:
     """One DiffPIR posterior sample per item of ``y``.
 
     :param y: ``[B, *operator.meas_size]`` measurements, physical units.
@@ -60,6 +69,7 @@ def diffpir(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, genera
     :param lam, zeta: the paper's λ and ζ.
     :param units: ``"paper"`` (σ_n on a unit-width range, as the authors' code) or ``"model"``.
     :param sigma_y_min: floor of σ_n (same units as ``units``).
+    :param skip_type: ``"quad"`` (the authors' default) or ``"uniform"`` timestep spacing.
     :returns: ``[B, *prior.shape]`` physical units, y's dtype.
     """
     if lam <= 0 or not 0.0 <= zeta <= 1.0:
@@ -70,7 +80,7 @@ def diffpir(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, genera
                callback=callback, needs=["linear", "prox_l2"], autocast=autocast, compile=compile)
     width = prior.model_range[1] - prior.model_range[0] if units == "paper" else 1.0
     sigma_n = (pb.sigma_y / width).clamp_min(sigma_y_min)  # [B]
-    sigmas = vp_sigmas(prior, steps, schedule)
+    sigmas = vp_sigmas(prior, steps, schedule, spacing=skip_type)
     x = pb.init_noise(1.0 / vp_scale(sigmas[0]))  # VP N(0, I)
     x0_hat = x
     for i in range(steps):
