@@ -16,7 +16,7 @@ from invdiff import solvers
 from invdiff.priors import GaussianPrior, Prior
 from invdiff.solvers import SolverDivergedError
 
-from posterior_harness import smooth_cov
+from invdiff.exact_posterior import smooth_cov
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (1, 4, 5)

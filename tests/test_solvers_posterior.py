@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 
 from invdiff import solvers
 
-import posterior_harness as H
+from invdiff import exact_posterior as H
 
 N = 1500
 CASES = {name: make() for name, make in H.CASES.items()}

@@ -10,7 +10,8 @@ generator and its samples are compared with exact posterior samples:
   directions, sorted 1-D samples), beside ``sw_prior``, the same distance for exact *prior* samples
   (a solver that ignored y). Monte-Carlo floor: ``sw_floor`` between two independent exact sets.
 
-Used by tests/test_solvers_posterior.py and benchmarks/solvers_posterior.py.
+Used by tests/test_solvers_posterior.py and benchmarks/solvers_posterior.py; usable on any solver
+with the common call shape: ``run(solver, CASES["blur"](), n=2000, steps=100)``.
 """
 
 from __future__ import annotations
