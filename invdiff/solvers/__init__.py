@@ -1,13 +1,21 @@
 """Posterior samplers: ``solver(y, operator, prior, *, sigma_y, steps, generator=None,
-callback=None, **paper_params) -> x`` (one posterior sample per batch item, physical units)."""
+callback=None, **paper_params) -> x`` (one posterior sample per batch item, physical units).
+
+SVD / pseudo-inverse / prox family: ``ddrm``, ``ddnm``, ``pigdm``, ``diffpir``, ``score_sde``.
+Gradient-guided family: ``dps``, ``mcg``, ``reddiff``, ``tmpd``. Baseline: ``baselines.pinv``.
+"""
 
 from ._common import SolverDivergedError
 from .ddnm import ddnm
 from .ddrm import ddrm
 from .diffpir import diffpir
+from .dps import dps
+from .mcg import mcg
 from .pigdm import pigdm
+from .reddiff import reddiff
 from .score_sde import score_sde
+from .tmpd import tmpd
 
-SOLVERS = {f.__name__: f for f in (ddrm, ddnm, pigdm, diffpir, score_sde)}
+SOLVERS = {f.__name__: f for f in (ddrm, ddnm, pigdm, diffpir, score_sde, dps, mcg, reddiff, tmpd)}
 
 __all__ = ["SOLVERS", "SolverDivergedError", *SOLVERS]
