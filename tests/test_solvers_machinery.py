@@ -288,3 +288,68 @@ def test_compile_flag_gives_the_same_result():
     eager = solvers.diffpir(y, INPAINT, net, **(kw | {"generator": torch.Generator().manual_seed(0)}))
     compiled = solvers.diffpir(y, INPAINT, net, compile=True, **(kw | {"generator": torch.Generator().manual_seed(0)}))
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
+class BlockNet(Prior):
+    """A denoiser made of a ModuleList of conv blocks (the shape gradient checkpointing targets)."""
+
+    def __init__(self):
+        super().__init__(SHAPE, data_range=(0.0, 1.0), model_range=(-1.0, 1.0))
+        torch.manual_seed(0)
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Conv2d(1 if i == 0 else 8, 8, 3, padding=1), torch.nn.SiLU()) for i in range(4))
+        self.out = torch.nn.Conv2d(8, 1, 3, padding=1)
+
+    def denoiser(self, x, sigma):
+        h = x.float() / (1 + float(sigma))
+        for block in self.blocks:
+            h = block(h)
+        return (x / (1 + float(sigma) ** 2) + 0.01 * self.out(h)).to(x.dtype)
+
+
+def saved_bytes(fn):
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total[0]
+
+
+def test_gradient_checkpointing_saves_activation_memory_and_changes_nothing():
+    from invdiff.solvers._common import Network
+
+    net = BlockNet()
+    x = torch.randn(2, *SHAPE, dtype=torch.float64, requires_grad=True)
+    plain = saved_bytes(lambda: Network(net).with_grad(x, 0.5))
+    ckpt = saved_bytes(lambda: Network(net, checkpoint=True).with_grad(x, 0.5))
+    assert ckpt < 0.6 * plain
+    assert "forward" not in vars(net.blocks[0])  # the patch is undone
+    y = measurement(n=2)
+    for name in ("dps", "pigdm", "tmpd", "mcg"):
+        kw = dict(sigma_y=0.05, steps=3)
+        a = solvers.SOLVERS[name](y, INPAINT, net, generator=torch.Generator().manual_seed(0), **kw)
+        b = solvers.SOLVERS[name](y, INPAINT, net, generator=torch.Generator().manual_seed(0), checkpoint=True, **kw)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+class GradRecorder(Prior):
+    def __init__(self, inner):
+        super().__init__(inner.shape, data_range=inner.data_range, model_range=inner.model_range)
+        self.inner, self.grad_mode = inner, []
+
+    def denoiser(self, x, sigma):
+        self.grad_mode.append(torch.is_grad_enabled() and x.requires_grad)
+        return self.inner.denoiser(x, sigma)
+
+
+@pytest.mark.parametrize("name", sorted(solvers.SOLVERS))
+def test_gradients_flow_only_where_needed(name):
+    # only solvers that take a vector–Jacobian product through the network call it with a graph
+    needs_graph = {"dps", "mcg", "pigdm", "tmpd"}
+    prior = GradRecorder(PRIOR)
+    solvers.SOLVERS[name](measurement(n=2), INPAINT, prior, sigma_y=0.05, steps=3, generator=torch.Generator().manual_seed(0))
+    assert set(prior.grad_mode) == ({True} if name in needs_graph else {False})

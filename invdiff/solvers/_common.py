@@ -17,6 +17,7 @@ DDRM/DDNM do by hand). Nonlinear operators are instead applied to ``prior.to_phy
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import weakref
@@ -80,16 +81,50 @@ def _compiled(prior: Prior) -> Callable:
     return fn
 
 
+def _blocks(prior: Prior) -> list[torch.nn.Module]:
+    """The network's blocks for gradient checkpointing: the items of its ``ModuleList``s (UNet
+    down/up blocks in guided-diffusion, EDM and deepinv networks), else the parameterised children
+    of the prior's network modules."""
+    blocks = [m for ml in prior.modules() if isinstance(ml, torch.nn.ModuleList) for m in ml]
+    if not blocks:
+        nets = [m for m in prior.children() if next(m.parameters(), None) is not None]
+        blocks = [c for n in nets for c in n.children() if next(c.parameters(), None) is not None]
+    return blocks
+
+
+@contextlib.contextmanager
+def checkpointed(prior: Prior):
+    """Within this context every block of the prior's network recomputes its activations in the
+    backward pass (``torch.utils.checkpoint``) instead of storing them: activation memory of a
+    vector–Jacobian product drops to the blocks' inputs, at the cost of one more forward pass."""
+    from torch.utils.checkpoint import checkpoint
+
+    patched = []
+    for block in _blocks(prior):
+        if "forward" in vars(block):
+            continue
+        block.forward = functools.partial(checkpoint, type(block).forward.__get__(block), use_reentrant=False)
+        patched.append(block)
+    try:
+        yield len(patched)
+    finally:
+        for block in patched:
+            del block.forward
+
+
 class Network:
     """``D(x, σ)`` of a prior in float64, with the solver's flags.
 
     :param autocast: run the network under ``torch.autocast(bfloat16)`` on the input's device.
     :param compile: call a ``torch.compile``-d denoiser (compiled once per prior and reused).
+    :param checkpoint: gradient checkpointing of the network's blocks in :meth:`with_grad`
+        (see :func:`checkpointed`); no effect on no-grad calls.
     """
 
-    def __init__(self, prior: Prior, *, autocast: bool = False, compile: bool = False):
+    def __init__(self, prior: Prior, *, autocast: bool = False, compile: bool = False, checkpoint: bool = False):
         self.prior = prior
         self.autocast = bool(autocast)
+        self.checkpoint = bool(checkpoint)
         self.fn = _compiled(prior) if compile else prior.denoiser
 
     def _ctx(self, x: Tensor):
@@ -108,7 +143,8 @@ class Network:
         if not self.prior.differentiable:
             raise ValueError(f"{type(self.prior).__name__} is not differentiable; this solver needs "
                              "vector–Jacobian products through the denoiser")
-        with torch.enable_grad(), self._ctx(x):
+        ckpt = checkpointed(self.prior) if self.checkpoint else contextlib.nullcontext()
+        with torch.enable_grad(), self._ctx(x), ckpt:
             out = self.fn(x, sigma)
         return out.to(torch.float64)
 
@@ -211,7 +247,7 @@ def _prior_device(prior: Prior) -> torch.device | None:
 
 def setup(name: str, y: Tensor, operator, prior: Prior, *, sigma_y, steps: int, generator: GeneratorArg,
           callback: Callback = None, needs: Iterable = (), per_entry_sigma_y: bool = False,
-          autocast: bool = False, compile: bool = False) -> Problem:
+          autocast: bool = False, compile: bool = False, checkpoint: bool = False) -> Problem:
     """Check a solver call before any work and build its :class:`Problem`.
 
     Raises :class:`operators.CapabilityError` for a missing capability, ``ValueError`` for bad
@@ -244,7 +280,7 @@ def setup(name: str, y: Tensor, operator, prior: Prior, *, sigma_y, steps: int, 
         raise ValueError(f"solver '{name}': y is on {y.device} but the prior is on {dev}; move one of them")
     s = _per_sample_sigma_y(name, sigma_y, y, per_entry_sigma_y)
     linear = "linear" in operator.capabilities
-    net = Network(prior, autocast=autocast, compile=compile)
+    net = Network(prior, autocast=autocast, compile=compile, checkpoint=checkpoint)
     return Problem(name, y, operator, prior, s, steps, generator, callback, net, linear)
 
 

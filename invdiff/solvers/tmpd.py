@@ -51,7 +51,7 @@ from ._common import Callback, setup, vp_scale, vp_sigmas
 
 def tmpd(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, generator=None, callback: Callback = None,
          covariance: str = "full", cg_max_iter: int = 20, cg_tol: float = 1e-5, eta: float = 1.0, schedule=None,
-         autocast: bool = False, compile: bool = False) -> Tensor:
+         autocast: bool = False, compile: bool = False, checkpoint: bool = False) -> Tensor:
     """One TMPD posterior sample per item of ``y``.
 
     :param y: ``[B, *operator.meas_size]`` measurements, measurement units.
@@ -62,13 +62,16 @@ def tmpd(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, generato
     :param covariance: ``"full"`` (CG with Jacobian products) or ``"diagonal"`` (cheap variant).
     :param cg_max_iter, cg_tol: the inner solve of the full variant.
     :param eta: DDIM η (1: DDPM-like).
+    :param checkpoint: gradient checkpointing through the network's blocks (less memory, one more
+        forward pass per backward).
     :returns: ``[B, *prior.shape]`` physical units, y's dtype.
     """
     if covariance not in ("full", "diagonal") or not 0.0 <= eta <= 1.0 or cg_max_iter < 1:
         raise ValueError(f"tmpd: need covariance 'full'|'diagonal', 0 <= eta <= 1, cg_max_iter >= 1; "
                          f"got {covariance!r}, {eta}, {cg_max_iter}")
     pb = setup("tmpd", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
-               needs=["linear", "adjoint"], autocast=autocast, compile=compile)
+               needs=["linear", "adjoint"], autocast=autocast, compile=compile,
+               checkpoint=checkpoint)
     if not prior.differentiable:
         raise ValueError("tmpd needs Jacobian products through the denoiser; this prior is not differentiable")
     A, At = operator.A, operator.A_adjoint
