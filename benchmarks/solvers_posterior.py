@@ -20,8 +20,7 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
 from invdiff import exact_posterior as H
-from invdiff import solvers
-from invdiff.priors import Prior
+from invdiff.priors import CountingPrior
 
 # (label, solver config, experiment or None, extra kwargs)
 SETTINGS = [
@@ -46,16 +45,6 @@ SETTINGS = [
     ("tmpd full (≤ 20 CG, 200 steps, η 0)", "tmpd", None, {"steps": 200, "eta": 0.0}),
     ("tmpd diagonal (200 steps, η 1)", "tmpd", None, {"steps": 200, "covariance": "diagonal"}),
 ]
-
-
-class Counting(Prior):
-    def __init__(self, inner):
-        super().__init__(inner.shape, data_range=inner.data_range, model_range=inner.model_range)
-        self.inner, self.calls = inner, 0
-
-    def denoiser(self, x, sigma):
-        self.calls += 1
-        return self.inner.denoiser(x, sigma)
 
 
 def nfe_extra(name):
@@ -86,7 +75,7 @@ def main(argv=None):
                     continue
                 kw["prior_variance"] = case.isotropic_var
             t0 = time.perf_counter()
-            prior = Counting(case.prior)
+            prior = CountingPrior(case.prior)
             y = case.y.expand(args.n, *case.y.shape[1:]).clone()
             out = solver(y, case.op, prior, sigma_y=case.sigma_y, generator=torch.Generator().manual_seed(args.seed), **kw)
             r = H.evaluate(case, out)

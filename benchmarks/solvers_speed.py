@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import operators as O
 from invdiff import solvers
 from invdiff.data import sample_image
-from invdiff.priors import Prior
+from invdiff.priors import CountingPrior, Prior
 
 
 # -- a small UNet with EDM preconditioning ---------------------------------------------------------
@@ -154,17 +154,6 @@ def timed(fn, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-class Counting(Prior):
-    def __init__(self, inner):
-        super().__init__(inner.shape, data_range=inner.data_range, model_range=inner.model_range,
-                         sigma_range=(inner.sigma_min, inner.sigma_max))
-        self.inner, self.calls = inner, 0
-
-    def denoiser(self, x, sigma):
-        self.calls += 1
-        return self.inner.denoiser(x, sigma)
-
-
 def psnr(a, b):
     return float(10 * torch.log10(1 / ((a.clamp(0, 1) - b) ** 2).mean((1, 2, 3))).mean())
 
@@ -190,14 +179,10 @@ def main(argv=None):
 
     # 1. overhead ------------------------------------------------------------------------------
     xb = torch.randn(B, *shape, dtype=torch.float64, device=dev)
-    with torch.no_grad():  # solvers call the network without a graph, except ΠGDM
-        t_fwd = timed(lambda: unet.denoiser(xb, 1.0), repeats=7)
-
     def fwd_bwd():
         xi = xb.clone().requires_grad_(True)
         torch.autograd.grad(unet.denoiser(xi, 1.0).sum(), xi)
 
-    t_fb = timed(fwd_bwd, repeats=7)
     runs = [
         ("ddrm", inpaint, dict(steps=n)), ("ddnm", inpaint, dict(steps=n)), ("pigdm", inpaint, dict(steps=n)),
         ("diffpir", inpaint, dict(steps=n)), ("score_sde", inpaint, dict(steps=n // 2)),
@@ -211,7 +196,7 @@ def main(argv=None):
     for label, op, kw in runs:
         name = label.split(" ")[0]
         y = op.measure(x_true, O.GaussianNoise(sigma_y), generator=torch.Generator().manual_seed(1))
-        counting = Counting(unet)
+        counting = CountingPrior(unet)
         solvers.SOLVERS[name](y, op, counting, sigma_y=sigma_y, generator=torch.Generator().manual_seed(0), **kw)
         nfe = counting.calls
 
@@ -274,9 +259,8 @@ def main(argv=None):
         for name in ("ddrm", "diffpir"):
             for impl, fn in (("invdiff", ours[name]), ("deepinv", theirs[name])):
                 den.calls = 0
-                counting = Counting(prior)
+                counting = CountingPrior(prior)
                 if impl == "invdiff":
-                    f = ours[name]
                     # count our calls with the same closure on a counting prior
                     kw = dict(sigma_y=sigma_y, steps=n, generator=torch.Generator().manual_seed(0))
                     kw |= dict(lam=7.0, zeta=0.3) if name == "diffpir" else {}
@@ -322,7 +306,6 @@ def main(argv=None):
         xi = xb.clone().requires_grad_(True)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = Network(unet, checkpoint=checkpoint).with_grad(xi, 1.0)
-        t0 = time.perf_counter()
         torch.autograd.grad(out.sum(), xi)
         return total[0] / 2**20
 

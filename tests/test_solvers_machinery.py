@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 import operators
 from invdiff import solvers
-from invdiff.priors import GaussianPrior, Prior
+from invdiff.priors import CountingPrior, GaussianPrior, Prior
 from invdiff.solvers import SolverDivergedError
 
 from invdiff.exact_posterior import smooth_cov
@@ -63,16 +63,15 @@ def solver_of(key):
     return getattr(solvers, key.split("-")[0])
 
 
-class Counting(Prior):
+class Counting(CountingPrior):
     """Counts network calls; optionally returns NaN from call ``nan_at`` on."""
 
     def __init__(self, inner, nan_at=None):
-        super().__init__(inner.shape, data_range=inner.data_range, model_range=inner.model_range)
-        self.inner, self.calls, self.nan_at = inner, 0, nan_at
+        super().__init__(inner)
+        self.nan_at = nan_at
 
     def denoiser(self, x, sigma):
-        self.calls += 1
-        out = self.inner.denoiser(x, sigma)
+        out = super().denoiser(x, sigma)
         if self.nan_at is not None and self.calls >= self.nan_at:
             out = out * float("nan")
         return out

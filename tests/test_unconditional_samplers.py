@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from invdiff.priors import (GaussianMixturePrior, GaussianPrior, Prior, annealed_langevin, ddim, ddpm,
+from invdiff.priors import (CountingPrior, GaussianMixturePrior, GaussianPrior, Prior, annealed_langevin, ddim, ddpm,
                             edm_heun, pf_ode, reverse_sde)
 
 GAUSS = GaussianPrior(torch.tensor([1.0, -2.0]), torch.tensor([[2.0, 0.8], [0.8, 0.5]]))
@@ -72,14 +72,7 @@ def test_predictor_corrector_in_higher_dimension():
     assert abs(ratio - 1) < 0.08  # measured 1.05: Langevin's O(step) over-dispersion
 
 
-class Counting(Prior):
-    def __init__(self, inner):
-        super().__init__(inner.shape, data_range=inner.data_range, model_range=inner.model_range)
-        self.inner, self.calls = inner, 0
-
-    def denoiser(self, x, sigma):
-        self.calls += 1
-        return self.inner.denoiser(x, sigma)
+Counting = CountingPrior
 
 
 NFE = {

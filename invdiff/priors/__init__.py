@@ -3,7 +3,7 @@ and unconditional samplers. Solvers only ever see :class:`Prior`."""
 
 from .adapters import NetworkPrior
 from .analytic import GaussianMixturePrior, GaussianPrior
-from .base import Prior
+from .base import CountingPrior, Prior
 from .checkpoints import CheckpointError
 from .loaders import ARCHITECTURES, load, load_checkpoint, register_architecture, save
 from . import formats  # noqa: E402,F401  (registers the architectures the own format can name)
@@ -11,7 +11,7 @@ from .samplers import SAMPLERS, annealed_langevin, ddim, ddpm, edm_heun, pf_ode,
 from .schedules import EDMSchedule, VESchedule, VPSchedule, edm_sigma_grid, geometric_sigma_grid
 
 __all__ = [
-    "Prior", "NetworkPrior", "load", "load_checkpoint", "save", "CheckpointError", "ARCHITECTURES",
+    "Prior", "CountingPrior", "NetworkPrior", "load", "load_checkpoint", "save", "CheckpointError", "ARCHITECTURES",
     "register_architecture", "GaussianPrior", "GaussianMixturePrior",
     "SAMPLERS", "ddpm", "ddim", "annealed_langevin", "reverse_sde", "pf_ode", "edm_heun",
     "VPSchedule", "VESchedule", "EDMSchedule", "edm_sigma_grid", "geometric_sigma_grid",

@@ -96,3 +96,16 @@ class Prior(torch.nn.Module):
         from .adapters import NetworkPrior
 
         return NetworkPrior(net, parameterization, schedule, data_range=data_range, **kwargs)
+
+
+class CountingPrior(Prior):
+    """Wraps a prior and counts its denoiser calls (``calls``): measures a solver's NFE."""
+
+    def __init__(self, inner: Prior):
+        super().__init__(inner.shape, data_range=inner.data_range, model_range=inner.model_range,
+                         sigma_range=(inner.sigma_min, inner.sigma_max), differentiable=inner.differentiable)
+        self.inner, self.calls = inner, 0
+
+    def denoiser(self, x: Tensor, sigma) -> Tensor:
+        self.calls += 1
+        return self.inner.denoiser(x, sigma)

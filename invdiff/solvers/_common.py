@@ -67,6 +67,32 @@ def vp_scale(sigma: float) -> float:
     return 1.0 / math.sqrt(1.0 + sigma * sigma)
 
 
+def ddpm_step_vp(pb: "Problem", x: Tensor, x0_hat: Tensor, sigma: float, sigma_next: float) -> Tensor:
+    """DDPM ancestral step (Ho et al. 2020, eq. 7; respaced ``β' = 1 − ᾱ_t/ᾱ_s``) from the EDM state
+    ``x`` at σ to the **VP** state at σ_next: ``√ᾱ_s β'/(1−ᾱ_t) x̂₀ + √(1−β')(1−ᾱ_s)/(1−ᾱ_t) x_vp
+    + √(β'(1−ᾱ_s)/(1−ᾱ_t)) z``, without noise into σ_next = 0. Guided solvers add their step in VP
+    coordinates and divide by √ᾱ_s."""
+    a_t, a_s = vp_scale(sigma) ** 2, vp_scale(sigma_next) ** 2
+    beta = 1 - a_t / a_s
+    out = (math.sqrt(a_s) * beta / (1 - a_t)) * x0_hat + (math.sqrt(1 - beta) * (1 - a_s) / (1 - a_t) * math.sqrt(a_t)) * x
+    if sigma_next > 0:
+        out = out + math.sqrt(beta * (1 - a_s) / (1 - a_t)) * pb.randn()
+    return out
+
+
+def ddim_step(pb: "Problem", x: Tensor, x0_hat: Tensor, sigma: float, sigma_next: float, eta: float) -> Tensor:
+    """DDIM(η) step (Song, Meng & Ermon 2021, eqs. 12, 16) from the EDM state ``x`` at σ to the EDM
+    state at σ_next: ``(√ᾱ_s x̂₀ + c₂ ε̂ + c₁ z)/√ᾱ_s`` with ε̂ = (x − x̂₀)/σ,
+    ``c₁ = η √((1−ᾱ_t/ᾱ_s)(1−ᾱ_s)/(1−ᾱ_t))`` (0 into σ_next = 0) and ``c₂ = √(1−ᾱ_s−c₁²)``."""
+    a_t, a_s = vp_scale(sigma) ** 2, vp_scale(sigma_next) ** 2
+    c1 = eta * math.sqrt(max((1 - a_t / a_s) * (1 - a_s) / (1 - a_t), 0.0)) if sigma_next > 0 else 0.0
+    c2 = math.sqrt(max(1 - a_s - c1 * c1, 0.0))
+    x_vp = math.sqrt(a_s) * x0_hat + c2 * (x - x0_hat) / sigma
+    if c1 > 0:
+        x_vp = x_vp + c1 * pb.randn()
+    return x_vp / math.sqrt(a_s)
+
+
 # --------------------------------------------------------------------------------------------
 # the network call
 # --------------------------------------------------------------------------------------------

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 from ._common import Callback, setup, vp_scale, vp_sigmas

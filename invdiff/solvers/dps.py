@@ -43,7 +43,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._common import Callback, setup, vp_scale, vp_sigmas
+from ._common import Callback, ddpm_step_vp, setup, vp_scale, vp_sigmas
 
 
 def dps(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, generator=None, callback: Callback = None,
@@ -91,14 +91,8 @@ def dps(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, generator
         (grad,) = torch.autograd.grad(norm.sum(), x_in)  # row i depends on sample i only
         x0_hat = x0_graph.detach()
         pb.check(i, x0_hat, "the prior's denoiser returned NaN/Inf")
-        # 2. DDPM ancestral step in VP coordinates (respaced β' = 1 − ᾱ_t/ᾱ_s).
-        x_vp = math.sqrt(a_t) * x
-        beta = 1 - a_t / a_s
-        mean = (math.sqrt(a_s) * beta / (1 - a_t)) * x0_hat + (math.sqrt(1 - beta) * (1 - a_s) / (1 - a_t)) * x_vp
-        if sigma_next > 0:
-            mean = mean + math.sqrt(beta * (1 - a_s) / (1 - a_t)) * pb.randn()
-        # 3. Measurement step: ζ ∇_{x_vp} ‖y − A(x̂₀)‖ = ζ ∇_x ‖·‖ / √ᾱ_t.
-        x_vp = mean - zeta * grad.to(torch.float64) / math.sqrt(a_t)
+        # 2. DDPM ancestral step (VP coordinates), 3. measurement step ζ ∇_{x_vp}‖·‖ = ζ ∇_x‖·‖ / √ᾱ_t.
+        x_vp = ddpm_step_vp(pb, x, x0_hat, sigma, sigma_next) - zeta * grad.to(torch.float64) / math.sqrt(a_t)
         x = x_vp / math.sqrt(a_s)
         pb.check(i, x, f"ζ = {zeta} too large for this problem (DPS diverges when the step overshoots)")
         pb.callback(i, x, x0_hat)

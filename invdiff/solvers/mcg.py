@@ -37,7 +37,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._common import Callback, setup, vp_scale, vp_sigmas
+from ._common import Callback, ddpm_step_vp, setup, vp_scale, vp_sigmas
 
 
 def mcg(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, generator=None, callback: Callback = None,
@@ -69,20 +69,16 @@ def mcg(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, generator
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         a_t, a_s = vp_scale(sigma) ** 2, vp_scale(sigma_next) ** 2
-        # 1. Tweedie estimate (graph kept) and the unconditional ancestral step.
+        # 1. Tweedie estimate (graph kept) and the residual's gradient.
         x_in = x.detach().requires_grad_(True)
         x0_graph = pb.net.with_grad(x_in, sigma)
         norm = (pb.y - operator.A(x0_graph)).square().sum(dims).sqrt()  # model-space residual, per sample
         (grad,) = torch.autograd.grad(norm.sum(), x_in)
         x0_hat = x0_graph.detach()
         pb.check(i, x0_hat, "the prior's denoiser returned NaN/Inf")
-        x_vp = math.sqrt(a_t) * x
-        beta = 1 - a_t / a_s
-        mean = (math.sqrt(a_s) * beta / (1 - a_t)) * x0_hat + (math.sqrt(1 - beta) * (1 - a_s) / (1 - a_t)) * x_vp
-        if sigma_next > 0:
-            mean = mean + math.sqrt(beta * (1 - a_s) / (1 - a_t)) * pb.randn()
         # 2. Manifold-constrained gradient step (eq. 14), ∇_{x_vp} = ∇_x / √ᾱ_t.
-        x = (mean - alpha * grad.to(torch.float64) / math.sqrt(a_t)) / math.sqrt(a_s)
+        x_vp = ddpm_step_vp(pb, x, x0_hat, sigma, sigma_next) - alpha * grad.to(torch.float64) / math.sqrt(a_t)
+        x = x_vp / math.sqrt(a_s)
         # 3. Projection onto {A x = y_{t−1}}, y_{t−1} the forward-diffused measurement (eq. 15–16).
         if project:
             y_s = pb.y + sigma_next * operator.A(pb.randn()) if sigma_next > 0 else pb.y

@@ -52,7 +52,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._common import Callback, Problem, setup, vp_scale, vp_sigmas
+from ._common import Callback, Problem, ddim_step, setup, vp_scale, vp_sigmas
 
 
 def _guidance_vector(pb: Problem, residual: Tensor, r2: float) -> Tensor:
@@ -100,7 +100,7 @@ def pigdm(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generato
     x = pb.init_noise(1.0 / vp_scale(sigmas[0]))  # VP N(0, I)
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        a_t, a_s = vp_scale(sigma) ** 2, vp_scale(sigma_next) ** 2  # ᾱ_t, ᾱ_{t−1}
+        a_s = vp_scale(sigma_next) ** 2  # ᾱ_{t−1}
         # 1. Denoise with the graph kept.
         x_in = x.detach().requires_grad_(True)
         x0_graph = pb.net.with_grad(x_in, sigma)
@@ -111,18 +111,14 @@ def pigdm(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generato
         w = _guidance_vector(pb, pb.y - operator.A(x0_hat), r2)
         (grad,) = torch.autograd.grad(x0_graph, x_in, grad_outputs=w.to(x0_graph.dtype))
         grad = grad.to(torch.float64)
-        # 3. DDIM(η) step (Alg. 1), in VP coordinates.
-        c1 = eta * math.sqrt(max((1 - a_t / a_s) * (1 - a_s) / (1 - a_t), 0.0)) if sigma_next > 0 else 0.0
-        c2 = math.sqrt(max(1 - a_s - c1 * c1, 0.0))
+        # 3. DDIM(η) step (Alg. 1): with the posterior denoiser, or the unguided one plus √ᾱ_t g_vp
+        #    (g_vp = r_t² g/√ᾱ_t w.r.t. the VP state; divided by √ᾱ_{t−1} back to EDM form).
         if guidance == "posterior":
             x0_hat = x0_hat + sigma**2 * grad
-        eps_hat = (x - x0_hat) / sigma  # = (x_vp − √ᾱ_t x̂₀)/√(1 − ᾱ_t)
-        x_vp = math.sqrt(a_s) * x0_hat + c2 * eps_hat
-        if c1 > 0:
-            x_vp = x_vp + c1 * pb.randn()
+        x_next = ddim_step(pb, x, x0_hat, sigma, sigma_next, eta)
         if guidance == "paper":
-            x_vp = x_vp + r2 * grad  # √ᾱ_t · g_vp with g_vp = r_t² g / √ᾱ_t (VP-state gradient)
-        x = x_vp / math.sqrt(a_s)
+            x_next = x_next + r2 * grad / math.sqrt(a_s)
+        x = x_next
         pb.check(i, x, "guidance too strong for this problem (try guidance='posterior' or more steps)")
         pb.callback(i, x, x0_hat)
     return pb.finish(x)

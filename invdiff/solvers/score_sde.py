@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 from ..priors.schedules import geometric_sigma_grid

@@ -39,14 +39,12 @@ paper's moment projection.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from operators._linalg import conjugate_gradient
 
-from ._common import Callback, setup, vp_scale, vp_sigmas
+from ._common import Callback, ddim_step, setup, vp_scale, vp_sigmas
 
 
 def tmpd(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, generator=None, callback: Callback = None,
@@ -82,7 +80,6 @@ def tmpd(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, generato
     v = torch.zeros_like(pb.y)
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        a_t, a_s = vp_scale(sigma) ** 2, vp_scale(sigma_next) ** 2
         # 1. Tweedie mean with the graph kept; J w by vector–Jacobian products.
         x_in = x.detach().requires_grad_(True)
         m_graph = pb.net.with_grad(x_in, sigma)
@@ -102,13 +99,7 @@ def tmpd(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, generato
             v = conjugate_gradient(lambda u: A(c_diag * At(u)) + s2y * u, resid, v, tol=cg_tol, max_iter=200)
         # 3. Posterior denoiser m + σ² Jᵀ Aᵀ v, then a DDIM(η) step with it.
         x0_y = x0_hat + sigma**2 * jac(At(v))
-        eps = (x - x0_y) / sigma
-        c1 = eta * math.sqrt(max((1 - a_t / a_s) * (1 - a_s) / (1 - a_t), 0.0)) if sigma_next > 0 else 0.0
-        c2 = math.sqrt(max(1 - a_s - c1 * c1, 0.0))
-        x_vp = math.sqrt(a_s) * x0_y + c2 * eps
-        if c1 > 0:
-            x_vp = x_vp + c1 * pb.randn()
-        x = x_vp / math.sqrt(a_s)
+        x = ddim_step(pb, x, x0_y, sigma, sigma_next, eta)
         pb.check(i, x, "a diverging inner solve (raise cg_max_iter or σ_y)")
         pb.callback(i, x, x0_y)
     return pb.finish(x)
