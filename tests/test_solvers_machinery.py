@@ -352,3 +352,12 @@ def test_gradients_flow_only_where_needed(name):
     prior = GradRecorder(PRIOR)
     solvers.SOLVERS[name](measurement(n=2), INPAINT, prior, sigma_y=0.05, steps=3, generator=torch.Generator().manual_seed(0))
     assert set(prior.grad_mode) == ({True} if name in needs_graph else {False})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_prior_or_operator_on_another_device_is_refused():
+    y = measurement(n=2)
+    with pytest.raises(ValueError, match="device"):
+        solvers.ddrm(y, INPAINT, GaussianPrior(PRIOR.means[0], 1.0, shape=SHAPE).cuda(), sigma_y=0.05, steps=2)
+    with pytest.raises(ValueError, match="device"):
+        solvers.ddrm(y, operators.Inpainting(INPAINT.mask.cuda(), SHAPE), PRIOR, sigma_y=0.05, steps=2)

@@ -266,8 +266,8 @@ class Problem:
         return self.prior.to_physical(x_model).to(self.out_dtype)
 
 
-def _prior_device(prior: Prior) -> torch.device | None:
-    t = next(itertools.chain(prior.parameters(), prior.buffers()), None)
+def _module_device(module: torch.nn.Module) -> torch.device | None:
+    t = next(itertools.chain(module.parameters(), module.buffers()), None)
     return None if t is None else t.device
 
 
@@ -301,9 +301,10 @@ def setup(name: str, y: Tensor, operator, prior: Prior, *, sigma_y, steps: int, 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"solver '{name}': steps must be a positive integer, got {steps!r}")
     check_generator(generator, y.shape[0])
-    dev = _prior_device(prior)
-    if dev is not None and dev != y.device:
-        raise ValueError(f"solver '{name}': y is on {y.device} but the prior is on {dev}; move one of them")
+    for what, module in (("prior", prior), ("operator", operator)):
+        dev = _module_device(module) if isinstance(module, torch.nn.Module) else None
+        if dev is not None and dev != y.device:
+            raise ValueError(f"solver '{name}': y is on {y.device} but the {what} is on {dev}; move them to one device")
     s = _per_sample_sigma_y(name, sigma_y, y, per_entry_sigma_y)
     linear = "linear" in operator.capabilities
     net = Network(prior, autocast=autocast, compile=compile, checkpoint=checkpoint)

@@ -26,7 +26,8 @@ code        paper                         code                paper
 
 Defaults (the authors' configs): 1000 steps, λ = 0.25, Adam lr = 0.1 (β = (0.9, 0.99)),
 obs_weight = 1; μ starts at A⁺y when the operator has one, else at the middle of the model range.
-Losses are per-sample means, as the authors' ``.mean()`` but over each sample's own elements.
+Losses are per-sample means, as the authors' ``.mean()`` but over each sample's own elements; the
+residual is in the prior's units (× scale: for a linear operator, the paper's [−1, 1] residual).
 
 Deviations: per-sample loss normalisation (batch independence); Adam is ours (elementwise, so
 each sample's μ evolves independently of the batch). The output is μ, a point estimate with
@@ -65,7 +66,6 @@ def reddiff(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, gener
         mu = operator.A_dagger(pb.y)
     else:
         mu = torch.full(pb.shape, 0.5 * sum(prior.model_range), dtype=torch.float64, device=pb.device)
-    y_target = pb.y if linear else pb.y_phys
     dims = tuple(range(1, pb.y.ndim))
     n_meas = math.prod(pb.y.shape[1:])
     n_img = math.prod(prior.shape)
@@ -81,8 +81,8 @@ def reddiff(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, gener
         eps_hat = (x_t - x0_hat) / sigma
         # 2. Gradient of eq. 11: data term through A, the regulariser in closed form (sg[ε̂ − ε]).
         mu_in = mu.detach().requires_grad_(True)
-        pred = operator.A(mu_in) if linear else operator.A(prior.to_physical(mu_in))
-        loss_obs = 0.5 * (y_target - pred).square().sum(dims) / n_meas
+        resid = prior.scale * (pb.y_phys - operator.A(prior.to_physical(mu_in)))  # model units, as the paper's [-1, 1]
+        loss_obs = 0.5 * resid.square().sum(dims) / n_meas
         (g_obs,) = torch.autograd.grad(loss_obs.sum(), mu_in)
         grad = obs_weight * g_obs.to(torch.float64) + lam * sigma * (eps_hat - eps) / n_img
         # 3. Adam step on μ.
