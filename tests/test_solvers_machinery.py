@@ -361,3 +361,12 @@ def test_a_prior_or_operator_on_another_device_is_refused():
         solvers.ddrm(y, INPAINT, GaussianPrior(PRIOR.means[0], 1.0, shape=SHAPE).cuda(), sigma_y=0.05, steps=2)
     with pytest.raises(ValueError, match="device"):
         solvers.ddrm(y, operators.Inpainting(INPAINT.mask.cuda(), SHAPE), PRIOR, sigma_y=0.05, steps=2)
+
+
+@pytest.mark.parametrize("name", ["dps", "mcg", "pigdm", "tmpd"])
+def test_a_prior_without_gradients_is_refused_before_any_work(name):
+    prior = Counting(PRIOR)
+    prior.differentiable = False
+    with pytest.raises(ValueError, match=f"'{name}'.*not differentiable"):
+        solvers.SOLVERS[name](measurement(n=1), INPAINT, prior, sigma_y=0.05, steps=2)
+    assert prior.calls == 0

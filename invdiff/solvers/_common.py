@@ -165,10 +165,8 @@ class Network:
         return out.to(torch.float64)
 
     def with_grad(self, x: Tensor, sigma) -> Tensor:
-        """Denoiser call that keeps the autograd graph (vector–Jacobian products)."""
-        if not self.prior.differentiable:
-            raise ValueError(f"{type(self.prior).__name__} is not differentiable; this solver needs "
-                             "vector–Jacobian products through the denoiser")
+        """Denoiser call that keeps the autograd graph (vector–Jacobian products; :func:`setup` with
+        ``prior_grad=True`` has checked that the prior is differentiable)."""
         ckpt = checkpointed(self.prior) if self.checkpoint else contextlib.nullcontext()
         with torch.enable_grad(), self._ctx(x), ckpt:
             out = self.fn(x, sigma)
@@ -249,6 +247,16 @@ class Problem:
                 "(a step size too large), or the network overflows in reduced precision (autocast).")
         return out
 
+    def norm_grad(self, x: Tensor, sigma: float, residual: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        """``x̂₀ = D(x, σ)`` and ``∇_x ‖residual(x̂₀)‖`` per sample (the gradient of the sum of the
+        per-sample norms, so row i depends on sample i only): DPS's and MCG's guidance."""
+        x_in = x.detach().requires_grad_(True)
+        x0_graph = self.net.with_grad(x_in, sigma)
+        r = residual(x0_graph)
+        norm = r.square().sum(tuple(range(1, r.ndim))).sqrt()
+        (grad,) = torch.autograd.grad(norm.sum(), x_in)
+        return x0_graph.detach(), grad.to(torch.float64)
+
     # -- guards and reporting ------------------------------------------------------------------
     def check(self, step: int, x: Tensor, cause: str = "a step size too large for this problem") -> None:
         if not bool(torch.isfinite(x).all()):
@@ -273,11 +281,13 @@ def _module_device(module: torch.nn.Module) -> torch.device | None:
 
 def setup(name: str, y: Tensor, operator, prior: Prior, *, sigma_y, steps: int, generator: GeneratorArg,
           callback: Callback = None, needs: Iterable = (), per_entry_sigma_y: bool = False,
-          autocast: bool = False, compile: bool = False, checkpoint: bool = False) -> Problem:
+          autocast: bool = False, compile: bool = False, checkpoint: bool = False,
+          prior_grad: bool = False) -> Problem:
     """Check a solver call before any work and build its :class:`Problem`.
 
     Raises :class:`operators.CapabilityError` for a missing capability, ``ValueError`` for bad
-    shapes, values, σ_y, steps or generators, ``TypeError`` for non-tensors.
+    shapes, values, σ_y, steps or generators, or (``prior_grad``) a prior without gradients,
+    ``TypeError`` for non-tensors.
     """
     require(operator, name, needs)
     if not isinstance(prior, Prior):
@@ -298,6 +308,9 @@ def setup(name: str, y: Tensor, operator, prior: Prior, *, sigma_y, steps: int, 
     if tuple(img) != tuple(prior.shape):
         raise ValueError(f"solver '{name}': the operator acts on images {list(img)} but the prior models "
                          f"{list(prior.shape)}; resize the problem or choose a matching prior")
+    if prior_grad and not prior.differentiable:
+        raise ValueError(f"solver '{name}' takes vector–Jacobian products through the denoiser, but "
+                         f"{type(prior).__name__} is not differentiable")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"solver '{name}': steps must be a positive integer, got {steps!r}")
     check_generator(generator, y.shape[0])

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 from ._common import Callback, ddpm_step_vp, setup, vp_scale, vp_sigmas
@@ -69,30 +68,21 @@ def dps(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, generator
                          f"got {zeta}, {likelihood!r}, {residual!r}")
     pb = setup("dps", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
                needs=["differentiable"], autocast=autocast, compile=compile,
-               checkpoint=checkpoint)
-    if not prior.differentiable:
-        raise ValueError("dps needs gradients through the denoiser; this prior is not differentiable")
+               checkpoint=checkpoint, prior_grad=True)
     y_meas = pb.y_phys
-    weight = 1.0
-    if likelihood == "poisson":
-        weight = 1.0 / (2 * y_meas.clamp_min(poisson_gain))
     unit = prior.scale if residual == "model" else 1.0
-    dims = tuple(range(1, y_meas.ndim))
+    if likelihood == "poisson":  # ‖r‖_Λ = ‖√Λ r‖, Λ = diag(1/(2y))
+        unit = unit / (2 * y_meas.clamp_min(poisson_gain)).sqrt()
     sigmas = vp_sigmas(prior, steps, schedule)
     x = pb.init_noise(1.0 / vp_scale(sigmas[0]))  # VP N(0, I)
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         a_t, a_s = vp_scale(sigma) ** 2, vp_scale(sigma_next) ** 2
         # 1. Tweedie estimate with the graph kept, and the per-sample residual norm.
-        x_in = x.detach().requires_grad_(True)
-        x0_graph = pb.net.with_grad(x_in, sigma)
-        r = unit * (y_meas - operator.A(prior.to_physical(x0_graph)))
-        norm = (weight * r.square()).sum(dims).sqrt()
-        (grad,) = torch.autograd.grad(norm.sum(), x_in)  # row i depends on sample i only
-        x0_hat = x0_graph.detach()
+        x0_hat, grad = pb.norm_grad(x, sigma, lambda x0: unit * (y_meas - operator.A(prior.to_physical(x0))))
         pb.check(i, x0_hat, "the prior's denoiser returned NaN/Inf")
         # 2. DDPM ancestral step (VP coordinates), 3. measurement step ζ ∇_{x_vp}‖·‖ = ζ ∇_x‖·‖ / √ᾱ_t.
-        x_vp = ddpm_step_vp(pb, x, x0_hat, sigma, sigma_next) - zeta * grad.to(torch.float64) / math.sqrt(a_t)
+        x_vp = ddpm_step_vp(pb, x, x0_hat, sigma, sigma_next) - zeta * grad / math.sqrt(a_t)
         x = x_vp / math.sqrt(a_s)
         pb.check(i, x, f"ζ = {zeta} too large for this problem (DPS diverges when the step overshoots)")
         pb.callback(i, x, x0_hat)

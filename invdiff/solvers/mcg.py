@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 from ._common import Callback, ddpm_step_vp, setup, vp_scale, vp_sigmas
@@ -60,24 +59,17 @@ def mcg(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, generator
         raise ValueError(f"mcg: alpha must be >= 0, got {alpha}")
     pb = setup("mcg", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
                needs=["linear", "pinv"], autocast=autocast, compile=compile,
-               checkpoint=checkpoint)
-    if not prior.differentiable:
-        raise ValueError("mcg needs gradients through the denoiser; this prior is not differentiable")
-    dims = tuple(range(1, pb.y.ndim))
+               checkpoint=checkpoint, prior_grad=True)
     sigmas = vp_sigmas(prior, steps, schedule)
     x = pb.init_noise(1.0 / vp_scale(sigmas[0]))  # VP N(0, I)
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         a_t, a_s = vp_scale(sigma) ** 2, vp_scale(sigma_next) ** 2
         # 1. Tweedie estimate (graph kept) and the residual's gradient.
-        x_in = x.detach().requires_grad_(True)
-        x0_graph = pb.net.with_grad(x_in, sigma)
-        norm = (pb.y - operator.A(x0_graph)).square().sum(dims).sqrt()  # model-space residual, per sample
-        (grad,) = torch.autograd.grad(norm.sum(), x_in)
-        x0_hat = x0_graph.detach()
+        x0_hat, grad = pb.norm_grad(x, sigma, lambda x0: pb.y - operator.A(x0))  # model-space residual
         pb.check(i, x0_hat, "the prior's denoiser returned NaN/Inf")
         # 2. Manifold-constrained gradient step (eq. 14), ∇_{x_vp} = ∇_x / √ᾱ_t.
-        x_vp = ddpm_step_vp(pb, x, x0_hat, sigma, sigma_next) - alpha * grad.to(torch.float64) / math.sqrt(a_t)
+        x_vp = ddpm_step_vp(pb, x, x0_hat, sigma, sigma_next) - alpha * grad / math.sqrt(a_t)
         x = x_vp / math.sqrt(a_s)
         # 3. Projection onto {A x = y_{t−1}}, y_{t−1} the forward-diffused measurement (eq. 15–16).
         if project:

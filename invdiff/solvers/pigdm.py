@@ -93,9 +93,7 @@ def pigdm(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generato
         raise ValueError(f"pigdm: guidance must be 'paper' or 'posterior', got {guidance!r}")
     pb = setup("pigdm", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
                needs=["linear", "prox_l2", "pinv"], autocast=autocast, compile=compile,
-               checkpoint=checkpoint)
-    if not prior.differentiable:
-        raise ValueError("pigdm needs vector–Jacobian products through the denoiser; this prior is not differentiable")
+               checkpoint=checkpoint, prior_grad=True)
     sigmas = vp_sigmas(prior, steps, schedule)
     x = pb.init_noise(1.0 / vp_scale(sigmas[0]))  # VP N(0, I)
     for i in range(steps):

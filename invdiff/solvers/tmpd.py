@@ -69,9 +69,7 @@ def tmpd(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, generato
                          f"got {covariance!r}, {eta}, {cg_max_iter}")
     pb = setup("tmpd", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
                needs=["linear", "adjoint"], autocast=autocast, compile=compile,
-               checkpoint=checkpoint)
-    if not prior.differentiable:
-        raise ValueError("tmpd needs Jacobian products through the denoiser; this prior is not differentiable")
+               checkpoint=checkpoint, prior_grad=True)
     A, At = operator.A, operator.A_adjoint
     s2y = pb.sigma_y**2
     s2y = s2y.reshape(-1, *([1] * (pb.y.ndim - 1))) if s2y.ndim == 1 else s2y
