@@ -32,3 +32,17 @@ def randn(shape, generator: GeneratorArg, *, dtype=torch.float64, device=None) -
 def _randn(shape, g, dtype, device) -> Tensor:
     gen_device = g.device if g is not None else torch.device("cpu")
     return torch.randn(shape, generator=g, dtype=dtype, device=gen_device).to(device or gen_device)
+
+
+def rand(shape, generator: GeneratorArg, *, dtype=torch.float64, device=None) -> Tensor:
+    """Uniform [0, 1) draws of ``shape`` (``[B, ...]``), per item with a list of generators."""
+    shape = tuple(shape)
+    if isinstance(generator, (list, tuple)):
+        check_generator(generator, shape[0])
+        return torch.cat([_rand((1, *shape[1:]), g, dtype, device) for g in generator])
+    return _rand(shape, generator, dtype, device)
+
+
+def _rand(shape, g, dtype, device) -> Tensor:
+    gen_device = g.device if g is not None else torch.device("cpu")
+    return torch.rand(shape, generator=g, dtype=dtype, device=gen_device).to(device or gen_device)

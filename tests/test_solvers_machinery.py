@@ -48,6 +48,19 @@ CALLS = {
     "tmpd-blur": (dict(steps=4, op=REFLECT_BLUR), 4),
     "diffpir": (dict(steps=8), 8),
     "diffpir-cg": (dict(steps=5, op=REFLECT_BLUR), 5),
+    # DAPS: levels × ODE steps; the Langevin steps call the operator only
+    "daps": (dict(steps=4, ode_steps=2, langevin_steps=3, lr=1e-4), 8),
+    "daps-hmc": (dict(steps=3, ode_steps=1, langevin_steps=2, mc="hmc", tau=None), 3),
+    "daps-blur": (dict(steps=3, ode_steps=2, langevin_steps=2, op=REFLECT_BLUR), 6),
+    # PnP-DM: per iteration, the grid levels below ρ_k (10-level grid 80 → 0.002: 7, 6, 6 below 10, 9, 8.1)
+    "pnpdm": (dict(steps=3, prior_steps=10), 7 + 6 + 6),
+    "pnpdm-prox": (dict(steps=2, prior_steps=10, rho=0.5, rho_min=0.5, likelihood="prox", prior_sampler="ode"), 4 + 4),
+    "pnpdm-cg": (dict(steps=2, prior_steps=10, rho=0.5, rho_min=0.5, op=REFLECT_BLUR), 4 + 4),
+    "pnpdm-langevin": (dict(steps=2, prior_steps=10, rho=0.01, rho_min=0.01, likelihood="langevin", langevin_steps=3), 1 + 1),
+    # MCGdiff: one call per step on batch × particles states (chunk: ⌈2·4/3⌉ = 3 calls per step)
+    "mcgdiff": (dict(steps=5, particles=4), 5),
+    "mcgdiff-chunk": (dict(steps=3, particles=4, chunk=3), 9),
+    "mcgdiff-systematic": (dict(steps=4, particles=3, resample="systematic", resample_threshold=0.5, eta=0.7), 4),
 }
 
 
@@ -140,7 +153,10 @@ def test_nan_from_the_network_stops_with_a_clear_error(key):
         run(key, measurement(key, n=2), prior=prior, generator=torch.Generator().manual_seed(0))
 
 
-NONLINEAR_OK = {"dps", "reddiff"}
+NONLINEAR_OK = {"dps", "reddiff", "daps", "pnpdm"}
+# shorter inner loops where a test runs a solver's defaults (the paper's 100-level grid and 100
+# Langevin steps per iteration/level change nothing these tests check)
+FAST = {"pnpdm": dict(prior_steps=10, langevin_steps=20), "daps": dict(langevin_steps=20)}
 
 
 @pytest.mark.parametrize("name", sorted(set(solvers.SOLVERS) - NONLINEAR_OK))
@@ -159,7 +175,7 @@ def test_nonlinear_operator_is_refused_before_any_work(name):
 def test_gradient_solvers_run_on_nonlinear_operators(name, op):
     g = torch.Generator().manual_seed(0)
     y = op.A(PRIOR.sample(2, g))
-    out = solvers.SOLVERS[name](y, op, PRIOR, sigma_y=0.05, steps=4, generator=g)
+    out = solvers.SOLVERS[name](y, op, PRIOR, sigma_y=0.05, steps=4, generator=g, **FAST.get(name, {}))
     assert out.shape == (2, *SHAPE) and torch.isfinite(out).all()
 
 
@@ -171,10 +187,20 @@ class NotDifferentiable:
         return "NotDifferentiable()"
 
 
+class NotDifferentiableNonlinear(NotDifferentiable):
+    capabilities = frozenset()
+
+    def describe(self):
+        return "NotDifferentiableNonlinear()"
+
+
 @pytest.mark.parametrize("name", sorted(NONLINEAR_OK))
 def test_an_operator_without_gradients_is_refused(name):
-    with pytest.raises(operators.CapabilityError, match="differentiable"):
-        solvers.SOLVERS[name](measurement(n=1), NotDifferentiable(), PRIOR, sigma_y=0.05, steps=2)
+    # a linear operator with Aᵀ serves the Langevin steps of DAPS and PnP-DM without autograd
+    ops = [NotDifferentiableNonlinear()] + ([NotDifferentiable()] if name in ("dps", "reddiff") else [])
+    for op in ops:
+        with pytest.raises(operators.CapabilityError, match="differentiable"):
+            solvers.SOLVERS[name](measurement(n=1), op, PRIOR, sigma_y=0.05, steps=2)
 
 
 def test_ddrm_svd_mode_needs_an_svd_and_auto_falls_back():
@@ -240,7 +266,7 @@ def test_solver_config_instantiates_alone_and_runs_two_steps(name):
     cfg.pop("steps", None)
     solver = instantiate(cfg)
     y = measurement(n=2)
-    out = solver(y, INPAINT, PRIOR, sigma_y=0.05, steps=2, generator=torch.Generator().manual_seed(0))
+    out = solver(y, INPAINT, PRIOR, sigma_y=0.05, steps=2, generator=torch.Generator().manual_seed(0), **FAST.get(name, {}))
     assert out.shape == (2, *SHAPE) and torch.isfinite(out).all()
 
 
@@ -350,7 +376,8 @@ def test_gradients_flow_only_where_needed(name):
     # only solvers that take a vector–Jacobian product through the network call it with a graph
     needs_graph = {"dps", "mcg", "pigdm", "tmpd"}
     prior = GradRecorder(PRIOR)
-    solvers.SOLVERS[name](measurement(n=2), INPAINT, prior, sigma_y=0.05, steps=3, generator=torch.Generator().manual_seed(0))
+    solvers.SOLVERS[name](measurement(n=2), INPAINT, prior, sigma_y=0.05, steps=3, generator=torch.Generator().manual_seed(0),
+                          **FAST.get(name, {}))
     assert set(prior.grad_mode) == ({True} if name in needs_graph else {False})
 
 
@@ -370,3 +397,32 @@ def test_a_prior_without_gradients_is_refused_before_any_work(name):
     with pytest.raises(ValueError, match=f"'{name}'.*not differentiable"):
         solvers.SOLVERS[name](measurement(n=1), INPAINT, prior, sigma_y=0.05, steps=2)
     assert prior.calls == 0
+
+
+def test_sampling_solvers_refuse_what_they_cannot_do_before_any_work():
+    prior = Counting(PRIOR)
+    y = measurement(n=2)
+    with pytest.raises(operators.CapabilityError, match="svd"):
+        solvers.mcgdiff(REFLECT_BLUR.A(PRIOR.sample(2, torch.Generator().manual_seed(0))), REFLECT_BLUR, prior,
+                        sigma_y=0.05, steps=3)
+    with pytest.raises(ValueError, match="tau"):
+        solvers.daps(y, INPAINT, prior, sigma_y=0.0, steps=3, tau=None)
+    small = GaussianPrior(PRIOR.means[0], 1.0, shape=SHAPE)
+    small.sigma_max = 5.0  # a network trained up to σ = 5
+    with pytest.raises(ValueError, match="sigma_max"):
+        solvers.pnpdm(y, INPAINT, small, sigma_y=0.05, steps=3, rho=10.0)
+    with pytest.raises(ValueError, match="Langevin"):
+        solvers.pnpdm(y, INPAINT, prior, sigma_y=0.0, steps=3, likelihood="langevin")
+    with pytest.raises(ValueError, match="eta"):
+        solvers.mcgdiff(y, INPAINT, prior, sigma_y=0.05, steps=3, eta=0.0)
+    assert prior.calls == 0
+
+
+def test_daps_takes_a_per_entry_sigma_y():
+    y = measurement(n=2)
+    sig = torch.full_like(y, 0.05)
+    sig[..., :2] = 0.2  # e.g. two noisier bands
+    kw = dict(steps=3, ode_steps=1, langevin_steps=5, tau=None)
+    a = solvers.daps(y, INPAINT, PRIOR, sigma_y=sig, generator=torch.Generator().manual_seed(0), **kw)
+    b = solvers.daps(y, INPAINT, PRIOR, sigma_y=0.05, generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.isfinite(a).all() and not torch.equal(a, b)

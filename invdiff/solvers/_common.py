@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import itertools
 import math
 import weakref
@@ -204,6 +205,7 @@ class Problem:
     def __init__(self, name, y, op, prior, sigma_y, steps, generator, callback, net, linear):
         self.name, self.op, self.prior, self.steps = name, op, prior, steps
         self.generator, self._callback, self.net = generator, callback, net
+        self.linear = linear
         self.device = y.device
         self.B = y.shape[0]
         self.shape = (self.B, *prior.shape)
@@ -227,6 +229,24 @@ class Problem:
         """Model-space σ_y broadcastable against the state (or y's shape when given per entry)."""
         s = self.sigma_y
         return self.per_sample(s) if s.ndim == 1 else s
+
+    def per_meas(self, v: Tensor) -> Tensor:
+        """A ``[B]`` tensor (or one shaped like y) broadcastable against the measurement."""
+        return v if v.shape == self.y.shape else v.reshape(-1, *([1] * (self.y.ndim - 1)))
+
+    def data_grad(self, x: Tensor, weight) -> Tensor:
+        """``∇ₓ ½ Σ w·r²`` of the residual ``r = scale·(y − A(x_phys))`` in model units (for a
+        linear operator ``r = y_m − A x``, and the gradient is ``Aᵀ w (A x − y_m)`` with no
+        autograd); ``weight`` is a float, ``[B]`` or y-shaped. Langevin likelihood steps (DAPS, PnP-DM)."""
+        op = self.op
+        w = self.per_meas(weight) if isinstance(weight, Tensor) else weight
+        if self.linear and "adjoint" in op.capabilities:
+            return op.A_adjoint(w * (op.A(x) - self.y))
+        x_in = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            r = self.prior.scale * (self.y_phys - op.A(self.prior.to_physical(x_in)))
+            (g,) = torch.autograd.grad(0.5 * (w * r.square()).sum(), x_in)
+        return g.to(torch.float64)
 
     # -- randomness ------------------------------------------------------------------------------
     def randn(self, shape=None) -> Tensor:
@@ -264,14 +284,32 @@ class Problem:
                 f"solver '{self.name}': NaN/Inf in the state at step {step}/{self.steps}. Likely cause: "
                 f"{cause}. Nothing was written; lower the step size or check y and σ_y.")
 
-    def callback(self, step: int, x: Tensor, x0_hat: Tensor) -> None:
-        if self._callback is not None:
-            self._callback(step, x, x0_hat)
+    def callback(self, step: int, x: Tensor, x0_hat: Tensor, **info) -> None:
+        """``callback(step, x_t, x0_hat)``; solver-specific extras (e.g. MCGdiff's ``ess``) are
+        passed as keywords to callbacks whose signature accepts them."""
+        if self._callback is None:
+            return
+        self._callback(step, x, x0_hat, **_accepted(self._callback, info))
 
     def finish(self, x_model: Tensor) -> Tensor:
         """Model-space state -> physical units, in y's dtype."""
         self.check(self.steps, x_model)
         return self.prior.to_physical(x_model).to(self.out_dtype)
+
+
+def _accepted(fn: Callable, info: dict) -> dict:
+    """The keywords of ``info`` that ``fn``'s signature takes (all of them with ``**kwargs``)."""
+    if not info:
+        return {}
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return info
+    names = {p.name for p in params[3:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    names |= {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+    return {k: v for k, v in info.items() if k in names}
 
 
 def _module_device(module: torch.nn.Module) -> torch.device | None:
