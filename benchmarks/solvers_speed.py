@@ -33,6 +33,7 @@ import operators as O
 from invdiff import solvers
 from invdiff.data import sample_image
 from invdiff.priors import CountingPrior, Prior
+from solvers_posterior import CountingOperator
 
 
 # -- a small UNet with EDM preconditioning ---------------------------------------------------------
@@ -190,15 +191,22 @@ def main(argv=None):
         ("diffpir (CG)", blur, dict(steps=n)),
         ("dps", inpaint, dict(steps=n)), ("mcg", inpaint, dict(steps=n)), ("reddiff", inpaint, dict(steps=n)),
         ("tmpd (full, ≤ 5 CG)", inpaint, dict(steps=n, cg_max_iter=5)), ("tmpd (diagonal)", inpaint, dict(steps=n, covariance="diagonal")),
+        ("daps (5 ODE, 100 Langevin per level)", inpaint, dict(steps=max(n // 5, 1), ode_steps=5)),
+        ("daps (blur, reflect)", blur, dict(steps=max(n // 5, 1), ode_steps=5)),
+        ("pnpdm (SVD likelihood)", inpaint, dict(steps=4, rho=1.0, rho_min=0.3, prior_steps=3 * n)),
+        ("pnpdm (prox, CG)", blur, dict(steps=4, rho=1.0, rho_min=0.3, prior_steps=3 * n)),
+        ("mcgdiff (8 particles)", inpaint, dict(steps=n, particles=8)),
     ]
+    PARTICLES = {"mcgdiff": 8}  # network calls on batch × particles states
     VJP = {"pigdm", "dps", "mcg", "tmpd"}  # their unit is forward + backward
     overhead = []
     for label, op, kw in runs:
         name = label.split(" ")[0]
         y = op.measure(x_true, O.GaussianNoise(sigma_y), generator=torch.Generator().manual_seed(1))
-        counting = CountingPrior(unet)
-        solvers.SOLVERS[name](y, op, counting, sigma_y=sigma_y, generator=torch.Generator().manual_seed(0), **kw)
-        nfe = counting.calls
+        counting, op_count = CountingPrior(unet), CountingOperator(op)
+        solvers.SOLVERS[name](y, op_count, counting, sigma_y=sigma_y, generator=torch.Generator().manual_seed(0), **kw)
+        nfe, a_calls = counting.calls, op_count.calls
+        xu = xb.repeat(PARTICLES.get(name, 1), 1, 1, 1)
 
         def solve():
             solvers.SOLVERS[name](y, op, unet, sigma_y=sigma_y, generator=torch.Generator().manual_seed(0), **kw)
@@ -209,7 +217,7 @@ def main(argv=None):
                     fwd_bwd()
                 else:
                     with torch.no_grad():
-                        unet.denoiser(xb, 1.0)
+                        unet.denoiser(xu, 1.0)
 
         solve()
         walls, units = [], []
@@ -217,7 +225,7 @@ def main(argv=None):
             walls.append(timed(solve, repeats=1))
             units.append(timed(bare, repeats=1) / nfe)
         wall, unit = statistics.median(walls), statistics.median(units)
-        overhead.append((label, nfe, wall, unit, wall / (nfe * unit)))
+        overhead.append((label, nfe, a_calls, wall, unit, wall / (nfe * unit)))
         print(f"{label:24s} NFE {nfe:4d} {wall:.3f}s overhead {wall / (nfe * unit):.3f}", flush=True)
 
     # 2. against deepinv -------------------------------------------------------------------------
@@ -324,8 +332,8 @@ def main(argv=None):
         f"{torch.get_num_threads()} threads. Batch {B} of {S}×{S} grayscale images, σ_y = {sigma_y} on [0, 1].", "",
         f"One network call (small EDM-preconditioned UNet, {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M "
         f"parameters, batch {B}; medians of the interleaved bare calls): forward "
-        f"{1e3 * statistics.median(o[3] for o in overhead if o[0].split(' ')[0] not in VJP):.1f} ms, forward + backward "
-        f"{1e3 * statistics.median(o[3] for o in overhead if o[0].split(' ')[0] in VJP):.1f} ms. Timings on this shared",
+        f"{1e3 * statistics.median(o[4] for o in overhead if o[0].split(' ')[0] not in VJP | set(PARTICLES)):.1f} ms, forward + backward "
+        f"{1e3 * statistics.median(o[4] for o in overhead if o[0].split(' ')[0] in VJP):.1f} ms. Timings on this shared",
         "2-core VM vary by about ±15 % from run to run.", "",
         "## Overhead: wall time ÷ (NFE × one network call)", "",
         "Target ≤ 1.10 on CPU. The unit is forward + backward for the solvers that take vector–Jacobian",
@@ -333,13 +341,15 @@ def main(argv=None):
         "about k + 2 passes; diagonal: 2), so its ratio is its cost per step in forward+backward units.",
         "Each solve is timed five times, interleaved with NFE bare network calls (medians of both).",
         "Inpainting uses the closed-form SVD; the reflect-padded 9×9 Gaussian blur has no SVD, so its",
-        "pseudo-inverse and prox run conjugate gradients (up to 100 iterations each).", "",
-        "| solver | operator | NFE | seconds per solve | overhead |", "|---|---|---|---|---|",
+        "pseudo-inverse and prox run conjugate gradients (up to 100 iterations each). A calls: forward",
+        "applications of the operator — DAPS's Langevin steps (A and Aᵀ each, no network) are the",
+        "part of its cost the NFE does not show; MCGdiff's unit is one call on batch × 8 particles.", "",
+        "| solver | operator | NFE | A calls | seconds per solve | overhead |", "|---|---|---|---|---|---|",
     ]
-    for label, nfe, wall, unit, ratio in overhead:
-        opname = "blur, reflect (CG)" if label.endswith("CG)") else "inpainting 50 % (SVD)"
-        shown = label if label.startswith("tmpd") else label.split(" ")[0]
-        lines.append(f"| {shown} | {opname} | {nfe} | {wall:.3f} | {ratio:.3f} |")
+    for label, nfe, a_calls, wall, unit, ratio in overhead:
+        opname = "blur, reflect (CG)" if "blur" in label or label.endswith("CG)") else "inpainting 50 % (SVD)"
+        shown = label if label.split(" ")[0] in ("tmpd", "daps", "pnpdm", "mcgdiff") else label.split(" ")[0]
+        lines.append(f"| {shown} | {opname} | {nfe} | {a_calls} | {wall:.3f} | {ratio:.3f} |")
     lines += [
         "", "## invdiff against deepinv on the same denoiser, problem and NFE", "",
         f"Random-pixel inpainting (50 %), σ_y = {sigma_y}; DDRM η 0.85, η_b 1, deepinv given our σ grid (positive,",

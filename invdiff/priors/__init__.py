@@ -6,7 +6,7 @@ from .analytic import GaussianMixturePrior, GaussianPrior
 from .base import CountingPrior, Prior
 from .checkpoints import CheckpointError
 from .loaders import ARCHITECTURES, load, load_checkpoint, register_architecture, save
-from . import formats  # noqa: E402,F401  (registers the architectures the own format can name)
+from . import formats, unet  # noqa: E402,F401  (register the architectures the own format can name)
 from .samplers import SAMPLERS, annealed_langevin, ddim, ddpm, edm_heun, pf_ode, reverse_sde
 from .schedules import EDMSchedule, VESchedule, VPSchedule, edm_sigma_grid, geometric_sigma_grid
 

@@ -1,0 +1,173 @@
+"""Training data for ``invdiff-train``: ``sample(n, generator) -> [n, C, size, size]`` in [0, 1].
+
+* :class:`PhantomData` — the seeded phantom generator (infinite data; :mod:`invdiff.phantoms`).
+* :class:`ArrayData` — images held in memory, from :func:`load_images`: a folder of PNG/TIFF/JPEG
+  files, a ``.npy`` array (``[N, H, W]`` or ``[N, C, H, W]``), an HDF5 dataset (``file.h5:key``), or
+  fastMRI HDF5 files (a file or a folder; every slice's ``reconstruction_rss``/``_esc`` magnitude,
+  or with ``complex=True`` the single-coil k-space's zero-filled complex image as 2 channels).
+
+Images are resized to ``size × size`` (anti-aliased) when loaded. Intensities: 8/16-bit integer
+images are divided by their type's maximum; float arrays and MRI magnitudes are scaled per image
+to [0, 1] by their maximum absolute value (complex images: real and imaginary parts mapped by
+(v/max|z| + 1)/2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..phantoms import phantoms, training_seeds
+
+IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"}
+
+
+class PhantomData:
+    """The ``phantom64`` training distribution: fresh seeded phantoms every batch."""
+
+    channels = 1
+
+    def __init__(self, size: int = 64):
+        self.size = int(size)
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        return phantoms(training_seeds(generator, n), self.size)
+
+    def describe(self) -> str:
+        return f"phantoms {self.size}×{self.size} (invdiff.phantoms)"
+
+
+class ArrayData:
+    """Images ``[N, C, size, size]`` in [0, 1], sampled uniformly with replacement."""
+
+    def __init__(self, images: Tensor, name: str = "array"):
+        if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
+            raise ValueError(f"training images must be [N, C, S, S], got {list(images.shape)}")
+        if images.shape[0] == 0:
+            raise ValueError(f"no training images in {name}")
+        if not bool(torch.isfinite(images).all()):
+            raise ValueError(f"training images from {name} contain NaN or Inf")
+        self.images = images.float().contiguous()
+        self.channels, self.size = int(images.shape[1]), int(images.shape[-1])
+        self.name = name
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        idx = torch.randint(0, self.images.shape[0], (n,), generator=generator)
+        return self.images[idx]
+
+    def describe(self) -> str:
+        return f"{self.images.shape[0]} images {self.channels}×{self.size}×{self.size} from {self.name}"
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    """``[C, H, W]`` → ``[C, size, size]`` (anti-aliased)."""
+    from skimage.transform import resize
+
+    if img.shape[1:] == (size, size):
+        return img
+    return np.stack([resize(c, (size, size), anti_aliasing=True, preserve_range=True) for c in img])
+
+
+def _scale_float(img: np.ndarray) -> np.ndarray:
+    m = float(np.abs(img).max())
+    return img / m if m > 0 else img
+
+
+def _as_chw(a: np.ndarray, channels: int) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim == 2:
+        a = a[None]
+    elif a.ndim == 3 and a.shape[-1] in (1, 3, 4) and a.shape[0] not in (1, 3):
+        a = np.moveaxis(a[..., :3], -1, 0)
+    if channels == 1 and a.shape[0] == 3:
+        a = (0.2125 * a[0] + 0.7154 * a[1] + 0.0721 * a[2])[None]
+    elif channels == 3 and a.shape[0] == 1:
+        a = np.repeat(a, 3, 0)
+    if a.shape[0] != channels:
+        raise ValueError(f"an image with {a.shape[0]} channels cannot be used as {channels}-channel data")
+    return a
+
+
+def _normalise(a: np.ndarray) -> np.ndarray:
+    if np.issubdtype(a.dtype, np.integer):
+        return a.astype(np.float64) / np.iinfo(a.dtype).max
+    return _scale_float(a.astype(np.float64))
+
+
+def _fastmri_images(path: Path, complex_image: bool) -> list[np.ndarray]:
+    import h5py
+
+    out = []
+    with h5py.File(path, "r") as f:
+        if complex_image:
+            if "kspace" not in f or f["kspace"].ndim != 3:
+                raise ValueError(f"{path}: complex fastMRI training needs single-coil 'kspace' [slices, H, W]")
+            k = f["kspace"][()]
+            z = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+            for sl in z:
+                sl = sl / max(float(np.abs(sl).max()), 1e-12)
+                out.append((np.stack([sl.real, sl.imag]) + 1.0) / 2.0)
+        else:
+            key = next((k for k in ("reconstruction_rss", "reconstruction_esc") if k in f), None)
+            if key is None:
+                raise ValueError(f"{path}: no 'reconstruction_rss' or 'reconstruction_esc' dataset (a fastMRI test "
+                                 "file has none; use complex=true on single-coil k-space)")
+            out += [_scale_float(np.asarray(sl, dtype=np.float64))[None] for sl in f[key][()]]
+    return out
+
+
+def load_images(source: str | Path, size: int, channels: int = 1, *, fastmri: bool = False,
+                complex: bool = False) -> ArrayData:
+    """Load training images from a folder, ``.npy``, ``file.h5:dataset`` or fastMRI file(s)."""
+    spec = str(source)
+    key = None
+    if ":" in spec and not Path(spec).exists() and spec.rsplit(":", 1)[0].endswith((".h5", ".hdf5")):
+        spec, key = spec.rsplit(":", 1)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"training data {path} does not exist")
+    imgs: list[np.ndarray] = []
+    if fastmri:
+        files = sorted(path.glob("*.h5")) if path.is_dir() else [path]
+        if not files:
+            raise ValueError(f"no .h5 files in {path}")
+        for f in files:
+            imgs += _fastmri_images(f, complex)
+        channels = 2 if complex else 1
+    elif path.is_dir():
+        from skimage.io import imread
+
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
+        for f in files:
+            try:
+                a = imread(f)
+            except Exception as err:  # noqa: BLE001  (any reader failure is a bad file)
+                raise ValueError(f"could not read image {f}: {err}") from err
+            imgs.append(_as_chw(_normalise(a), channels))
+    elif path.suffix == ".npy":
+        arr = np.load(path, allow_pickle=False)
+        arr = arr[:, None] if arr.ndim == 3 else arr
+        imgs = [_as_chw(_normalise(a), channels) for a in arr]
+    elif path.suffix in (".h5", ".hdf5"):
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            names = [k for k in f if isinstance(f[k], h5py.Dataset)]
+            if key is None:
+                if len(names) != 1:
+                    raise ValueError(f"{path} holds datasets {names}: name one as {path}:<dataset>")
+                key = names[0]
+            if key not in f:
+                raise ValueError(f"{path} has no dataset {key!r}; it holds {names}")
+            arr = f[key][()]
+        arr = arr[:, None] if arr.ndim == 3 else arr
+        imgs = [_as_chw(_normalise(a), channels) for a in arr]
+    else:
+        raise ValueError(f"unsupported training data {path}: a folder of images, .npy, .h5/.hdf5 or fastMRI")
+    stack = np.stack([_resize(np.clip(a, 0.0, 1.0), size) for a in imgs])
+    return ArrayData(torch.from_numpy(np.clip(stack, 0.0, 1.0).astype(np.float32)), name=str(source))

@@ -1,0 +1,90 @@
+"""Seeded random phantoms in the style of MRI/CT test objects (the ``phantom64`` prior's data).
+
+Each phantom: a head-like outer ellipse (a bright rim around a darker interior), 3–9 inner
+ellipses of random position, size, angle and contrast (added, as in the Shepp–Logan phantom),
+sometimes a few small bright dots or a rectangle, and a smooth low-frequency texture; values in
+[0, 1]. ``phantom(seed, size)`` is a pure function of its seed.
+
+Held out from training (never drawn by :func:`training_seeds`): ``EVAL_SEEDS`` and the
+scikit-image Shepp–Logan phantom resized to the same size (:func:`held_out`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+#: seeds reserved for evaluation; training draws from [0, 2**31) minus this block
+EVAL_SEEDS = tuple(range(2**31, 2**31 + 64))
+
+
+def _ellipse(yy, xx, cy, cx, ay, ax, angle):
+    c, s = math.cos(angle), math.sin(angle)
+    u = (xx - cx) * c + (yy - cy) * s
+    v = -(xx - cx) * s + (yy - cy) * c
+    return (u / ax) ** 2 + (v / ay) ** 2 <= 1.0
+
+
+def phantom(seed: int, size: int = 64) -> np.ndarray:
+    """One ``size × size`` phantom in [0, 1] (float32), determined by ``seed``."""
+    rng = np.random.default_rng(int(seed))
+    t = (np.arange(size) + 0.5) / size * 2 - 1
+    yy, xx = np.meshgrid(t, t, indexing="ij")
+    img = np.zeros((size, size), dtype=np.float64)
+    # head: rim + interior
+    ay, ax = rng.uniform(0.75, 0.95), rng.uniform(0.6, 0.9)
+    cy, cx, ang = rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05), rng.uniform(-0.3, 0.3)
+    rim = rng.uniform(0.04, 0.1)
+    outer = _ellipse(yy, xx, cy, cx, ay, ax, ang)
+    inner = _ellipse(yy, xx, cy, cx, ay - rim, ax - rim, ang)
+    img[outer] = rng.uniform(0.7, 1.0)
+    base = rng.uniform(0.1, 0.45)
+    img[inner] = base
+    # inner structures
+    for _ in range(rng.integers(3, 10)):
+        r = math.sqrt(rng.uniform(0, 1))
+        phi = rng.uniform(0, 2 * math.pi)
+        ey, ex = cy + 0.75 * (ay - rim) * r * math.sin(phi), cx + 0.75 * (ax - rim) * r * math.cos(phi)
+        m = _ellipse(yy, xx, ey, ex, rng.uniform(0.04, 0.35), rng.uniform(0.04, 0.3), rng.uniform(0, math.pi)) & inner
+        img[m] += rng.choice([-1.0, 1.0], p=[0.35, 0.65]) * rng.uniform(0.05, 0.4)
+    if rng.uniform() < 0.5:  # small bright dots (lesions, markers)
+        for _ in range(rng.integers(1, 5)):
+            m = _ellipse(yy, xx, cy + rng.uniform(-0.5, 0.5) * ay, cx + rng.uniform(-0.5, 0.5) * ax,
+                         rng.uniform(0.02, 0.05), rng.uniform(0.02, 0.05), 0.0) & inner
+            img[m] += rng.uniform(0.2, 0.5)
+    if rng.uniform() < 0.3:  # a rectangle (implant, ventricle-like block)
+        h, w = rng.uniform(0.05, 0.25, size=2)
+        oy, ox = cy + rng.uniform(-0.4, 0.4) * ay, cx + rng.uniform(-0.4, 0.4) * ax
+        m = (np.abs(yy - oy) < h) & (np.abs(xx - ox) < w) & inner
+        img[m] += rng.choice([-1.0, 1.0]) * rng.uniform(0.1, 0.3)
+    # smooth texture inside the head
+    k = rng.normal(size=(6, 6)) * rng.uniform(0.0, 0.06)
+    f = np.fft.irfft2(np.pad(k, ((0, size - 6), (0, size // 2 + 1 - 6))), s=(size, size)) * size
+    img = img + np.where(outer, f, 0.0)
+    return np.clip(img, 0.0, 1.0).astype(np.float32)
+
+
+def phantoms(seeds, size: int = 64) -> torch.Tensor:
+    """``[n, 1, size, size]`` float32 tensor of :func:`phantom` for each seed."""
+    return torch.from_numpy(np.stack([phantom(s, size) for s in seeds]))[:, None]
+
+
+def training_seeds(generator: torch.Generator, n: int) -> list[int]:
+    """``n`` seeds in [0, 2³¹) (disjoint from :data:`EVAL_SEEDS`) from a torch generator."""
+    return torch.randint(0, 2**31 - 1, (n,), generator=generator).tolist()
+
+
+def shepp_logan(size: int = 64) -> torch.Tensor:
+    """scikit-image's Shepp–Logan phantom resized to ``size × size`` (anti-aliased), ``[1, 1, size, size]``."""
+    from skimage.data import shepp_logan_phantom
+    from skimage.transform import resize
+
+    img = resize(shepp_logan_phantom(), (size, size), anti_aliasing=True, preserve_range=True)
+    return torch.from_numpy(np.clip(img, 0, 1).astype(np.float32))[None, None]
+
+
+def held_out(size: int = 64, n: int = 8) -> torch.Tensor:
+    """The evaluation set: Shepp–Logan then ``n − 1`` phantoms of :data:`EVAL_SEEDS` (``[n, 1, s, s]``)."""
+    return torch.cat([shepp_logan(size), phantoms(EVAL_SEEDS[: n - 1], size)])

@@ -1,0 +1,118 @@
+"""The project's compact score network: a small UNet with a noise-level embedding, inside EDM's
+preconditioning (Karras et al. 2022, Table 1, σ_data = 0.5), so ``net(x, σ) = D(x; σ)``.
+
+Registered in the project's checkpoint format as architecture ``"invdiff.unet"``; ``invdiff-train``
+trains it and :func:`invdiff.priors.load` reads it back. Sized for CPU training of 64×64 priors:
+``width=32, mults=(1, 2, 2), blocks=1`` is about 1 M parameters (4 MB in float32); ``patch=2``
+runs it on 2×2 pixel blocks, four times cheaper.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .formats import EDMPreconditioned
+from .loaders import register_architecture
+
+
+class _Embed(nn.Module):
+    """Sinusoidal features of c_noise = ¼ ln σ, then a two-layer MLP."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, c_noise):
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=c_noise.device, dtype=torch.float32) / half)
+        arg = c_noise.float()[:, None] * 4.0 * freqs[None]  # ln σ spans about [-6, 4.4]
+        return self.mlp(torch.cat([arg.cos(), arg.sin()], dim=1))
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, emb: int, groups: int = 8):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(min(groups, c_in), c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.film = nn.Linear(emb, 2 * c_out)
+        self.norm2 = nn.GroupNorm(min(groups, c_out), c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, e):
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(e)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        return self.skip(x) + self.conv2(F.silu(h))
+
+
+class SmallUNet(nn.Module):
+    """UNet on ``channels``-channel images: one resolution per entry of ``mults`` (×``width``
+    channels), ``blocks`` residual blocks per resolution on the way down and up, skip connections
+    by concatenation, FiLM conditioning on the noise level; ``patch = 2`` folds 2×2 pixels into
+    channels first (pixel unshuffle, undone at the output), a 4× cheaper network for CPU training.
+    ``forward_unet(x, c_noise)`` is EDM's raw network F."""
+
+    def __init__(self, channels: int = 1, width: int = 32, mults=(1, 2, 2), blocks: int = 1, emb: int = 128,
+                 patch: int = 1):
+        super().__init__()
+        self.patch = int(patch)
+        self.embed = _Embed(emb)
+        self.inp = nn.Conv2d(channels * self.patch**2, width, 3, padding=1)
+        chans = [width * m for m in mults]
+        self.down = nn.ModuleList()
+        c = width
+        skips = [c]
+        for level, ch in enumerate(chans):
+            for _ in range(blocks):
+                self.down.append(_ResBlock(c, ch, emb))
+                c = ch
+                skips.append(c)
+            if level < len(chans) - 1:
+                self.down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+                skips.append(c)
+        self.mid = nn.ModuleList([_ResBlock(c, c, emb), _ResBlock(c, c, emb)])
+        self.up = nn.ModuleList()
+        for level, ch in reversed(list(enumerate(chans))):
+            for _ in range(blocks + 1):
+                self.up.append(_ResBlock(c + skips.pop(), ch, emb))
+                c = ch
+            if level > 0:
+                self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
+        self.out_norm = nn.GroupNorm(min(8, c), c)
+        self.out = nn.Conv2d(c, channels * self.patch**2, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward_unet(self, x, c_noise):
+        e = self.embed(c_noise.expand(x.shape[0]) if c_noise.numel() == 1 else c_noise)
+        if self.patch > 1:
+            x = F.pixel_unshuffle(x, self.patch)
+        h = self.inp(x)
+        hs = [h]
+        for m in self.down:
+            h = m(h, e) if isinstance(m, _ResBlock) else m(h)
+            hs.append(h)
+        for m in self.mid:
+            h = m(h, e)
+        for m in self.up:
+            if isinstance(m, _ResBlock):
+                h = m(torch.cat([h, hs.pop()], dim=1), e)
+            else:
+                h = m(h)
+        out = self.out(F.silu(self.out_norm(h)))
+        return F.pixel_shuffle(out, self.patch) if self.patch > 1 else out
+
+
+@register_architecture("invdiff.unet")
+def build_unet(channels: int = 1, width: int = 32, mults=(1, 2, 2), blocks: int = 1, emb: int = 128,
+               patch: int = 1, sigma_data: float = 0.5) -> EDMPreconditioned:
+    """:class:`SmallUNet` inside EDM's preconditioning (``forward(x, σ) = D(x; σ)``)."""
+    return EDMPreconditioned(SmallUNet(channels, width, tuple(mults), blocks, emb, patch), "edm", sigma_data)

@@ -1,0 +1,268 @@
+"""Training the project's score network (``invdiff-train``): EDM denoising score matching.
+
+Loss (Karras et al. 2022, eq. 2 with Table 1's choices): σ ~ logN(P_mean, P_std²),
+``λ(σ) = (σ² + σ_d²)/(σ σ_d)²``, ``L = λ(σ) ‖D(x + σn; σ) − x‖²`` (per-pixel mean), on data mapped
+from [0, 1] to the model range [−1, 1]; Adam with a linear warm-up, an exponential moving average
+(EMA) of the weights, random horizontal/vertical flips.
+
+Everything needed to continue lives in ``<out>/checkpoint.safetensors`` — network, EMA and Adam
+state, the random generator's state, the step and the loss history — written atomically every
+``ckpt_every`` steps and at the end, so a killed run resumes where its last checkpoint left it
+and continues bit for bit as if it had not stopped. ``<out>/prior.safetensors`` is the EMA network
+in the project's prior format (:func:`invdiff.priors.save`, read back by :func:`invdiff.priors.load`).
+
+Data-parallel: under ``torchrun`` (``WORLD_SIZE > 1``) each rank draws its own batches (its
+generator is seeded with ``seed + rank``), gradients are averaged by DDP, and rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+from torch import Tensor
+
+from .priors import NetworkPrior, save
+from .priors.checkpoints import CheckpointError, safe_safetensors_load, save_safetensors, strict_load
+from .priors.schedules import EDMSchedule
+from .priors.unet import build_unet
+
+CKPT_VERSION = 1
+
+
+class TrainData(Protocol):
+    """Training images: ``sample(n, generator) -> [n, C, H, W]`` float32 in [0, 1]."""
+
+    channels: int
+    size: int
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor: ...
+
+    def describe(self) -> str: ...
+
+
+@dataclass
+class TrainSettings:
+    """Hyper-parameters of a run (stored in the checkpoint and the exported prior's folder)."""
+
+    steps: int = 20000
+    batch: int = 16
+    lr: float = 1e-3
+    warmup: int = 500
+    ema_decay: float = 0.999
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    sigma_data: float = 0.5
+    grad_clip: float = 1.0
+    seed: int = 0
+    ckpt_every: int = 500
+    log_every: int = 50
+    arch: dict = field(default_factory=lambda: dict(width=32, mults=[1, 2, 2], blocks=1, emb=128))
+
+
+def edm_loss(net: torch.nn.Module, x: Tensor, generator: torch.Generator, s: TrainSettings) -> Tensor:
+    """Mean EDM loss of a batch ``x`` in model units (noise drawn from ``generator``)."""
+    B = x.shape[0]
+    sigma = (s.p_mean + s.p_std * torch.randn(B, generator=generator)).exp().to(x.device)
+    n = torch.randn(x.shape, generator=generator).to(x.device) * sigma[:, None, None, None]
+    d = net(x + n, sigma)
+    w = (sigma**2 + s.sigma_data**2) / (sigma * s.sigma_data) ** 2
+    return (w[:, None, None, None] * (d - x).square()).mean()
+
+
+def _flip(x: Tensor, generator: torch.Generator) -> Tensor:
+    f = torch.rand(2, x.shape[0], generator=generator) < 0.5
+    x = torch.where(f[0].to(x.device)[:, None, None, None], x.flip(-1), x)
+    return torch.where(f[1].to(x.device)[:, None, None, None], x.flip(-2), x)
+
+
+class Trainer:
+    """One training run in ``out_dir`` (resumes from its checkpoint when there is one)."""
+
+    def __init__(self, data: TrainData, out_dir: str | Path, settings: TrainSettings, *, device="cpu",
+                 resume: bool = True, progress: bool = True):
+        self.data, self.s, self.out = data, settings, Path(out_dir)
+        self.device = torch.device(device)
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        self.progress = progress and self.rank == 0
+        self.arch = dict(channels=data.channels, **settings.arch, sigma_data=settings.sigma_data)
+        torch.manual_seed(settings.seed)  # initial weights: the same on every rank
+        self.net = build_unet(**self.arch).to(self.device)
+        self.ema = build_unet(**self.arch).to(self.device)
+        self.ema.load_state_dict(self.net.state_dict())
+        self.ema.requires_grad_(False)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=settings.lr)
+        self.gen = torch.Generator().manual_seed(settings.seed + self.rank)
+        self.step, self.losses = 0, []
+        self.ddp = None
+        if self.world > 1:
+            import torch.distributed as dist
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.ckpt = self.out / "checkpoint.safetensors"
+        if self.rank == 0:  # a run killed while writing leaves its temporary file; the checkpoint is intact
+            for stale in self.out.glob(f".{self.ckpt.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+        if resume and self.ckpt.exists():
+            self.load_checkpoint(self.ckpt)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, Tensor], dict]:
+        tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
+        tensors |= {f"ema.{k}": v for k, v in self.ema.state_dict().items()}
+        opt = self.opt.state_dict()
+        for i, st in opt["state"].items():
+            for k, v in st.items():
+                tensors[f"opt.{i}.{k}"] = v if isinstance(v, Tensor) else torch.tensor(v)
+        tensors["rng"] = self.gen.get_state()
+        tensors["losses"] = torch.tensor(self.losses, dtype=torch.float64).reshape(-1, 2)
+        meta = {"version": CKPT_VERSION, "step": self.step, "settings": asdict(self.s), "arch": self.arch,
+                "data": self.data.describe(), "world_size": self.world}
+        return tensors, meta
+
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        tensors, meta = self.state()
+        save_safetensors(self.ckpt, tensors, {"invdiff_train": json.dumps(meta)})
+
+    def load_checkpoint(self, path: Path) -> None:
+        tensors, meta = safe_safetensors_load(path)
+        try:
+            info = json.loads(meta["invdiff_train"])
+        except (KeyError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"{path} is not an invdiff-train checkpoint") from err
+        if info.get("version") != CKPT_VERSION:
+            raise CheckpointError(f"{path}: checkpoint version {info.get('version')} is not supported")
+        if info["arch"] != self.arch:
+            raise CheckpointError(f"{path} holds a network {info['arch']}, but this run builds {self.arch}; "
+                                  "resume with the same settings or use a new output folder")
+        strict_load(self.net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, f"{path} (net)")
+        strict_load(self.ema, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, f"{path} (ema)")
+        opt = self.opt.state_dict()
+        state: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, i, name = k.split(".", 2)
+                state.setdefault(int(i), {})[name] = v
+        opt["state"] = state
+        self.opt.load_state_dict(opt)
+        if self.rank == 0 or info.get("world_size", 1) == self.world:
+            self.gen.set_state(tensors["rng"])
+        self.step = int(info["step"])
+        self.losses = [tuple(r) for r in tensors["losses"].tolist()]
+
+    # -- training ------------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        return self.s.lr * min(1.0, (step + 1) / max(self.s.warmup, 1))
+
+    def train(self, until: int | None = None, on_step: Callable[[int, float], None] | None = None) -> None:
+        """Train to ``until`` (default: ``settings.steps``), checkpointing on the way."""
+        from tqdm import tqdm
+
+        until = self.s.steps if until is None else min(until, self.s.steps)
+        model = self.ddp or self.net
+        bar = tqdm(total=self.s.steps, initial=self.step, disable=not self.progress, desc="invdiff-train",
+                   dynamic_ncols=True)
+        t0, run = time.time(), []
+        while self.step < until:
+            x = self.data.sample(self.s.batch, self.gen).to(self.device, torch.float32)
+            x = _flip(x, self.gen) * 2.0 - 1.0
+            for g in self.opt.param_groups:
+                g["lr"] = self.lr_at(self.step)
+            loss = edm_loss(model, x, self.gen, self.s)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.s.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.s.grad_clip)
+            self.opt.step()
+            with torch.no_grad():
+                for pe, p in zip(self.ema.parameters(), self.net.parameters()):
+                    pe.lerp_(p, 1.0 - self.s.ema_decay)
+                for be, b in zip(self.ema.buffers(), self.net.buffers()):
+                    be.copy_(b)
+            self.step += 1
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"invdiff-train: the loss became {value} at step {self.step}; lower lr "
+                                         f"(now {self.s.lr}) — the last checkpoint ({self.ckpt}) is intact")
+            run.append(value)
+            if self.step % self.s.log_every == 0 or self.step == until:
+                self.losses.append((self.step, sum(run) / len(run)))
+                run = []
+                if self.rank == 0:
+                    self.out.mkdir(parents=True, exist_ok=True)
+                    new = not (self.out / "log.csv").exists()
+                    with open(self.out / "log.csv", "a") as f:
+                        if new:
+                            f.write("step,loss,lr,elapsed_s\n")
+                        f.write(f"{self.step},{self.losses[-1][1]:.6f},{self.lr_at(self.step - 1):.3g},"
+                                f"{time.time() - t0:.1f}\n")
+                bar.set_postfix(loss=f"{self.losses[-1][1]:.4f}", s_per_step=f"{(time.time() - t0) / max(len(self.losses), 1) / self.s.log_every:.3f}")
+            bar.update(1)
+            if on_step is not None:
+                on_step(self.step, value)
+            if self.step % self.s.ckpt_every == 0 or self.step == until:
+                self.save_checkpoint()
+        bar.close()
+
+    # -- outputs -------------------------------------------------------------------------------
+    def prior(self) -> NetworkPrior:
+        """The EMA network as a :class:`NetworkPrior` (data [0, 1] ↔ model [−1, 1])."""
+        lo, hi = self.ema.sigma_range()
+        return NetworkPrior(self.ema.eval(), "x0", EDMSchedule(lo, hi), shape=(self.data.channels, self.data.size,
+                            self.data.size), data_range=(0.0, 1.0), model_range=(-1.0, 1.0), conditioning="sigma",
+                            learned_sigma=False)
+
+    def export(self, path: str | Path | None = None) -> Path:
+        """Write the EMA prior in the project's format (default ``<out>/prior.safetensors``)."""
+        path = Path(path) if path is not None else self.out / "prior.safetensors"
+        return save(path, self.prior(), "invdiff.unet", self.arch)
+
+    def figures(self, samples: int = 16, sampler_steps: int = 40) -> tuple[Path, Path]:
+        """``loss.png`` (loss curve) and ``samples.png`` (EMA samples, EDM Heun) in the output folder."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from .priors.samplers import edm_heun
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        if self.losses:
+            st, lv = zip(*self.losses)
+            ax.plot(st, lv)
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"EDM loss (mean over {self.s.log_every} steps)")
+        ax.set_title(f"{self.data.describe()}")
+        fig.tight_layout()
+        loss_png = self.out / "loss.png"
+        fig.savefig(loss_png, dpi=100)
+        plt.close(fig)
+        prior = self.prior()
+        x = edm_heun(prior, (samples, *prior.shape), steps=sampler_steps, generator=torch.Generator().manual_seed(0))
+        x = prior.to_physical(x).clamp(0, 1).float().cpu()
+        cols = int(math.ceil(math.sqrt(samples)))
+        rows = int(math.ceil(samples / cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows))
+        for i, a in enumerate(axes.flat):
+            a.axis("off")
+            if i < samples:
+                img = x[i].permute(1, 2, 0).numpy()
+                a.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+        fig.suptitle(f"EMA samples at step {self.step} (EDM Heun, {sampler_steps} steps)", fontsize=9)
+        fig.tight_layout()
+        grid_png = self.out / "samples.png"
+        fig.savefig(grid_png, dpi=100)
+        plt.close(fig)
+        return loss_png, grid_png
