@@ -6,7 +6,8 @@
 
 Outputs in ``out`` (default ``outputs/train/<name>``): ``checkpoint.safetensors`` (resumable),
 ``prior.safetensors`` (load with ``invdiff.priors.load``), ``log.csv``, ``loss.png``,
-``samples.png`` and ``config.yaml``. Running the same command again resumes.
+``samples.png`` and ``config.yaml``. Running the same command again resumes; ``export_only=true``
+exports the last checkpoint (prior, figures) without training — e.g. to stop a run early.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def run(cfg: DictConfig) -> Trainer:
         log.info("invdiff-train %s: %s, network %.2f M parameters %s, %s, world size %d, %s at step %d/%d",
                  cfg.name, data.describe(), n / 1e6, trainer.arch, cfg.device, trainer.world,
                  "resuming" if trainer.step else "starting", trainer.step, settings.steps)
-    trainer.train()
+    if not cfg.get("export_only", False):
+        trainer.train()
     if trainer.rank == 0:
         path = trainer.export()
         trainer.figures(samples=int(cfg.sample_grid))

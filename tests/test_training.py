@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +124,25 @@ def test_training_data_from_files(tmp_path):
         load_images(tmp_path / "missing", 16)
     with pytest.raises(ValueError, match="NaN"):
         ArrayData(torch.full((2, 1, 4, 4), float("nan")))
+
+
+def test_data_parallel_training_under_torchrun(tmp_path):
+    import socket
+
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           "-m", "invdiff.train_app", f"out={out}", *TINY, "settings.steps=4", "threads=1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    import json
+
+    from invdiff.priors.checkpoints import safe_safetensors_load
+
+    _, meta = safe_safetensors_load(out / "checkpoint.safetensors")
+    info = json.loads(meta["invdiff_train"])
+    assert info["world_size"] == 2 and info["step"] == 4
+    assert load(out / "prior.safetensors").shape == (1, 16, 16)

@@ -121,7 +121,8 @@ def load(name_or_path: str | Path, *, trust: bool = False, device: str | torch.d
          **overrides: Any) -> NetworkPrior:
     """Load a pretrained score model as a :class:`Prior`, detecting its format.
 
-    :param name_or_path: a file or folder (see the module table).
+    :param name_or_path: a file or folder (see the module table), or the name of a shipped prior
+        (``"phantom64"``, :mod:`invdiff.priors.shipped`).
     :param trust: allow unpickling an EDM ``.pkl`` (runs code from the file; needs EDM's
         ``torch_utils`` importable). Never needed for the other formats.
     :param device: where to put the network.
@@ -129,7 +130,10 @@ def load(name_or_path: str | Path, *, trust: bool = False, device: str | torch.d
         (``data_range``, ``snap``, ``net_dtype``, ...).
     """
     from . import formats
+    from .shipped import SHIPPED, shipped_prior_path
 
+    if isinstance(name_or_path, str) and name_or_path in SHIPPED and not Path(name_or_path).exists():
+        name_or_path = shipped_prior_path(name_or_path)
     path = require_file(name_or_path)
     if path.is_dir():
         prior, fmt = formats.load_folder(path, overrides), "diffusers"

@@ -1,0 +1,34 @@
+"""Priors shipped inside the package (``invdiff/weights/``), loadable by name: ``load("phantom64")``.
+
+================  ===============================================================================
+name              what
+================  ===============================================================================
+``phantom64``     64×64 grayscale MRI/CT-style phantoms (``invdiff.phantoms``), trained by
+                  ``invdiff-train`` (command, log, loss curve and samples in ``invdiff/weights/``)
+================  ===============================================================================
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+SHIPPED = ("phantom64",)
+
+
+def shipped_prior_path(name: str) -> Path:
+    """The file of a shipped prior (a clear error for unknown names or a missing file)."""
+    if name not in SHIPPED:
+        raise ValueError(f"unknown shipped prior {name!r}; shipped: {', '.join(SHIPPED)}")
+    path = Path(str(resources.files("invdiff") / "weights" / f"{name}.safetensors"))
+    if not path.is_file():
+        raise FileNotFoundError(f"the shipped prior {name!r} is missing from this installation ({path}); "
+                                "reinstall invdiff or train it with invdiff-train")
+    return path
+
+
+def load_shipped(name: str, **kwargs):
+    """:func:`invdiff.priors.load` of a shipped prior (for configs: ``configs/prior/phantom64.yaml``)."""
+    from .loaders import load
+
+    return load(shipped_prior_path(name), **kwargs)
