@@ -18,8 +18,8 @@ def test_divergence_is_minus_the_adjoint_of_the_gradient():
 
 
 def test_tv_without_regularisation_fits_the_data_and_with_it_beats_zero_filling():
-    x = P.phantoms([1, 2], 32).double()
-    op = O.SingleCoilMRI(O.FastMRIMask("random", [0.08], [4]), (1, 32, 32), seed=0)
+    x = P.phantoms([1, 2], 64).double()
+    op = O.SingleCoilMRI(O.FastMRIMask("random", [0.08], [4]), (1, 64, 64), seed=0)
     y = op.measure(x, O.GaussianNoise(0.01), generator=torch.Generator().manual_seed(0))
     free = tv(op.A(x), op, steps=50, lam=0.0)
     torch.testing.assert_close(op.A(free), op.A(x), rtol=0, atol=1e-8)  # λ = 0, noiseless: fits y exactly
