@@ -284,6 +284,11 @@ class Problem:
                 f"solver '{self.name}': NaN/Inf in the state at step {step}/{self.steps}. Likely cause: "
                 f"{cause}. Nothing was written; lower the step size or check y and σ_y.")
 
+    @property
+    def has_callback(self) -> bool:
+        """Whether a callback was given (solvers skip computing what only a callback would see)."""
+        return self._callback is not None
+
     def callback(self, step: int, x: Tensor, x0_hat: Tensor, **info) -> None:
         """``callback(step, x_t, x0_hat)``; solver-specific extras (e.g. MCGdiff's ``ess``) are
         passed as keywords to callbacks whose signature accepts them."""

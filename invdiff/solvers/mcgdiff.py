@@ -195,7 +195,7 @@ def mcgdiff(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, genera
         xb = torch.where(twisted, tw, torch.where(crossing, br, free))
         pb.check(k, xb)
         w = torch.softmax(lw, dim=1).reshape(B, N, *([1] * len(shape)))
-        if pb._callback is not None:
+        if pb.has_callback:
             x_img = operator.V((w * xb).sum(1))
             x0_img = operator.V((w * x0b).sum(1))  # x̂₀ of the particles before propagation
             pb.callback(k, x_img, x0_img, ess=_ess(lw), log_weights=torch.log_softmax(lw, 1),
@@ -203,7 +203,7 @@ def mcgdiff(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, genera
     # final step: x̄₀ = D(x, σ_min) (computed above), noiseless observations exactly
     x0b = torch.where(noiseless, ybar_f, x0b)
     pb.check(steps, x0b)
-    if pb._callback is not None:
+    if pb.has_callback:
         w = torch.softmax(lw, dim=1).reshape(B, N, *([1] * len(shape)))
         pb.callback(steps - 1, operator.V((w * xb).sum(1)), operator.V((w * x0b).sum(1)), ess=_ess(lw),
                     log_weights=torch.log_softmax(lw, 1),

@@ -50,6 +50,8 @@ import math
 import torch
 from torch import Tensor
 
+from operators import require
+
 from ..priors.schedules import edm_sigma_grid
 from ._common import Callback, setup
 
@@ -109,7 +111,6 @@ def pnpdm(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generato
     if likelihood == "langevin" and bool((pb.sigma_y == 0).any()):
         raise ValueError("pnpdm: the Langevin likelihood step needs sigma_y > 0")
     if likelihood == "prox" and bool((pb.sigma_y == 0).any()):
-        from operators import require
         require(operator, "pnpdm (prox likelihood with sigma_y = 0)", ["pinv"])
     schedule = pnpdm_schedule(prior, steps, rho, rho_decay, rho_min, prior_steps)
 
