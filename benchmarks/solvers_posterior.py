@@ -101,7 +101,7 @@ def write_table(args, rows, cases, only) -> None:
     new_rows = {(label, cname): (f"| {label} | {cname} | {r['mean_err']:.3f} | {r['var_ratio']:.2f} | {r['sw']:.3f} | "
                                  f"{r['sw_prior']:.3f} | {r['sw_floor']:.3f} | {r['sw'] / r['sw_prior']:.2f} | {nfe} | "
                                  f"{a_calls} | {secs:.1f} |") if r is not None else
-                f"| {label} | {cname} | diverged | | | | | | {nfe} | {a_calls} | {secs:.1f} |"
+                f"| {label} | {cname} | diverged (NaN) | | | | | | {nfe} | {a_calls} | {secs:.1f} |"
                 for label, cname, r, nfe, a_calls, secs in rows}
     old = {}
     if only and Path(args.out).exists():
@@ -158,7 +158,7 @@ def main(argv=None):
             try:
                 out = solver(y, op, prior, sigma_y=case.sigma_y, generator=torch.Generator().manual_seed(args.seed), **kw)
             except SolverDivergedError as err:  # a paper default can be unstable on a toy operator: say so
-                rows.append((label, cname, None, str(err).split(". ")[0], op.calls, time.perf_counter() - t0))
+                rows.append((label, cname, None, str(prior.calls), op.calls, time.perf_counter() - t0))
                 print(f"{label:55s} {cname:10s} diverged", flush=True)
                 write_table(args, rows, cases, only)
                 continue
