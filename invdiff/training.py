@@ -251,7 +251,7 @@ class Trainer:
         plt.close(fig)
         prior = self.prior()
         x = edm_heun(prior, (samples, *prior.shape), steps=sampler_steps, generator=torch.Generator().manual_seed(0))
-        x = prior.to_physical(x).clamp(0, 1).float().cpu()
+        x = x.clamp(0, 1).float().cpu()  # the samplers return physical units
         cols = int(math.ceil(math.sqrt(samples)))
         rows = int(math.ceil(samples / cols))
         fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows))
