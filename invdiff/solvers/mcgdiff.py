@@ -176,8 +176,11 @@ def mcgdiff(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, genera
                         + torch.where(crossing, gauss(ybar_f, mc, qc), 0.0)
                         - torch.where(active, gauss(xb, ybar_f, pa), 0.0))
         lw = lw + inc
+        ess = _ess(lw)  # of the current particles' weights: what the resampling sees
+        if pb.has_callback:
+            w_cur = torch.softmax(lw, dim=1).reshape(B, N, *([1] * len(shape)))
+            x0_img = operator.V((w_cur * x0b).sum(1))  # x̂₀ of the particles before propagation
         if not last:
-            ess = _ess(lw)
             redo = ess < resample_threshold * N if resample_threshold < 1 else torch.ones_like(ess, dtype=torch.bool)
             anc = torch.where(redo[:, None], _resample(lw, pb.generator, resample),
                               torch.arange(N, device=pb.device).expand(B, N))
@@ -194,11 +197,10 @@ def mcgdiff(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, genera
         br = x0b_a + (sb * sb - qb).clamp(min=0).sqrt() / sig_c * (ybar_f - x0b_a) + qb.sqrt() * z
         xb = torch.where(twisted, tw, torch.where(crossing, br, free))
         pb.check(k, xb)
-        w = torch.softmax(lw, dim=1).reshape(B, N, *([1] * len(shape)))
         if pb.has_callback:
+            w = torch.softmax(lw, dim=1).reshape(B, N, *([1] * len(shape)))
             x_img = operator.V((w * xb).sum(1))
-            x0_img = operator.V((w * x0b).sum(1))  # x̂₀ of the particles before propagation
-            pb.callback(k, x_img, x0_img, ess=_ess(lw), log_weights=torch.log_softmax(lw, 1),
+            pb.callback(k, x_img, x0_img, ess=ess, log_weights=torch.log_softmax(lw, 1),
                         particles=operator.V(xb.reshape(B * N, *shape)).reshape(B, N, *shape))
     # final step: x̄₀ = D(x, σ_min) (computed above), noiseless observations exactly
     x0b = torch.where(noiseless, ybar_f, x0b)
