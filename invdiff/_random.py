@@ -22,27 +22,22 @@ def check_generator(generator: GeneratorArg, batch: int) -> None:
 def randn(shape, generator: GeneratorArg, *, dtype=torch.float64, device=None) -> Tensor:
     """Standard normal noise of ``shape`` (``[B, ...]``), drawn on the CPU generator's device or
     on ``device`` (a generator must live on the device it draws for)."""
-    shape = tuple(shape)
-    if isinstance(generator, (list, tuple)):
-        check_generator(generator, shape[0])
-        return torch.cat([_randn((1, *shape[1:]), g, dtype, device) for g in generator])
-    return _randn(shape, generator, dtype, device)
-
-
-def _randn(shape, g, dtype, device) -> Tensor:
-    gen_device = g.device if g is not None else torch.device("cpu")
-    return torch.randn(shape, generator=g, dtype=dtype, device=gen_device).to(device or gen_device)
+    return _draw(torch.randn, shape, generator, dtype, device)
 
 
 def rand(shape, generator: GeneratorArg, *, dtype=torch.float64, device=None) -> Tensor:
     """Uniform [0, 1) draws of ``shape`` (``[B, ...]``), per item with a list of generators."""
+    return _draw(torch.rand, shape, generator, dtype, device)
+
+
+def _draw(fn, shape, generator: GeneratorArg, dtype, device) -> Tensor:
     shape = tuple(shape)
     if isinstance(generator, (list, tuple)):
         check_generator(generator, shape[0])
-        return torch.cat([_rand((1, *shape[1:]), g, dtype, device) for g in generator])
-    return _rand(shape, generator, dtype, device)
+        return torch.cat([_one(fn, (1, *shape[1:]), g, dtype, device) for g in generator])
+    return _one(fn, shape, generator, dtype, device)
 
 
-def _rand(shape, g, dtype, device) -> Tensor:
+def _one(fn, shape, g, dtype, device) -> Tensor:
     gen_device = g.device if g is not None else torch.device("cpu")
-    return torch.rand(shape, generator=g, dtype=dtype, device=gen_device).to(device or gen_device)
+    return fn(shape, generator=g, dtype=dtype, device=gen_device).to(device or gen_device)

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor
 
 from .priors import NetworkPrior, save
-from .priors.checkpoints import CheckpointError, safe_safetensors_load, save_safetensors, strict_load
+from .priors.checkpoints import CheckpointError, save_safetensors, strict_load
+from .priors.loaders import read_tagged
 from .priors.schedules import EDMSchedule
 from .priors.unet import build_unet
 
@@ -136,11 +137,7 @@ class Trainer:
         save_safetensors(self.ckpt, tensors, {"invdiff_train": json.dumps(meta)})
 
     def load_checkpoint(self, path: Path) -> None:
-        tensors, meta = safe_safetensors_load(path)
-        try:
-            info = json.loads(meta["invdiff_train"])
-        except (KeyError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"{path} is not an invdiff-train checkpoint") from err
+        tensors, info = read_tagged(path, "invdiff_train", "an invdiff-train checkpoint")
         if info.get("version") != CKPT_VERSION:
             raise CheckpointError(f"{path}: checkpoint version {info.get('version')} is not supported")
         if info["arch"] != self.arch:

@@ -83,12 +83,18 @@ def save(path: str | Path, prior: NetworkPrior, architecture: str, arch_kwargs: 
     return save_safetensors(path, prior.net.state_dict(), {"invdiff": json.dumps(meta)})
 
 
-def _load_invdiff(path: Path, overrides: dict) -> NetworkPrior:
+def read_tagged(path: str | Path, key: str, what: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and the JSON description stored under metadata ``key`` of a project ``.safetensors``
+    file; a :class:`CheckpointError` saying the file is not ``what`` when the description is absent."""
     tensors, meta = safe_safetensors_load(path)
     try:
-        info = json.loads(meta["invdiff"])
+        return tensors, json.loads(meta[key])
     except (KeyError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} has no valid 'invdiff' metadata; it is not an invdiff prior file") from err
+        raise CheckpointError(f"{path} has no valid {key!r} metadata; it is not {what}") from err
+
+
+def _load_invdiff(path: Path, overrides: dict) -> NetworkPrior:
+    tensors, info = read_tagged(path, "invdiff", "an invdiff prior file")
     if info.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: format version {info.get('format_version')} is not supported "
                               f"(this invdiff reads version {FORMAT_VERSION})")
