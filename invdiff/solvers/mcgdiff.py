@@ -123,7 +123,7 @@ def mcgdiff(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, genera
     # Observation level of every coefficient: [B, 1, *shape]; ∞ where unobserved.
     ybar = spec.ybar.unsqueeze(1)
     s = spec.s.unsqueeze(1)
-    sig_y = pb.sigma_y.reshape(B, 1, *([1] * len(shape)))
+    sig_y = pb.per_sample(pb.sigma_y).unsqueeze(1)
     sig_i = torch.where(s > 0, sig_y / torch.where(s > 0, s, 1.0), math.inf)
     sig_i = torch.where((sig_i > 0) & (sig_i < s_last), torch.full_like(sig_i, s_last), sig_i)
     noiseless = sig_i == 0
@@ -154,7 +154,6 @@ def mcgdiff(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, genera
     var0 = torch.where(finite, c2 * p / (c2 + p), c2)
     xb = mean0 + var0.sqrt() * randn()
     lw = torch.zeros(B, N, dtype=torch.float64, device=pb.device)
-    x0b = xb
     for k in range(steps):
         sa, sb = sigmas[k], sigmas[k + 1]
         x0b = denoise(xb, sa, k)
@@ -205,14 +204,15 @@ def mcgdiff(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, genera
     # final step: x̄₀ = D(x, σ_min) (computed above), noiseless observations exactly
     x0b = torch.where(noiseless, ybar_f, x0b)
     pb.check(steps, x0b)
+    images = None
+    if pb.has_callback or return_particles:  # all particles as images, once
+        images = operator.V(x0b.reshape(B * N, *shape)).reshape(B, N, *shape)
     if pb.has_callback:
         w = torch.softmax(lw, dim=1).reshape(B, N, *([1] * len(shape)))
         pb.callback(steps - 1, operator.V((w * xb).sum(1)), operator.V((w * x0b).sum(1)), ess=_ess(lw),
-                    log_weights=torch.log_softmax(lw, 1),
-                    particles=operator.V(x0b.reshape(B * N, *shape)).reshape(B, N, *shape))
+                    log_weights=torch.log_softmax(lw, 1), particles=images)
     pick = _resample(lw, pb.generator, "multinomial")[:, :1]
     out = pb.finish(operator.V(_take(x0b, pick)[:, 0]))
     if not return_particles:
         return out
-    parts = pb.prior.to_physical(operator.V(x0b.reshape(B * N, *shape))).reshape(B, N, *shape).to(pb.out_dtype)
-    return out, parts, torch.log_softmax(lw, 1)
+    return out, pb.prior.to_physical(images).to(pb.out_dtype), torch.log_softmax(lw, 1)

@@ -114,6 +114,11 @@ def pnpdm(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generato
         require(operator, "pnpdm (prox likelihood with sigma_y = 0)", ["pinv"])
     schedule = pnpdm_schedule(prior, steps, rho, rho_decay, rho_min, prior_steps)
 
+    if likelihood == "svd":  # constant over the iterations
+        sv = operator.singular_values.to(device=pb.device, dtype=torch.float64)
+        uty = operator.U_adjoint(pb.y)
+    elif likelihood == "prox":
+        noisy = pb.sigma_y > 0
     if pb.linear and "pinv" in caps:
         x = operator.A_dagger(pb.y)
     else:
@@ -121,15 +126,12 @@ def pnpdm(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generato
     for k, (r, levels) in enumerate(schedule):
         # 1. Likelihood step: z ~ π(z | x).
         if likelihood == "svd":
-            s = operator.singular_values.to(device=pb.device, dtype=torch.float64)
-            uty = operator.U_adjoint(pb.y)
-            den = s * s * r * r + sig * sig
-            mean = (s * r * r * uty + sig * sig * operator.V_adjoint(x)) / den
+            den = sv * sv * r * r + sig * sig
+            mean = (sv * r * r * uty + sig * sig * operator.V_adjoint(x)) / den
             std = (r * r * sig * sig / den).sqrt()
             z = operator.V(mean + std * operator.V_adjoint(pb.randn()))
         elif likelihood == "prox":
             x_p = x + r * pb.randn()
-            noisy = pb.sigma_y > 0
             y_p = pb.y + pb.per_meas(pb.sigma_y) * pb.randn(pb.y.shape)
             gamma = torch.where(noisy, r * r / pb.sigma_y.clamp(min=1e-300).square(), 1.0)
             z = operator.prox_l2(x_p, y_p, gamma)
