@@ -1,83 +1,627 @@
 """``invdiff``: the reconstruction app (Hydra).
 
-    invdiff operator=gaussian_blur noise.sigma=0.02 shape=[1,64,64] data.image=camera
+    invdiff                                   # MRI 4× of held-out phantoms, phantom64 prior, ΠGDM
+    invdiff operator=gaussian_blur solver=dps data=sample_image data.names=[camera] prior=...
+    invdiff -m solver=pigdm,ddnm seed=0,1,2   # a sweep; summary.csv/metrics.json over all runs
 
-For now the reconstruction is the operator's pseudo-inverse (no prior): the diffusion solvers
-plug in here when they land. Each run writes ``samples/0.h5`` (atomic) holding y, the
-reconstruction, the ground truth, the operator's parameters, the seeds and the resolved config.
+Config groups (``configs/``): ``operator``, ``noise``, ``prior``, ``solver``, ``data``,
+``experiment`` (tuned bundles). For every sample of the data source the app simulates ``y`` (or
+takes the measured one), reconstructs it with :func:`invdiff.reconstruct`, and writes into the
+run directory ``samples/{id}.h5`` (atomic; layout in :mod:`invdiff.data.results`),
+``figures/{id}.png`` and ``metrics.json`` / ``metrics.csv`` (rebuilt from the sample files).
+Everything that can fail on bad input — names, keys, shapes, value ranges, an operator the solver
+cannot use — fails before anything is simulated, sampled or written, with one paragraph that says
+what was wrong and what the valid choices are.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import json
 import logging
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import hydra
 import torch
-
-import operators
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+import operators
+from operators import CapabilityError
+
 log = logging.getLogger("invdiff")
 
-APP_SOLVERS = ("pinv",)
+GROUPS = ("operator", "noise", "prior", "solver", "data", "experiment")
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError, CapabilityError)
 
 
-def psnr(x_hat: torch.Tensor, x: torch.Tensor, data_range: float = 1.0) -> float:
-    mse = float(((x_hat - x) ** 2).mean())
-    return float("inf") if mse == 0 else 10.0 * torch.log10(torch.tensor(data_range**2 / mse)).item()
+class AppError(ValueError):
+    """A bad command line or config: the message is one paragraph meant for the user."""
+
+
+def choices(group: str) -> list[str]:
+    """The config names available in ``group`` (``configs/<group>/*.yaml``)."""
+    folder = resources.files("invdiff.configs") / group
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _one_paragraph(text: str) -> str:
+    return re.sub(r"\s*\n\s*", " ", str(text)).strip()
 
 
 def build(node: DictConfig, what: str):
-    """Instantiate a config node; a failing constructor becomes a one-line error naming the group."""
+    """Instantiate a config node; a failing constructor becomes a one-paragraph error naming the group."""
     try:
         return instantiate(node)
     except InstantiationException as err:
         cause = err.__cause__ or err
-        kind = type(cause) if type(cause) in (ValueError, TypeError, FileNotFoundError) else ValueError
-        raise kind(f"{what} config: {cause}") from err
+        raise AppError(f"{what} config ({node.get('_target_', '?')}): {_one_paragraph(cause)}") from err
 
 
-def run(cfg: DictConfig, out_dir: str | Path) -> Path:
-    """Simulate, reconstruct and save one sample; returns the result file's path."""
-    from invdiff.data import sample_image, write_sample
+def resolve_device(name: str) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AppError(f"device={name} was asked for, but torch sees no CUDA device; use device=cpu or device=auto")
+    return dev
 
-    solver_name = str(cfg.solver.get("_target_", "")).rpartition(".")[2]
-    if solver_name not in APP_SOLVERS:
-        raise ValueError(f"the app runs solver={APP_SOLVERS} so far; diffusion solvers ({solver_name!r}) are "
-                         "called from Python: invdiff.solvers.<name>(y, operator, prior, sigma_y=..., steps=...)")
-    # Everything that can fail on bad input is built before any work or output.
-    op = build(cfg.operator, "operator")
-    operators.require(op, solver_name, ["pinv"])
-    solver = build(cfg.solver, "solver")
+
+def _is_mri(op) -> bool:
+    return "MRI" in type(op).__name__
+
+
+def _complex_image(op) -> bool:
+    return _is_mri(op) and tuple(op.img_size)[0] == 2
+
+
+# --------------------------------------------------------------------------------------------
+# building and checking a job
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Item:
+    """One sample, checked and ready: its operator, σ_y and (measured) y or (synthetic) x."""
+
+    sample: object
+    op: object
+    sigma_y: float
+
+
+@dataclass
+class Job:
+    cfg: DictConfig
+    operator: object
+    noise: object
+    prior: object
+    solver: object
+    data: object
+    device: torch.device
+    items: list
+
+
+def _sigma_y(cfg: DictConfig, noise, sample, mode: str) -> float:
+    value = cfg.get("sigma_y", "auto")
+    if value not in (None, "auto"):
+        s = float(value)
+    elif mode == "synthetic":
+        s = noise.sigma if isinstance(noise, operators.GaussianNoise) else (0.0 if noise is None else None)
+        if isinstance(s, torch.Tensor) and s.numel() == 1:
+            s = float(s)
+        if s is None or not isinstance(s, (int, float)):
+            raise AppError(f"sigma_y=auto takes σ_y from a Gaussian noise model, but noise is {noise!r}; "
+                           "give the solver's σ_y explicitly, e.g. sigma_y=0.05 (measurement units)")
+    else:
+        if sample.sigma_y is None:
+            raise AppError(f"the measured data {sample.id} do not state their noise level; give sigma_y=<σ> "
+                           "(measurement units) on the command line")
+        s = float(sample.sigma_y)
+    if not math.isfinite(s) or s < 0:
+        raise AppError(f"sigma_y must be a finite number >= 0, got {s}")
+    return s
+
+
+def _check_item(sample, op, prior) -> None:
+    """Shapes, dtype, finiteness and value range of a sample against its operator and the prior."""
+    img, meas = tuple(op.img_size), tuple(getattr(op, "meas_size", ()))
+    if tuple(prior.shape) != img:
+        raise AppError(f"the prior models images {list(prior.shape)} but the operator {op.describe()} acts on "
+                       f"{list(img)}; set shape={list(prior.shape)} (one shape for operator, data and prior) or "
+                       "choose a prior of that size")
+    if sample.x is not None:
+        x = sample.x
+        if not x.is_floating_point() or x.is_complex():
+            raise AppError(f"ground truth {sample.id}: expected a real floating-point image, got dtype {x.dtype}")
+        if tuple(x.shape) != img:
+            raise AppError(f"ground truth {sample.id} has shape {list(x.shape)}, the operator acts on {list(img)}")
+        if not bool(torch.isfinite(x).all()):
+            raise AppError(f"ground truth {sample.id} contains NaN or Inf")
+        lo, hi = prior.data_range
+        if _complex_image(op):
+            lo, hi = -max(abs(lo), abs(hi)), max(abs(lo), abs(hi))
+        span, xmin, xmax = hi - lo, float(x.min()), float(x.max())
+        if xmin < lo - 0.05 * span or xmax > hi + 0.05 * span:
+            raise AppError(f"ground truth {sample.id} has values in [{xmin:.4g}, {xmax:.4g}], but the prior models "
+                           f"images on [{lo:g}, {hi:g}]; rescale the data (data.normalize=max for files) or use a "
+                           "prior trained on that range")
+    if sample.y is not None:
+        y = sample.y
+        if not y.is_floating_point() or y.is_complex():
+            raise AppError(f"measurement {sample.id}: expected real floating-point data (complex as 2 channels), got {y.dtype}")
+        if meas and tuple(y.shape) != meas:
+            raise AppError(f"measurement {sample.id} has shape {list(y.shape)}, {op.describe()} measures {list(meas)}")
+        if not bool(torch.isfinite(y).all()):
+            raise AppError(f"measurement {sample.id} contains NaN or Inf")
+    if sample.x is None and sample.y is None:
+        raise AppError(f"sample {sample.id} has neither a ground truth nor a measurement")
+
+
+def _solver_choices_for(op, prior, sigma_y: float) -> list[str]:
+    """The solver configs whose paper defaults accept ``op`` (for error messages)."""
+    from .solvers import check_call
+
+    ok = []
+    meas = tuple(getattr(op, "meas_size", ()))
+    y = torch.zeros((1, *meas), dtype=torch.float64) if meas else None
+    for name in choices("solver"):
+        try:
+            fn = instantiate(OmegaConf.load(resources.files("invdiff.configs") / "solver" / f"{name}.yaml"))
+            check_call(fn, y, op, prior, sigma_y=sigma_y)
+            ok.append(name)
+        except Exception:  # noqa: BLE001  (any refusal means: not a valid choice here)
+            continue
+    return ok
+
+
+def setup(cfg: DictConfig) -> Job:
+    """Build operator, noise, prior, solver and data from ``cfg`` and check every sample against
+    them (shapes, ranges, the solver's capability needs) — before any simulation or output."""
+    from .solvers import check_call
+
+    device = resolve_device(cfg.get("device", "auto"))
+    for key in ("num_samples", "batch_size"):
+        v = cfg.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise AppError(f"{key} must be a positive integer, got {v!r}")
+    if cfg.get("baseline", "auto") not in ("auto", "pinv", "adjoint", "none"):
+        raise AppError(f"baseline must be auto, pinv, adjoint or none, got {cfg.baseline!r}")
+    operator = build(cfg.operator, "operator") if cfg.get("operator") is not None else None
     noise = build(cfg.noise, "noise") if cfg.get("noise") is not None else None
-    x = sample_image(cfg.data.image, cfg.shape)
-    generator = torch.Generator().manual_seed(int(cfg.seed))
-    y = op.measure(x, noise, generator=generator)
-    x_hat = solver(y, op, None)
+    prior = build(cfg.prior, "prior")
+    solver = build(cfg.solver, "solver")
+    data = build(cfg.data, "data")
+    if prior is None or not hasattr(prior, "denoiser"):
+        raise AppError(f"prior config did not give a prior (got {type(prior).__name__})")
+    if tuple(prior.shape) != tuple(int(s) for s in cfg.shape):
+        raise AppError(f"the prior models images {list(prior.shape)} but shape={list(cfg.shape)}; "
+                       f"add shape={list(prior.shape).__str__().replace(' ', '')} to the command line")
+    mode = getattr(data, "mode", "synthetic")
+    try:
+        samples = data.samples(operator)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as err:
+        raise AppError(f"data ({data.describe()}): {_one_paragraph(err)}") from err
+    if not samples:
+        raise AppError(f"data ({data.describe()}) gave no samples")
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        raise AppError(f"data gave duplicate sample ids {sorted({i for i in ids if ids.count(i) > 1})}")
+    items, checked = [], set()
+    for s in samples:
+        op = s.operator if s.operator is not None else operator
+        if op is None:
+            raise AppError(f"sample {s.id} brings no operator and operator=null; choose an operator config")
+        if mode == "synthetic" and s.x is None:
+            raise AppError(f"synthetic data need ground truths; sample {s.id} has none")
+        _check_item(s, op, prior)
+        sig = _sigma_y(cfg, noise, s, mode)
+        key = (id(op), sig)
+        if key not in checked:  # the solver's own checks, on a stand-in y of the right shape
+            meas = tuple(getattr(op, "meas_size", ()))
+            probe = s.y[None] if s.y is not None else torch.zeros((1, *meas), dtype=torch.float64)
+            try:
+                check_call(solver, probe, op, prior, sigma_y=sig)
+            except CapabilityError as err:
+                ok = _solver_choices_for(op, prior, sig)
+                raise AppError(f"{_one_paragraph(err)} Solvers that accept this operator: {', '.join(ok) or 'none'}.") from err
+            except (ValueError, TypeError) as err:
+                raise AppError(f"solver config ({cfg.solver.get('_target_')}): {_one_paragraph(err)}") from err
+            checked.add(key)
+        items.append(Item(s, op, sig))
+    prior = prior.to(device)
+    return Job(cfg, operator, noise, prior, solver, data, device, items)
+
+
+# --------------------------------------------------------------------------------------------
+# one sample
+# --------------------------------------------------------------------------------------------
+def _baseline(op, y: torch.Tensor, kind: str):
+    caps = op.capabilities
+    if kind == "none":
+        return None, ""
+    if kind in ("auto", "pinv") and "pinv" in caps:
+        return op.A_dagger(y), ("zero-filled (A⁺y)" if _is_mri(op) else "A⁺y")
+    if kind in ("auto", "adjoint") and "adjoint" in caps:
+        return op.A_adjoint(y), ("zero-filled (Aᴴy)" if _is_mri(op) else "Aᵀy")
+    if kind != "auto":
+        raise AppError(f"baseline={kind}: the operator {op.describe()} has no {kind}")
+    return None, ""
+
+
+def _metrics(op, prior, x_true, x_hat, draws, base, y, sigma_y, nfe, seconds) -> dict:
+    from . import metrics as M
+
+    m = {"nfe": int(nfe), "seconds": float(seconds)}
+    dc = M.data_consistency(op, x_hat, y, sigma_y)
+    m.update({k: v[0] for k, v in dc.items()})
+    if x_true is None:
+        return m
+    cplx = _complex_image(op)
+    lo, hi = prior.data_range
+    rng = max(abs(lo), abs(hi)) if cplx else hi - lo
+    show = lambda t: M.display(t, cplx)  # noqa: E731
+    m["psnr"] = M.psnr(show(x_hat), show(x_true), rng)[0]
+    m["ssim"] = M.ssim(show(x_hat), show(x_true), rng)[0]
+    if base is not None:
+        m["psnr_baseline"] = M.psnr(show(base), show(x_true), rng)[0]
+        m["ssim_baseline"] = M.ssim(show(base), show(x_true), rng)[0]
+    if _is_mri(op):
+        m["nmse"] = M.nmse(show(x_hat), show(x_true))[0]
+        if base is not None:
+            m["nmse_baseline"] = M.nmse(show(base), show(x_true))[0]
+    if draws.shape[0] > 1:
+        m["psnr_draws"] = M.summary(M.psnr(show(draws), show(x_true.expand_as(draws)), rng))["mean"]
+    m["data_range"] = float(rng)
+    return m
+
+
+def _prior_record(prior, cfg) -> dict:
+    ck = getattr(prior, "checkpoint", None) or {}
+    return {"target": str(cfg.prior.get("_target_", "")), "name": str(cfg.prior.get("name", "")),
+            "path": ck.get("path"), "sha256": ck.get("sha256"), "format": ck.get("format"),
+            "shape": list(prior.shape), "data_range": list(prior.data_range)}
+
+
+def _noise_convention(noise, sigma_y: float, prior, mode: str) -> str:
+    lo, hi = prior.data_range
+    src = f"simulated with {noise!r}" if mode == "synthetic" else "measured data"
+    return (f"{src}; solver sigma_y = {sigma_y:g} in measurement units, images on [{lo:g}, {hi:g}] "
+            "(physical units of the prior)")
+
+
+def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None) -> tuple[Path, dict]:
+    """Simulate (or take) y, reconstruct, write ``samples/{id}.h5`` and ``figures/{id}.png``."""
+    from .api import generator_of, reconstruct, sample_seed, solver_name, solver_settings
+    from .data.figures import sample_figure
+    from .data.results import write_sample
+
+    cfg, s, op, dev = job.cfg, item.sample, item.op, job.device
+    mode = getattr(job.data, "mode", "synthetic")
+    noise_seed = sample_seed(int(cfg.seed), s.id, "noise")
+    if s.y is None:  # simulated on the CPU (the generator's device), then moved
+        op = op.cpu() if isinstance(op, torch.nn.Module) else op
+        y = op.measure(s.x[None], job.noise, generator=generator_of(int(cfg.seed), s.id, "noise"))
+    else:
+        y = s.y[None]
+    op = op.to(dev) if isinstance(op, torch.nn.Module) else op
+    x_true = s.x[None].to(dev) if s.x is not None else None
+    y = y.to(dev)
+    base, base_name = _baseline(op, y, cfg.get("baseline", "auto"))
+    rec = reconstruct(y, op, job.prior, job.solver, sigma_y=item.sigma_y, num_samples=int(cfg.num_samples),
+                      seed=int(cfg.seed), ids=[s.id], batch_size=int(cfg.batch_size), progress=bar)
+    x_hat, draws = rec.mean, rec.samples[0]
+    m = _metrics(op, job.prior, x_true, x_hat, draws, base, y, item.sigma_y, rec.nfe, rec.seconds)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     saved_op = op.to_dict()
+    settings = {k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else repr(v))
+                for k, v in solver_settings(job.solver).items()}
     record = {
-        "x_hat": x_hat[0], "y": y[0], "x_true": x[0],
-        "operator": saved_op["params"] | {"type": saved_op["type"]},
-        "seed": int(cfg.seed),
-        "solver": solver_name,
-        "noise": repr(noise),
-        "config_yaml": resolved,
-        "config_hash": hashlib.sha256(resolved.encode()).hexdigest()[:16],
-        "psnr": psnr(x_hat, x),
+        "x_hat": x_hat[0], "samples": draws, "y": y[0],
+        "id": s.id, "seed": int(cfg.seed), "noise_seed": noise_seed, "solver_seeds": json.dumps(rec.seeds[0]),
+        "num_samples": int(cfg.num_samples), "batch_size": int(cfg.batch_size),
+        "solver": solver_name(job.solver), "solver_settings": json.dumps(settings),
+        "prior": json.dumps(_prior_record(job.prior, cfg)),
+        "sigma_y": float(item.sigma_y), "noise": repr(job.noise) if mode == "synthetic" else "measured",
+        "noise_convention": _noise_convention(job.noise, item.sigma_y, job.prior, mode),
+        "mode": mode, "info": json.dumps(s.info, default=str),
+        "metrics": json.dumps(m), "nfe": rec.nfe, "seconds": rec.seconds,
+        "config_yaml": resolved, "config_hash": hashlib.sha256(resolved.encode()).hexdigest()[:16],
+        "baseline_name": base_name, "device": str(dev),
+        "versions": json.dumps(_versions()),
     }
-    path = write_sample(Path(out_dir) / "samples" / "0.h5", record)
-    log.info("%s + %s, %s reconstruction: PSNR %.2f dB -> %s", op.describe(), noise, solver_name, record["psnr"], path)
-    return path
+    if rec.std is not None:
+        record["std"] = rec.std[0]
+    if x_true is not None:
+        record["x_true"] = x_true[0]
+    if base is not None:
+        record["baseline"] = base[0]
+    path = write_sample(out_dir / "samples" / f"{s.id}.h5", record, trees={"operator": saved_op})
+    if cfg.get("figures", True):
+        fmt = lambda name, key: (f"{name}\nPSNR {m[f'psnr{key}']:.2f} dB, SSIM {m[f'ssim{key}']:.3f}"  # noqa: E731
+                                 if f"psnr{key}" in m else name)
+        image_like = tuple(y.shape[1:]) == tuple(op.img_size)
+        panels = [("ground truth", x_true[0] if x_true is not None else None),
+                  ("measurement y", y[0]) if image_like and base is None else (fmt(base_name or "baseline", "_baseline"),
+                                                                              base[0] if base is not None else None),
+                  (fmt(f"{solver_name(job.solver)}" + (f" (mean of {cfg.num_samples})" if rec.std is not None else ""), ""),
+                   x_hat[0]),
+                  ("posterior std", rec.std[0] if rec.std is not None else None)]
+        sample_figure(out_dir / "figures" / f"{s.id}.png", panels, complex_image=_complex_image(op),
+                      data_range=job.prior.data_range, title=f"{s.id}: {op.describe()}")
+    return path, m
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("invdiff", "torch", "deepinv"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------------
+def run(cfg: DictConfig, out_dir: str | Path) -> dict:
+    """Reconstruct every sample of ``cfg.data`` into ``out_dir``; returns the summary
+    (``metrics.json``'s content). Samples whose file already exists are skipped (``resume``)."""
+    from .api import solver_name, solver_settings
+    from .data.results import is_complete, remove_stale_temporaries, summarize
+
+    job = setup(cfg)
+    out_dir = Path(out_dir)
+    remove_stale_temporaries(out_dir / "samples")
+    remove_stale_temporaries(out_dir / "figures")
+    todo = [it for it in job.items
+            if not (cfg.get("resume", True) and is_complete(out_dir / "samples" / f"{it.sample.id}.h5"))]
+    first_op = job.items[0].op
+    log.info("operator: %s%s", first_op.describe(), " (from the data)" if job.items[0].sample.operator is not None else "")
+    log.info("noise: %s; solver sigma_y = %g", job.noise if getattr(job.data, "mode", "") == "synthetic" else "measured data",
+             job.items[0].sigma_y)
+    ck = getattr(job.prior, "checkpoint", None) or {}
+    log.info("prior: %s %s%s", cfg.prior.get("name", cfg.prior.get("_target_")), list(job.prior.shape),
+             f" (sha256 {ck['sha256'][:12]}…)" if ck.get("sha256") else "")
+    log.info("solver: %s %s", solver_name(job.solver), solver_settings(job.solver))
+    log.info("data: %s; %d sample(s) × %d draw(s), %d to do; device %s", job.data.describe(), len(job.items),
+             cfg.num_samples, len(todo), job.device)
+    from tqdm.auto import tqdm
+
+    show = bool(cfg.get("progress", True))
+    # bars on a terminal only (disable=None), so logs and CI output stay clean
+    outer = tqdm(todo, desc="samples", unit="sample", disable=None if show else True)
+    inner = tqdm(desc="solver steps", unit="step", leave=False, mininterval=0.5, disable=None if show else True)
+    t0 = time.perf_counter()
+    try:
+        for k, it in enumerate(outer):
+            inner.reset()
+            _, m = solve_item(job, it, out_dir, bar=inner)
+            if k == 0:
+                log.info("NFE per sample: %d", m["nfe"])
+            if "psnr" in m:
+                outer.set_postfix(psnr=f"{m['psnr']:.2f}")
+    finally:
+        inner.close()
+        outer.close()
+    result = summarize(out_dir)
+    summ = result["summary"]
+    elapsed = time.perf_counter() - t0
+    if "psnr" in summ and summ["psnr"]["n"]:
+        gain = ""
+        if "psnr_baseline" in summ:
+            gain = (f" ({summ['psnr']['mean'] - summ['psnr_baseline']['mean']:+.2f} dB over "
+                    f"{first_op_baseline_name(first_op, cfg)} at {summ['psnr_baseline']['mean']:.2f} dB)")
+        msg = (f"PSNR {summ['psnr']['mean']:.2f} ± {summ['psnr']['std']:.2f} dB, SSIM {summ['ssim']['mean']:.3f}"
+               f"{gain} over {summ['psnr']['n']} sample(s)")
+    else:
+        msg = (f"data consistency ‖A(x̂) − y‖/(σ_y√m) = {summ['residual_chi']['mean']:.3g} over "
+               f"{summ['residual_chi']['n']} sample(s) (no ground truth)") if "residual_chi" in summ else "done"
+    log.info("%s; %.1f s. Results in %s (samples/*.h5, figures/*.png, metrics.json, metrics.csv)",
+             msg, elapsed, out_dir.resolve())
+    return result
+
+
+def first_op_baseline_name(op, cfg) -> str:
+    kind = cfg.get("baseline", "auto")
+    if kind in ("auto", "pinv") and "pinv" in op.capabilities:
+        return "zero-filled" if _is_mri(op) else "A⁺y"
+    return "zero-filled" if _is_mri(op) else "Aᵀy"
+
+
+def rerun(path: str | Path, device: str = "cpu"):
+    """Re-run a stored sample from its file alone (y, operator parameters, seeds, config):
+    returns the :class:`invdiff.api.Reconstruction`; with the same batch size and device its
+    samples equal the stored ones bit for bit."""
+    from .api import reconstruct
+    from .data.results import read_sample
+
+    rec = read_sample(path)
+    cfg = OmegaConf.create(rec["config_yaml"])
+    op = operators.from_dict(rec["operator"])
+    prior = build(cfg.prior, "prior").to(device)
+    solver = build(cfg.solver, "solver")
+    y = torch.from_numpy(rec["y"]).to(device)[None]
+    return reconstruct(y, op.to(device) if isinstance(op, torch.nn.Module) else op, prior, solver,
+                       sigma_y=rec["sigma_y"], num_samples=int(rec["num_samples"]), seed=int(rec["seed"]),
+                       ids=[rec["id"]], batch_size=int(rec["batch_size"]))
+
+
+# --------------------------------------------------------------------------------------------
+# the command line
+# --------------------------------------------------------------------------------------------
+def _compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("invdiff.configs", version_base=None):
+        return compose("config", overrides=overrides)
+
+
+def _keys_of(node) -> list[str]:
+    return sorted(k for k in node.keys() if not str(k).startswith("_")) if isinstance(node, DictConfig) else []
+
+
+def _explain_key(full_key: str, overrides: list[str], bad: str) -> str:
+    """Unknown key ``full_key``: list the valid keys of its parent node (and, for a solver, the
+    function's other parameters, which are added with ``+``)."""
+    import inspect
+
+    parent, _, leaf = full_key.rpartition(".")
+    rest = [o for o in overrides if o != bad]
+    try:
+        cfg = _compose(rest)
+    except Exception:  # noqa: BLE001
+        cfg = None
+    node = OmegaConf.select(cfg, parent) if (cfg is not None and parent) else cfg
+    keys = _keys_of(node)
+    msg = f"unknown setting '{full_key}'."
+    extra = []
+    if parent == "solver" and node is not None and node.get("_target_"):
+        try:
+            fn = hydra.utils.get_method(node._target_)
+            extra = [p for p in inspect.signature(fn).parameters
+                     if p not in keys and p not in ("y", "operator", "prior", "sigma_y", "generator", "callback")]
+        except Exception:  # noqa: BLE001
+            extra = []
+    if leaf in extra:
+        return (f"'{full_key}' is a parameter of the solver that its config does not list: add it with "
+                f"+{bad.lstrip('+')} (the '+' adds a key).")
+    where = f"'{parent}'" if parent else "the top level"
+    msg += f" Valid keys at {where}: {', '.join(keys) or 'none'}."
+    if extra:
+        msg += f" The solver also takes {', '.join(extra)} (add with +solver.<name>=<value>)."
+    return msg + _suggest(leaf, keys + extra)
+
+
+def explain_overrides(overrides: list[str]) -> str | None:
+    """Check command-line overrides before Hydra runs: ``None`` when they compose, otherwise one
+    paragraph saying what is wrong and listing the valid choices. Sweeps (``a=1,2``) are checked
+    value by value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    overrides = [o for o in overrides if not o.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as err:
+        return f"could not read the command line: {_one_paragraph(err)}"
+    plain, sweeps = [], []
+    for o, text in zip(parsed, overrides):
+        key = o.key_or_group.split("@")[0]
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        if key in GROUPS and not o.is_delete():
+            for v in values:
+                if v not in choices(key) and v != "null":
+                    return (f"unknown {key} '{v}'. Choose one of: {', '.join(choices(key))}.{_suggest(v, choices(key))}")
+        if o.is_sweep_override():
+            sweeps.append((o.get_key_element(), values, text))
+            plain.append(f"{o.get_key_element()}={values[0]}")
+        else:
+            plain.append(text)
+    variants = [plain]
+    for key, values, _ in sweeps:
+        for v in values[1:]:
+            variants.append([p if not p.startswith(f"{key}=") else f"{key}={v}" for p in plain])
+    for variant in variants:
+        try:
+            _compose(variant)
+        except Exception as err:  # noqa: BLE001  (Hydra raises several types; all are the user's input)
+            text = str(err)
+            m = re.search(r"full_key: (\S+)", text) or re.search(r"Could not override '([^']+)'", text)
+            if m and ("not in struct" in text or "Could not override" in text or "Could not append" in text):
+                bad = next((p for p in variant if p.lstrip("+~").split("=")[0] == m.group(1)), m.group(1))
+                return _explain_key(m.group(1), variant, bad)
+            return _one_paragraph(text.split("\n\n")[0])
+    return None
 
 
 @hydra.main(version_base=None, config_path="configs", config_name="config")
-def main(cfg: DictConfig) -> None:
-    run(cfg, hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+def _hydra_main(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    try:
+        run(cfg, hc.runtime.output_dir)
+    except USER_ERRORS as err:
+        msg = f"invdiff: {_one_paragraph(err)}"
+        if hc.mode == hydra.types.RunMode.MULTIRUN:  # record it and let the sweep go on
+            log.error(msg)
+            Path(hc.runtime.output_dir, "error.txt").write_text(msg + "\n")
+            return
+        raise SystemExit(msg) from None
+
+
+HELP = """invdiff — imaging inverse problems with diffusion-model priors.
+
+Usage: invdiff [group=choice ...] [key=value ...]
+       invdiff -m solver=pigdm,ddnm seed=0,1          (a sweep; summary over all runs)
+With no arguments: 4× single-coil MRI of 4 held-out phantoms, the shipped phantom64 prior, ΠGDM.
+
+== Config groups (group=choice) ==
+{groups}
+
+== Settings (key=value) ==
+shape [C,H,W], seed, operator_seed, sigma_y (auto|σ), num_samples, batch_size, device (auto|cpu|cuda),
+baseline (auto|pinv|adjoint|none), figures, progress, resume; and any key of the chosen configs,
+e.g. solver.steps=50, noise.sigma=0.02, data.n=8 (+solver.<param>=... adds a solver parameter its
+config does not list).
+
+Examples:
+  invdiff solver=dps solver.steps=500
+  invdiff operator=mri_8x experiment=phantom64_mri8x_dps
+  invdiff operator=random_inpainting data=sample_image data.names=[camera,moon] prior=gaussian shape=[1,32,32]
+  invdiff data=measurement data.y=/path/kspace.npy sigma_y=0.01
+Results land in the run directory (outputs/<date>/<time>/; multirun/... for sweeps): samples/*.h5,
+figures/*.png, metrics.json, metrics.csv. `invdiff --cfg job` prints the composed config;
+`invdiff --hydra-help` shows Hydra's own options."""
+
+
+def help_text() -> str:
+    return HELP.format(groups="\n".join(f"{g}: {', '.join(choices(g))}" for g in GROUPS))
+
+
+def main() -> None:
+    """Console entry point: check the overrides (one-paragraph errors), then run Hydra."""
+    args = sys.argv[1:]
+    if "--help" in args or "-h" in args:
+        print(help_text())
+        return
+    if not any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
+        msg = explain_overrides([a for a in args if not a.startswith("-")])
+        if msg:
+            raise SystemExit(f"invdiff: {msg}")
+    _hydra_main()
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after a multirun, ``metrics.json`` / ``metrics.csv`` over every run of the
+    sweep in the sweep directory, and a non-zero exit if some runs failed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from .data.results import summarize
+
+        sweep = Path(config.hydra.sweep.dir)
+        runs = sorted(d for d in sweep.iterdir() if (d / "samples").is_dir()) if sweep.is_dir() else []
+        failed = sorted(d.name for d in sweep.iterdir() if (d / "error.txt").exists()) if sweep.is_dir() else []
+        if runs:
+            summarize(runs, sweep)
+            log.info("sweep summary over %d run(s): %s", len(runs), sweep / "metrics.csv")
+        if failed:
+            raise SystemExit(f"invdiff: {len(failed)} run(s) of the sweep failed ({', '.join(failed)}); "
+                             f"see error.txt in each")
 
 
 if __name__ == "__main__":

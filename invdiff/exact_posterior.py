@@ -23,14 +23,7 @@ import torch
 
 import operators
 from invdiff.priors import GaussianMixturePrior, GaussianPrior
-
-
-def smooth_cov(h: int, w: int, length: float = 1.5, var: float = 0.25, nugget: float = 0.02) -> torch.Tensor:
-    """Squared-exponential covariance over an h×w pixel grid plus a nugget (well conditioned)."""
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    p = torch.stack([yy.flatten(), xx.flatten()], 1)
-    d2 = ((p[:, None] - p[None]) ** 2).sum(-1)
-    return var * torch.exp(-d2 / (2 * length**2)) + nugget * torch.eye(h * w, dtype=torch.float64)
+from invdiff.priors.analytic import smooth_cov
 
 
 @dataclass

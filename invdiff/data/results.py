@@ -1,9 +1,34 @@
-"""Atomic result files: each sample is written to a temporary name and moved into place with
-``os.replace``, so a crash never leaves a partial file and finished samples are never lost."""
+"""Result files: one HDF5 file per sample, written atomically, and summaries rebuilt from them.
+
+Each sample is written to a temporary name (``.{name}.*.tmp``) and moved into place with
+``os.replace``, so a crash never leaves a partial ``.h5`` and finished samples are never lost.
+:func:`write_sample` maps a dict onto HDF5: tensors/arrays → datasets, nested dicts → groups,
+scalars → attributes, lists → JSON attributes. :func:`write_tree` / :func:`read_tree` store a
+nested structure with arrays (an operator's parameters) so that it reads back *exactly*: arrays as
+datasets, everything else as one JSON attribute ``spec`` with ``{"@array": name}`` references.
+
+The app's sample layout (``samples/{id}.h5``; :func:`invdiff.app.run`):
+
+=====================  =========================================================================
+``x_hat``              ``[C, H, W]`` the reconstruction (posterior mean when ``num_samples > 1``)
+``samples``            ``[N, C, H, W]`` the posterior draws
+``std``                ``[C, H, W]`` per-pixel posterior standard deviation (``N > 1``)
+``y``                  the measurement (measurement units)
+``x_true``             the ground truth (when known)
+``baseline``           zero-filled / pseudo-inverse reconstruction (when the operator has one)
+``operator/``          the operator's parameters (mask, kernel, coil maps): :func:`read_tree`
+attributes             ``id``, ``seed``, ``noise_seed``, ``solver_seeds``, ``solver``,
+                       ``solver_settings``, ``prior``, ``sigma_y``, ``noise``,
+                       ``noise_convention``, ``data_range``, ``metrics``, ``nfe``, ``seconds``,
+                       ``config_yaml``, ``config_hash``, ``mode``, ``info``, ``versions``
+=====================  =========================================================================
+"""
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -29,19 +54,180 @@ def _write_group(group: h5py.Group, data: dict[str, Any]) -> None:
             group.attrs[key] = value
 
 
-def write_sample(path: str | Path, data: dict[str, Any]) -> Path:
+def _pack(value, arrays: dict):
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        name = f"a{len(arrays)}"
+        arrays[name] = value
+        return {"@array": name}
+    if isinstance(value, dict):
+        return {str(k): _pack(v, arrays) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_pack(v, arrays) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _unpack(value, group: h5py.Group):
+    if isinstance(value, dict):
+        if set(value) == {"@array"}:
+            return np.asarray(group[value["@array"]][()])
+        return {k: _unpack(v, group) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unpack(v, group) for v in value]
+    return value
+
+
+def write_tree(group: h5py.Group, tree: dict) -> None:
+    """Store a nested dict with arrays in ``group`` (arrays as datasets, the rest as JSON)."""
+    arrays: dict[str, np.ndarray] = {}
+    group.attrs["spec"] = json.dumps(_pack(tree, arrays))
+    for name, arr in arrays.items():
+        group.create_dataset(name, data=arr)
+
+
+def read_tree(group: h5py.Group) -> dict:
+    """Read back what :func:`write_tree` stored, arrays as numpy arrays."""
+    return _unpack(json.loads(group.attrs["spec"]), group)
+
+
+def write_sample(path: str | Path, data: dict[str, Any], trees: dict[str, dict] | None = None) -> Path:
     """Write ``data`` (tensors/arrays → datasets, nested dicts → groups, scalars → attributes)
-    to the HDF5 file ``path`` atomically."""
+    and ``trees`` (group name → :func:`write_tree`) to the HDF5 file ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        _default_mode(tmp)
         with h5py.File(tmp, "w") as f:
             _write_group(f, data)
+            for name, tree in (trees or {}).items():
+                write_tree(f.create_group(name), tree)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
     return path
+
+
+def _attr(value):
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_sample(path: str | Path) -> dict:
+    """A sample file as a dict: datasets as numpy arrays, attributes (JSON ones decoded:
+    ``metrics``, ``solver_settings``, ``prior``, ``info``, ``solver_seeds``), ``operator`` as the
+    stored dict (``operators.from_dict`` rebuilds it)."""
+    path = Path(path)
+    out: dict[str, Any] = {}
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path} is not a readable result file ({err})") from err
+    with f:
+        for key, value in f.attrs.items():
+            out[key] = _attr(value)
+        for key in ("metrics", "solver_settings", "prior", "info", "solver_seeds", "versions"):
+            if isinstance(out.get(key), str):
+                out[key] = json.loads(out[key])
+        for key, item in f.items():
+            if isinstance(item, h5py.Dataset):
+                out[key] = np.asarray(item[()])
+            elif "spec" in item.attrs:
+                out[key] = read_tree(item)
+    return out
+
+
+def is_complete(path: str | Path) -> bool:
+    """Whether ``path`` is a finished, readable result file (what ``resume`` skips)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return "x_hat" in f and "metrics" in f.attrs
+    except OSError:
+        return False
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete ``.*.tmp`` files left in ``folder`` by a killed run; returns what was removed."""
+    folder = Path(folder)
+    stale = sorted(folder.glob(".*.tmp*")) if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.6g}"
+    return str(v)
+
+
+def summarize(run_dirs, out_dir: str | Path | None = None) -> dict:
+    """Rebuild ``metrics.json`` and ``metrics.csv`` from the sample files of one or several run
+    directories (``<dir>/samples/*.h5``); returns the summary.
+
+    ``metrics.csv``: one row per sample (and run). ``metrics.json``: ``{"samples": [...],
+    "summary": {metric: {"mean", "std", "n"}}}`` — mean ± std over all samples (and seeds) found.
+    """
+    from ..metrics import summary
+
+    dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
+    rows = []
+    for d in dirs:
+        for f in sorted((d / "samples").glob("*.h5")):
+            if not is_complete(f):
+                continue
+            rec = read_sample(f)
+            row = {"run": d.name if len(dirs) > 1 else ".", "id": rec["id"], "seed": rec["seed"], "solver": rec["solver"]}
+            row.update(rec["metrics"])
+            rows.append(row)
+    keys = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    numeric = [k for k in keys if k not in ("run", "id", "solver") and all(isinstance(r.get(k), (int, float)) for r in rows)]
+    result = {"samples": rows, "summary": {k: summary(r[k] for r in rows if k in r) for k in numeric if k != "seed"}}
+    out = Path(out_dir) if out_dir is not None else dirs[0]
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_text(out / "metrics.json", json.dumps(_finite(result), indent=2))
+    lines = [",".join(keys)] + [",".join(_fmt(r.get(k, "")) for k in keys) for r in rows]
+    _atomic_text(out / "metrics.csv", "\n".join(lines) + "\n")
+    return result
+
+
+def _finite(v):
+    """JSON has no NaN/Inf: they become ``null``."""
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_finite(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _default_mode(path) -> None:
+    """Give a ``mkstemp`` file (0600) the permissions a plain ``open`` would (0666 & ~umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _default_mode(tmp)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def read_metrics_csv(path: str | Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

@@ -62,13 +62,14 @@ class ArrayData:
         return f"{self.images.shape[0]} images {self.channels}×{self.size}×{self.size} from {self.name}"
 
 
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
-    """``[C, H, W]`` → ``[C, size, size]`` (anti-aliased)."""
+def _resize(img: np.ndarray, size) -> np.ndarray:
+    """``[C, H, W]`` → ``[C, size, size]`` (or ``[C, *size]`` for a pair; anti-aliased)."""
     from skimage.transform import resize
 
-    if img.shape[1:] == (size, size):
+    hw = (int(size), int(size)) if np.ndim(size) == 0 else tuple(int(s) for s in size)
+    if img.shape[1:] == hw:
         return img
-    return np.stack([resize(c, (size, size), anti_aliasing=True, preserve_range=True) for c in img])
+    return np.stack([resize(c, hw, anti_aliasing=True, preserve_range=True) for c in img])
 
 
 def _scale_float(img: np.ndarray) -> np.ndarray:
@@ -119,55 +120,75 @@ def _fastmri_images(path: Path, complex_image: bool) -> list[np.ndarray]:
     return out
 
 
-def load_images(source: str | Path, size: int, channels: int = 1, *, fastmri: bool = False,
-                complex: bool = False) -> ArrayData:
-    """Load training images from a folder, ``.npy``, ``file.h5:dataset`` or fastMRI file(s)."""
+def read_arrays(source: str | Path, what: str = "training data") -> list[tuple[str, np.ndarray]]:
+    """Raw arrays with ids from an image file, a folder of images, or a ``.npy`` / ``file.h5[:dataset]``
+    array: ``[H, W]`` (one image), ``[N, H, W]`` (N grayscale images) or ``[N, C, H, W]``; values as
+    stored. Image files give ``[H, W]`` or ``[H, W, C]``."""
     spec = str(source)
     key = None
     if ":" in spec and not Path(spec).exists() and spec.rsplit(":", 1)[0].endswith((".h5", ".hdf5")):
         spec, key = spec.rsplit(":", 1)
     path = Path(spec).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"training data {path} does not exist")
-    imgs: list[np.ndarray] = []
-    if fastmri:
-        files = sorted(path.glob("*.h5")) if path.is_dir() else [path]
-        if not files:
-            raise ValueError(f"no .h5 files in {path}")
-        for f in files:
-            imgs += _fastmri_images(f, complex)
-        channels = 2 if complex else 1
-    elif path.is_dir():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
         from skimage.io import imread
 
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
         if not files:
             raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
+        out = []
         for f in files:
             try:
-                a = imread(f)
+                out.append((f.stem, np.asarray(imread(f))))
             except Exception as err:  # noqa: BLE001  (any reader failure is a bad file)
                 raise ValueError(f"could not read image {f}: {err}") from err
-            imgs.append(_as_chw(_normalise(a), channels))
-    elif path.suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)
-        arr = arr[:, None] if arr.ndim == 3 else arr
-        imgs = [_as_chw(_normalise(a), channels) for a in arr]
+        return out
+    if path.suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except ValueError as err:
+            raise ValueError(f"{path} is not a readable .npy array ({err})") from err
     elif path.suffix in (".h5", ".hdf5"):
         import h5py
 
-        with h5py.File(path, "r") as f:
+        try:
+            f = h5py.File(path, "r")
+        except OSError as err:
+            raise ValueError(f"{path} is not a readable HDF5 file ({err})") from err
+        with f:
             names = [k for k in f if isinstance(f[k], h5py.Dataset)]
             if key is None:
                 if len(names) != 1:
                     raise ValueError(f"{path} holds datasets {names}: name one as {path}:<dataset>")
                 key = names[0]
-            if key not in f:
+            if key not in f or not isinstance(f[key], h5py.Dataset):
                 raise ValueError(f"{path} has no dataset {key!r}; it holds {names}")
             arr = f[key][()]
-        arr = arr[:, None] if arr.ndim == 3 else arr
-        imgs = [_as_chw(_normalise(a), channels) for a in arr]
     else:
-        raise ValueError(f"unsupported training data {path}: a folder of images, .npy, .h5/.hdf5 or fastMRI")
+        raise ValueError(f"unsupported {what} {path}: an image file, a folder of images, .npy or .h5/.hdf5")
+    if arr.ndim < 2 or arr.size == 0:
+        raise ValueError(f"{what} {path}: expected images [H, W], [C, H, W] or a stack, got shape {list(arr.shape)}")
+    if arr.ndim > 4:
+        raise ValueError(f"{what} {path}: expected [H, W], [N, H, W] or [N, C, H, W], got shape {list(arr.shape)}")
+    stack = arr[None] if arr.ndim == 2 else (arr[:, None] if arr.ndim == 3 else arr)
+    return [(f"{path.stem}_{i}", a) for i, a in enumerate(stack)]
+
+
+def load_images(source: str | Path, size: int, channels: int = 1, *, fastmri: bool = False,
+                complex: bool = False) -> ArrayData:
+    """Load training images from a folder, ``.npy``, ``file.h5:dataset`` or fastMRI file(s)."""
+    imgs: list[np.ndarray] = []
+    if fastmri:
+        path = Path(str(source)).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"training data {path} does not exist")
+        files = sorted(path.glob("*.h5")) if path.is_dir() else [path]
+        if not files:
+            raise ValueError(f"no .h5 files in {path}")
+        for f in files:
+            imgs += _fastmri_images(f, complex)
+    else:
+        imgs = [_as_chw(_normalise(a), channels) for _, a in read_arrays(source)]
     stack = np.stack([_resize(np.clip(a, 0.0, 1.0), size) for a in imgs])
     return ArrayData(torch.from_numpy(np.clip(stack, 0.0, 1.0).astype(np.float32)), name=str(source))

@@ -207,3 +207,28 @@ class GaussianPrior(GaussianMixturePrior):
         covs = cov if cov.ndim == 0 else cov[None]
         super().__init__(mean.reshape(1, d), torch.ones(1), covs, shape=shape if shape is not None else tuple(mean.shape) or (1,),
                          data_range=data_range, model_range=model_range)
+
+
+def smooth_cov(h: int, w: int, length: float = 1.5, var: float = 0.25, nugget: float = 0.02) -> Tensor:
+    """Squared-exponential covariance over an h×w pixel grid plus a nugget (well conditioned)."""
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    p = torch.stack([yy.flatten(), xx.flatten()], 1)
+    d2 = ((p[:, None] - p[None]) ** 2).sum(-1)
+    return var * torch.exp(-d2 / (2 * length**2)) + nugget * torch.eye(h * w, dtype=torch.float64)
+
+
+def smooth_gaussian(shape, mean: float = 0.5, length: float = 2.0, var: float = 0.04, nugget: float = 0.002,
+                    data_range=(0.0, 1.0), model_range=(-1.0, 1.0)) -> GaussianPrior:
+    """An analytic image prior ``N(mean, Σ)``: each channel a smooth Gaussian field
+    (:func:`smooth_cov`: correlation length ``length`` pixels, variance ``var + nugget``), channels
+    independent. Exact denoiser and posterior; dense ``d × d`` covariance (``d = C·H·W ≤ 4096``),
+    so meant for small images and tests, not for real reconstructions."""
+    C, H, W = (int(s) for s in shape)
+    d = C * H * W
+    if d > 4096:
+        raise ValueError(f"smooth_gaussian keeps a dense {d}×{d} covariance; use images of at most 4096 pixels "
+                         f"(e.g. shape=[1,64,64]), got {[C, H, W]}")
+    block = smooth_cov(H, W, length=length, var=var, nugget=nugget)
+    cov = torch.block_diag(*([block] * C))
+    return GaussianPrior(torch.full((d,), float(mean)), cov, shape=(C, H, W), data_range=tuple(data_range),
+                         model_range=tuple(model_range))

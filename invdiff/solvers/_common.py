@@ -17,6 +17,7 @@ DDRM/DDNM do by hand). Nonlinear operators are instead applied to ``prior.to_phy
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import inspect
 import itertools
@@ -34,6 +35,30 @@ from ..priors.base import Prior
 from ..priors.schedules import vp_schedule_of, vp_timesteps
 
 Callback = Callable[[int, Tensor, Tensor], None] | None
+
+
+_CHECK_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("invdiff_check_only", default=False)
+
+
+class _ChecksPassed(Exception):
+    """Raised at a solver's first network call under :func:`check_call`."""
+
+
+def check_call(solver: Callable, y: Tensor, operator, prior: Prior, **kwargs) -> None:
+    """Run ``solver(y, operator, prior, **kwargs)`` up to its first network call, then stop.
+
+    Every check a solver makes (capabilities, shapes, σ_y, settings) happens before it first calls
+    the network, so this raises exactly the error the real call would raise, at the cost of the
+    solver's set-up only (an SVD of ȳ, a pseudo-inverse; no denoiser evaluation). Apps use it to
+    refuse a bad combination before they simulate, sample or write anything.
+    """
+    token = _CHECK_ONLY.set(True)
+    try:
+        solver(y, operator, prior, **kwargs)
+    except _ChecksPassed:
+        pass
+    finally:
+        _CHECK_ONLY.reset(token)
 
 
 class SolverDivergedError(FloatingPointError):
@@ -161,6 +186,8 @@ class Network:
 
     def __call__(self, x: Tensor, sigma) -> Tensor:
         """No-grad denoiser call, result in float64."""
+        if _CHECK_ONLY.get():
+            raise _ChecksPassed
         with torch.no_grad(), self._ctx(x):
             out = self.fn(x, sigma)
         return out.to(torch.float64)
@@ -168,6 +195,8 @@ class Network:
     def with_grad(self, x: Tensor, sigma) -> Tensor:
         """Denoiser call that keeps the autograd graph (vector–Jacobian products; :func:`setup` with
         ``prior_grad=True`` has checked that the prior is differentiable)."""
+        if _CHECK_ONLY.get():
+            raise _ChecksPassed
         ckpt = checkpointed(self.prior) if self.checkpoint else contextlib.nullcontext()
         with torch.enable_grad(), self._ctx(x), ckpt:
             out = self.fn(x, sigma)

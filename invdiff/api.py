@@ -1,0 +1,148 @@
+"""``invdiff.reconstruct``: posterior sampling for scripts, with the app's seeding and batching.
+
+    import invdiff, operators
+    out = invdiff.reconstruct(y, op, invdiff.priors.load("phantom64"), "pigdm", sigma_y=0.01,
+                              num_samples=4, seed=0)
+    out.mean, out.std, out.samples, out.nfe
+
+Every posterior draw ``k`` of item ``id`` uses its own generator seeded by
+:func:`sample_seed` ``(seed, id, "solver/k")``, so a draw does not depend on which batch (or
+process) computed it (DESIGN.md). The app (:mod:`invdiff.app`) calls exactly this function.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .priors.base import CountingPrior, Prior
+
+
+def sample_seed(seed: int, sample_id: str, stream: str) -> int:
+    """A 63-bit seed derived from ``(seed, sample_id, stream)`` (SHA-256): independent streams per
+    sample and purpose ("noise" for the simulated measurement, "solver/k" for draw k)."""
+    digest = hashlib.sha256(f"{int(seed)}/{sample_id}/{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def generator_of(seed: int, sample_id: str, stream: str) -> torch.Generator:
+    return torch.Generator().manual_seed(sample_seed(seed, sample_id, stream))
+
+
+def solver_of(solver: str | Callable) -> Callable:
+    """A solver function from its name (``invdiff.solvers.SOLVERS`` or ``"pinv"``) or a callable
+    (e.g. a ``functools.partial`` with settings)."""
+    from . import solvers
+    from .solvers import baselines
+
+    if callable(solver):
+        return solver
+    table = {**solvers.SOLVERS, "pinv": baselines.pinv}
+    if solver not in table:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(table)}")
+    return table[solver]
+
+
+def solver_name(solver: Callable) -> str:
+    fn = solver.func if isinstance(solver, functools.partial) else solver
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def solver_settings(solver: Callable) -> dict:
+    """The keyword settings of a ``functools.partial`` solver (empty for a bare function)."""
+    return dict(solver.keywords) if isinstance(solver, functools.partial) else {}
+
+
+@dataclass
+class Reconstruction:
+    """Result of :func:`reconstruct` (physical units, on y's device).
+
+    :ivar samples: ``[B, N, C, H, W]`` posterior draws (N = ``num_samples``).
+    :ivar mean: ``[B, C, H, W]`` their mean (the draw itself for N = 1).
+    :ivar std: ``[B, C, H, W]`` per-pixel standard deviation (ddof = 1), or ``None`` for N = 1.
+    :ivar nfe: network calls per solve (one draw of one item; a batch costs the same NFE).
+    :ivar seconds: wall time of all solves.
+    :ivar seeds: ``[B][N]`` the seed of each draw.
+    """
+
+    samples: Tensor
+    mean: Tensor
+    std: Tensor | None
+    nfe: int
+    seconds: float
+    seeds: list[list[int]]
+
+
+def reconstruct(y: Tensor, operator, prior: Prior, solver: str | Callable = "pigdm", *, sigma_y,
+                num_samples: int = 1, seed: int = 0, ids: Sequence[str] | None = None,
+                batch_size: int | None = None, progress=None, **solver_kwargs) -> Reconstruction:
+    """Draw ``num_samples`` posterior samples for each measurement of a batch.
+
+    :param y: ``[B, *meas]`` measurements (measurement units; float).
+    :param operator: an ``operators`` operator (noiseless, the one that produced y).
+    :param prior: a :class:`invdiff.priors.Prior` (e.g. ``invdiff.priors.load("phantom64")``).
+    :param solver: a solver name (``"dps"``, ``"pigdm"``, …, ``"pinv"``) or a callable with the
+        solver call shape (e.g. ``functools.partial(invdiff.solvers.dps, steps=500)``).
+    :param sigma_y: measurement noise σ (float or ``[B]``; measurement units).
+    :param num_samples: posterior draws per item (mean and per-pixel std from them).
+    :param seed: base seed; draw k of item i uses ``sample_seed(seed, ids[i], f"solver/{k}")``.
+    :param ids: one name per item (default ``"0"``, ``"1"``, …): seeds follow names, not positions.
+    :param batch_size: solves per solver call (default all ``B × num_samples`` at once).
+    :param progress: a ``tqdm`` bar to advance once per solver step, ``True`` for a new one, or None.
+    :param solver_kwargs: settings passed to the solver (override a partial's).
+    """
+    fn = solver_of(solver)
+    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    B = y.shape[0]
+    ids = [str(i) for i in range(B)] if ids is None else [str(i) for i in ids]
+    if len(ids) != B or len(set(ids)) != B:
+        raise ValueError(f"ids must name the {B} items of the batch uniquely, got {ids}")
+    sig = torch.as_tensor(sigma_y, dtype=torch.float64)
+    if sig.ndim > 1 or (sig.ndim == 1 and sig.shape[0] != B):
+        raise ValueError(f"sigma_y must be a float or one value per item ([{B}]), got shape {list(sig.shape)}")
+    sig = sig.expand(B) if sig.ndim == 0 else sig
+    jobs = [(i, k) for i in range(B) for k in range(int(num_samples))]
+    chunk = len(jobs) if batch_size is None else int(batch_size)
+    if chunk < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    seeds = [[sample_seed(seed, ids[i], f"solver/{k}") for k in range(int(num_samples))] for i in range(B)]
+    counting = CountingPrior(prior)
+    bar, own_bar = progress, False
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar, own_bar = tqdm(desc=solver_name(fn), unit="step", leave=False), True
+    user_cb = solver_kwargs.pop("callback", None)
+
+    def callback(step, x_t, x0_hat):
+        if bar is not None:
+            bar.update(1)
+        if user_cb is not None:
+            user_cb(step, x_t, x0_hat)
+
+    out = [[None] * int(num_samples) for _ in range(B)]
+    calls, t0 = [], time.perf_counter()
+    try:
+        for start in range(0, len(jobs), chunk):
+            part = jobs[start : start + chunk]
+            idx = torch.tensor([i for i, _ in part], device=y.device)
+            gens = [torch.Generator().manual_seed(seeds[i][k]) for i, k in part]
+            before = counting.calls
+            x = fn(y[idx], operator, counting, sigma_y=sig[idx.cpu()], generator=gens, callback=callback, **solver_kwargs)
+            calls.append(counting.calls - before)
+            for (i, k), xi in zip(part, x):
+                out[i][k] = xi
+    finally:
+        if own_bar:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    samples = torch.stack([torch.stack(row) for row in out])
+    std = samples.std(dim=1) if num_samples > 1 else None
+    return Reconstruction(samples, samples.mean(dim=1), std, int(max(calls)) if calls else 0, seconds, seeds)

@@ -1,0 +1,302 @@
+"""What the ``invdiff`` app reconstructs: the ``data/`` config group.
+
+A source lists :class:`Sample` s through ``samples(operator)``. Two modes:
+
+* **synthetic** — a ground truth ``x`` (physical units, ``[C, H, W]``) that the app degrades with
+  the configured operator and noise model, from a recorded seed: :class:`Phantoms` (the held-out
+  phantoms of :mod:`invdiff.phantoms`), :class:`SampleImages` (scikit-image's bundled images),
+  :class:`ImageFiles` (PNG/TIFF files, a folder, ``.npy``, HDF5 datasets);
+* **real measurement** — the user's own ``y`` and no degradation: :class:`Measurements` (``.npy``
+  or HDF5, with an optional ground truth) and :class:`FastMRI` (raw fastMRI files with their own
+  k-space, mask and coil sensitivities; the sample carries its own operator).
+
+Sources only read and shape data; the app checks shapes, value ranges and dtypes against the
+operator and the prior before any sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..phantoms import EVAL_SEEDS, phantoms, shepp_logan
+from .images import SAMPLE_IMAGES, sample_image
+from .training_data import _as_chw, _resize, read_arrays
+
+
+@dataclass
+class Sample:
+    """One item to reconstruct.
+
+    :param id: unique name (file names of results: ``samples/{id}.h5``).
+    :param x: ground truth ``[C, H, W]`` float64 in physical units, or ``None``.
+    :param y: measured data (the operator's ``meas_size``), or ``None`` (synthetic: simulate it).
+    :param operator: the data's own operator (e.g. a fastMRI file's mask), or ``None``.
+    :param sigma_y: the noise level the data state or estimate (measurement units), or ``None``.
+    :param info: provenance (file, slice, intensity scale), saved with the result.
+    """
+
+    id: str
+    x: Tensor | None = None
+    y: Tensor | None = None
+    operator: object | None = None
+    sigma_y: float | None = None
+    info: dict = field(default_factory=dict)
+
+
+def _shape(shape) -> tuple[int, int, int]:
+    C, H, W = (int(s) for s in shape)
+    return C, H, W
+
+
+class Phantoms:
+    """The held-out evaluation phantoms (never trained on by ``phantom64``): Shepp–Logan, then
+    phantoms of :data:`invdiff.phantoms.EVAL_SEEDS`. ``n`` images from position ``first``."""
+
+    mode = "synthetic"
+
+    def __init__(self, n: int = 1, shape=(1, 64, 64), first: int = 0):
+        C, H, W = _shape(shape)
+        if C != 1 or H != W:
+            raise ValueError(f"phantoms are single-channel squares; got shape {[C, H, W]}")
+        if not 1 <= int(n) or int(first) < 0 or int(first) + int(n) > 1 + len(EVAL_SEEDS):
+            raise ValueError(f"data: n = {n}, first = {first}: there are {1 + len(EVAL_SEEDS)} held-out phantoms")
+        self.n, self.size, self.first = int(n), H, int(first)
+
+    def samples(self, operator=None) -> list[Sample]:
+        out = []
+        for i in range(self.first, self.first + self.n):
+            if i == 0:
+                out.append(Sample("shepp_logan", shepp_logan(self.size)[0].double(), info={"source": "shepp_logan"}))
+            else:
+                seed = EVAL_SEEDS[i - 1]
+                out.append(Sample(f"phantom_{seed}", phantoms([seed], self.size)[0].double(),
+                                  info={"source": "invdiff.phantoms", "phantom_seed": seed}))
+        return out
+
+    def describe(self) -> str:
+        return f"{self.n} held-out phantom(s) {self.size}×{self.size}"
+
+
+class SampleImages:
+    """Images bundled with scikit-image (no download), resized to ``shape``."""
+
+    mode = "synthetic"
+
+    def __init__(self, names=("camera",), shape=(1, 64, 64)):
+        names = [names] if isinstance(names, str) else list(names)
+        bad = [n for n in names if n not in SAMPLE_IMAGES]
+        if bad or not names:
+            raise ValueError(f"data: unknown sample image(s) {bad or names}; choose from {list(SAMPLE_IMAGES)}")
+        self.names, self.shape = names, _shape(shape)
+
+    def samples(self, operator=None) -> list[Sample]:
+        return [Sample(n, sample_image(n, self.shape)[0], info={"source": f"skimage.data.{n}"}) for n in self.names]
+
+    def describe(self) -> str:
+        return f"scikit-image sample image(s) {', '.join(self.names)}"
+
+
+def _to_channels(a: np.ndarray, channels: int) -> np.ndarray:
+    """Raw array → ``[C, H, W]``; a complex array becomes 2 real channels (real, imag)."""
+    if np.iscomplexobj(a):
+        a = np.squeeze(a, 0) if a.ndim == 3 and a.shape[0] == 1 else a
+        if a.ndim != 2:
+            raise ValueError(f"a complex ground truth must be one [H, W] image, got shape {list(a.shape)}")
+        a = np.stack([a.real, a.imag])
+        if channels != 2:
+            raise ValueError(f"complex images are 2-channel (real, imag) data; the problem has {channels} channel(s)")
+        return a.astype(np.float64)
+    return _as_chw(a, channels)
+
+
+class ImageFiles:
+    """Ground truths from an image file, a folder of images, ``.npy`` or ``file.h5:dataset``.
+
+    :param path: the file, folder, or ``file.h5:dataset``.
+    :param normalize: ``"auto"`` (integer images divided by their type's maximum, floats kept),
+        ``"max"`` (each image divided by its maximum absolute value) or ``"none"``.
+    :param limit: use only the first ``limit`` images.
+    :param resize: resize to ``shape`` (anti-aliased) when the size differs; otherwise a size
+        mismatch is an error.
+    """
+
+    mode = "synthetic"
+
+    def __init__(self, path: str, shape=(1, 64, 64), normalize: str = "auto", limit: int | None = None,
+                 resize: bool = True):
+        if path in (None, "", "???"):
+            raise ValueError("data=files needs data.path=<image, folder, .npy or file.h5:dataset>")
+        if normalize not in ("auto", "max", "none"):
+            raise ValueError(f"data.normalize must be 'auto', 'max' or 'none', got {normalize!r}")
+        self.path, self.shape, self.normalize = str(path), _shape(shape), normalize
+        self.limit, self.resize = (None if limit is None else int(limit)), bool(resize)
+
+    def samples(self, operator=None) -> list[Sample]:
+        C, H, W = self.shape
+        out = []
+        for name, raw in read_arrays(self.path, "data")[: self.limit]:
+            a = np.asarray(raw)
+            if np.issubdtype(a.dtype, np.integer) and self.normalize == "auto":
+                a = a.astype(np.float64) / np.iinfo(a.dtype).max
+            elif a.dtype == bool:
+                a = a.astype(np.float64)
+            a = _to_channels(a, C)
+            a = a.astype(np.float64)
+            if self.normalize == "max":
+                m = float(np.abs(a).max())
+                a = a / m if m > 0 else a
+            if a.shape[1:] != (H, W):
+                if not self.resize:
+                    raise ValueError(f"data: image {name} is {list(a.shape[1:])}, the problem is {[H, W]} "
+                                     "(set data.resize=true or shape=...)")
+                a = _resize(a, (H, W))
+            out.append(Sample(name, torch.from_numpy(np.ascontiguousarray(a)), info={"source": self.path}))
+        return out
+
+    def describe(self) -> str:
+        return f"images from {self.path}"
+
+
+def _load_array(spec: str, what: str) -> np.ndarray:
+    items = read_arrays(spec, what)
+    if len(items) == 1:
+        return np.asarray(items[0][1])
+    return np.stack([np.asarray(a) for _, a in items])
+
+
+def _real_channels(a: np.ndarray, meas: tuple[int, ...]) -> np.ndarray:
+    """Complex k-space ``[..., H, W]`` → 2 real channels in front, matching ``meas`` (``[2, ...]``)."""
+    if not np.iscomplexobj(a):
+        return a
+    if not meas or meas[0] != 2:
+        raise ValueError(f"complex measurements need an operator whose data are 2 real channels; this one takes {list(meas)}")
+    if a.shape == meas[1:]:
+        return np.stack([a.real, a.imag])
+    if a.shape[1:] == meas[1:]:  # a stack of measurements
+        return np.stack([a.real, a.imag], axis=1)
+    raise ValueError(f"complex measurement of shape {list(a.shape)} does not match the operator's {list(meas[1:])} "
+                     "(complex entries)")
+
+
+class Measurements:
+    """The user's own measurement(s): ``y`` from ``.npy`` or ``file.h5:dataset`` — one ``[*meas]``
+    or a stack ``[N, *meas]``; complex arrays are split into (real, imag) channels. The operator
+    comes from the operator config (its mask/kernel from files: ``operator=mask_file_inpainting``,
+    ``kernel_file_blur``, ...). ``x`` optionally gives ground truths for the metrics, ``sigma_y``
+    the noise level."""
+
+    mode = "measured"
+
+    def __init__(self, y: str, x: str | None = None, sigma_y: float | None = None, shape=(1, 64, 64)):
+        if y in (None, "", "???"):
+            raise ValueError("data=measurement needs data.y=<file.npy or file.h5:dataset>")
+        self.y_path, self.x_path, self.shape = str(y), (None if x in (None, "") else str(x)), _shape(shape)
+        self.sigma_y = None if sigma_y is None else float(sigma_y)
+
+    def samples(self, operator) -> list[Sample]:
+        meas = tuple(int(s) for s in getattr(operator, "meas_size", ()))
+        raw = _real_channels(_load_array(self.y_path, "measurement"), meas)
+        if not meas:
+            ys = [raw]
+        elif tuple(raw.shape) == meas:
+            ys = [raw]
+        elif tuple(raw.shape[1:]) == meas:
+            ys = list(raw)
+        else:
+            raise ValueError(f"measurement {self.y_path} has shape {list(raw.shape)}, but {operator.describe()} "
+                             f"measures {list(meas)} (or a stack [N, {', '.join(map(str, meas))}])")
+        if not np.issubdtype(np.asarray(ys[0]).dtype, np.floating):
+            raise ValueError(f"measurement {self.y_path} has dtype {np.asarray(ys[0]).dtype}; expected floating point data")
+        xs = [None] * len(ys)
+        if self.x_path is not None:
+            xs = [torch.from_numpy(np.ascontiguousarray(_to_channels(np.asarray(a, dtype=np.result_type(a, np.float64)),
+                                                                      self.shape[0]))).double()
+                  for _, a in read_arrays(self.x_path, "ground truth")]
+            if len(xs) != len(ys):
+                raise ValueError(f"{len(xs)} ground truth image(s) for {len(ys)} measurement(s)")
+        stem = Path(self.y_path.split(":")[0]).stem
+        return [Sample(f"{stem}_{i}" if len(ys) > 1 else stem, x, torch.from_numpy(np.ascontiguousarray(y)).double(),
+                       sigma_y=self.sigma_y, info={"source": self.y_path})
+                for i, (x, y) in enumerate(zip(xs, ys))]
+
+    def describe(self) -> str:
+        return f"measurement(s) {self.y_path}"
+
+
+def kspace_noise_sigma(kspace: Tensor, mask: Tensor) -> float:
+    """Noise σ (per real component) of k-space, from the sampled entries in its four corners
+    (the outer 1/8 of rows and sampled columns, where the signal has decayed): 1.4826 × the median
+    absolute deviation of their real and imaginary parts."""
+    H, W = kspace.shape[-2:]
+    cols = torch.nonzero(mask > 0).flatten()
+    edge = cols[(cols < W // 8) | (cols >= W - W // 8)]
+    rows = torch.cat([torch.arange(0, max(1, H // 8)), torch.arange(H - max(1, H // 8), H)])
+    if edge.numel() == 0:
+        return float("nan")
+    corner = kspace[..., rows, :][..., edge].reshape(-1)
+    v = torch.cat([corner.real, corner.imag])
+    return float(1.4826 * (v - v.median()).abs().median())
+
+
+class FastMRI:
+    """Raw fastMRI files reconstructed as acquired: each slice's own k-space, mask (the file's, or
+    the sampled columns) and, for multi-coil data, ESPIRiT coil maps; no synthetic degradation.
+
+    :param path: a raw ``.h5`` file or a folder of them.
+    :param slices: slice indices (default: the middle slice of each file).
+    :param complex_image: reconstruct the complex image (2 channels) or its real part.
+    :param normalize: scale k-space so the zero-filled magnitude peaks at 1 (the scale is saved;
+        ground-truth targets are scaled alike).
+    :param limit: at most this many files.
+    """
+
+    mode = "measured"
+
+    def __init__(self, path: str, slices=None, complex_image: bool = True, normalize: bool = True,
+                 limit: int | None = None, shape=None):
+        if path in (None, "", "???"):
+            raise ValueError("data=fastmri needs data.path=<raw fastMRI .h5 file or folder>")
+        p = Path(str(path)).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"data: fastMRI path {p} does not exist")
+        self.files = sorted(p.glob("*.h5")) if p.is_dir() else [p]
+        if not self.files:
+            raise ValueError(f"data: no .h5 files in {p}")
+        self.files = self.files[:limit] if limit else self.files
+        self.slices = None if slices is None else [int(s) for s in ([slices] if np.ndim(slices) == 0 else slices)]
+        self.complex_image, self.normalize = bool(complex_image), bool(normalize)
+
+    def samples(self, operator=None) -> list[Sample]:
+        from .fastmri import num_slices, prospective_operator, read_slice
+
+        out = []
+        for f in self.files:
+            for s in self.slices if self.slices is not None else [num_slices(f) // 2]:
+                sl = read_slice(f, s)
+                op, y = prospective_operator(sl, complex_image=self.complex_image)
+                y = y.to(torch.float64)
+                scale = 1.0
+                if self.normalize:
+                    zf = op.A_adjoint(y[None])
+                    peak = float(zf.square().sum(1).sqrt().max()) if self.complex_image else float(zf.abs().max())
+                    scale = 1.0 / peak if peak > 0 else 1.0
+                y = y * scale
+                x = None
+                if sl.target is not None:
+                    t = sl.target.to(torch.float64) * scale
+                    x = torch.stack([t, torch.zeros_like(t)]) if self.complex_image else t[None]
+                kspace = sl.kspace * (sl.mask if sl.mask is not None else 1.0)
+                mask = sl.mask if sl.mask is not None else (kspace.abs().sum(dim=tuple(range(kspace.ndim - 1))) > 0)
+                sigma = kspace_noise_sigma(kspace, mask.to(torch.float64)) * scale
+                out.append(Sample(f"{f.stem}_s{s}", x, y, operator=op, sigma_y=sigma if np.isfinite(sigma) else None,
+                                  info={"source": str(f), "slice": s, "scale": scale, "multicoil": sl.multicoil,
+                                        "target_is_magnitude": sl.target is not None}))
+        return out
+
+    def describe(self) -> str:
+        return f"fastMRI raw data ({len(self.files)} file(s))"
