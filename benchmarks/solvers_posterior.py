@@ -122,7 +122,7 @@ def write_table(args, rows, cases, only) -> None:
 
 
 def build(name, experiment):
-    overrides = [f"solver={name}"] + ([f"+experiment={experiment}"] if experiment else [])
+    overrides = [f"solver={name}"] + ([f"experiment={experiment}"] if experiment else [])
     with initialize_config_module("invdiff.configs", version_base=None):
         return instantiate(compose("config", overrides=overrides).solver)
 

@@ -1,1 +1,10 @@
-"""invdiff."""
+"""invdiff: imaging inverse problems with diffusion-model priors.
+
+``invdiff.reconstruct(y, operator, prior, solver, sigma_y=...)`` draws posterior samples (see
+:mod:`invdiff.api`); ``invdiff.priors``, ``invdiff.solvers`` and the ``operators`` package hold
+the pieces; the ``invdiff`` command (:mod:`invdiff.app`) wires them from Hydra configs.
+"""
+
+from .api import Reconstruction, reconstruct
+
+__all__ = ["Reconstruction", "reconstruct"]

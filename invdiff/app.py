@@ -42,7 +42,7 @@ from operators import CapabilityError
 log = logging.getLogger("invdiff")
 
 GROUPS = ("operator", "noise", "prior", "solver", "data", "experiment")
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError, CapabilityError)
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError, CapabilityError, FloatingPointError)
 
 
 class AppError(ValueError):
@@ -66,8 +66,14 @@ def _one_paragraph(text: str) -> str:
 
 def build(node: DictConfig, what: str):
     """Instantiate a config node; a failing constructor becomes a one-paragraph error naming the group."""
+    from omegaconf.errors import MissingMandatoryValue
+
     try:
         return instantiate(node)
+    except MissingMandatoryValue as err:
+        key = getattr(err, "full_key", None) or "a value"
+        raise AppError(f"{what} config ({node.get('_target_', '?')}) needs {key}: give it on the command line, "
+                       f"e.g. {key}=<value> (see the comment at the top of its config file)") from err
     except InstantiationException as err:
         cause = err.__cause__ or err
         raise AppError(f"{what} config ({node.get('_target_', '?')}): {_one_paragraph(cause)}") from err
@@ -537,7 +543,8 @@ def explain_overrides(overrides: list[str]) -> str | None:
     for key, values, _ in sweeps:
         for v in values[1:]:
             variants.append([p if not p.startswith(f"{key}=") else f"{key}={v}" for p in plain])
-    for variant in variants:
+    for n, variant in enumerate(variants):
+        where = "" if n == 0 else f"with {', '.join(p for p in variant if p not in plain)}: "
         try:
             _compose(variant)
         except Exception as err:  # noqa: BLE001  (Hydra raises several types; all are the user's input)
@@ -545,8 +552,8 @@ def explain_overrides(overrides: list[str]) -> str | None:
             m = re.search(r"full_key: (\S+)", text) or re.search(r"Could not override '([^']+)'", text)
             if m and ("not in struct" in text or "Could not override" in text or "Could not append" in text):
                 bad = next((p for p in variant if p.lstrip("+~").split("=")[0] == m.group(1)), m.group(1))
-                return _explain_key(m.group(1), variant, bad)
-            return _one_paragraph(text.split("\n\n")[0])
+                return where + _explain_key(m.group(1), variant, bad)
+            return where + _one_paragraph(text.split("\n\n")[0])
     return None
 
 
@@ -581,7 +588,7 @@ config does not list).
 
 Examples:
   invdiff solver=dps solver.steps=500
-  invdiff operator=mri_8x experiment=phantom64_mri8x_dps
+  invdiff experiment=phantom64_mri8x_dps
   invdiff operator=random_inpainting data=sample_image data.names=[camera,moon] prior=gaussian shape=[1,32,32]
   invdiff data=measurement data.y=/path/kspace.npy sigma_y=0.01
 Results land in the run directory (outputs/<date>/<time>/; multirun/... for sweeps): samples/*.h5,

@@ -100,6 +100,9 @@ def _check_mask(mask, H: int, W: int, who: str) -> Tensor:
         raise ValueError(f"{who}: mask must be [W] or [H, W] = [{H}, {W}], got {tuple(mask.shape)}")
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError(f"{who}: mask values must be 0 or 1")
+    if not bool(mask.any()):
+        raise ValueError(f"{who}: the mask samples no k-space line ({W} phase encodes are too few for this "
+                         "acceleration and centre fraction); use a larger image or a lower acceleration")
     return mask
 
 

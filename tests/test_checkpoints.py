@@ -279,5 +279,5 @@ def test_invdiff_file_config_loads_from_the_environment(monkeypatch, tmp_path):
     path = save(tmp_path / "p.safetensors", prior, "edm.precond", arch)
     monkeypatch.setenv("INVDIFF_PRIOR_FILE", str(path))
     with initialize_config_module("invdiff.configs", version_base=None):
-        cfg = compose("config", overrides=["+prior=invdiff_file"])
+        cfg = compose("config", overrides=["prior=invdiff_file"])
     assert instantiate(cfg.prior).checkpoint["format"] == "invdiff"

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -85,38 +84,10 @@ def test_unknown_operator_name_lists_the_choices():
     assert "gaussian_blur" in str(err.value)
 
 
-def test_app_runs_in_process_and_writes_a_complete_atomic_record(tmp_path):
-    with initialize_config_module("invdiff.configs", version_base=None):
-        cfg = compose("config", overrides=["seed=5"])
-    path = run(cfg, tmp_path)
-    assert path == tmp_path / "samples" / "0.h5"
-    assert [p.name for p in (tmp_path / "samples").iterdir()] == ["0.h5"]  # no temporary left behind
-    with h5py.File(path) as f:
-        assert f.attrs["seed"] == 5 and f.attrs["solver"] == "pinv"
-        assert f["operator"].attrs["type"] == "operators.Downsampling"
-        assert f["x_hat"].shape == (1, 64, 64) and f["y"].shape == (1, 16, 16)
-        assert f.attrs["psnr"] > 18.0  # bicubic ×4 pseudo-inverse of the Shepp–Logan phantom
-        y1 = f["y"][()]
-        assert "operator" in OmegaConf.create(f.attrs["config_yaml"])
-    run(cfg, tmp_path / "again")
-    with h5py.File(tmp_path / "again" / "samples" / "0.h5") as f:
-        assert np.array_equal(f["y"][()], y1)
-
-
 def test_app_refuses_bad_input_before_writing(tmp_path):
     with initialize_config_module("invdiff.configs", version_base=None):
-        cfg = compose("config", overrides=["operator=sr_average", "shape=[1,30,30]"])
+        cfg = compose("config", overrides=["operator=sr_average", "shape=[1,30,30]", "prior=gaussian"])
     with pytest.raises(ValueError, match="divisible"):
-        run(cfg, tmp_path)
-    assert not (tmp_path / "samples").exists()
-
-
-def test_app_refuses_an_operator_without_pseudo_inverse(tmp_path):
-    import operators as ops
-
-    with initialize_config_module("invdiff.configs", version_base=None):
-        cfg = compose("config", overrides=["operator=phase_retrieval"])
-    with pytest.raises(ops.CapabilityError, match="solver 'pinv' needs 'pinv'.*PhaseRetrieval"):
         run(cfg, tmp_path)
     assert not (tmp_path / "samples").exists()
 
@@ -139,9 +110,9 @@ def test_non_editable_install_ships_the_configs(tmp_path):
         "with initialize_config_module('invdiff.configs.train', version_base=None):\n"
         "    assert compose('config').name == 'phantom64'\n"
         "with initialize_config_module('invdiff.configs', version_base=None):\n"
-        "    cfg = compose('config', overrides=['operator=box_inpainting'])\n"
-        f"print(run(cfg, {str(tmp_path / 'out')!r}))\n"
+        "    cfg = compose('config', overrides=['data.n=1', 'num_samples=1', 'solver.steps=2', 'progress=false'])\n"
+        f"print(run(cfg, {str(tmp_path / 'out')!r})['summary']['psnr'])\n"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=env)
-    assert (tmp_path / "out" / "samples" / "0.h5").is_file()
+    assert (tmp_path / "out" / "samples" / "shepp_logan.h5").is_file()

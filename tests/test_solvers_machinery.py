@@ -16,7 +16,7 @@ from invdiff import solvers
 from invdiff.priors import CountingPrior, GaussianPrior, Prior
 from invdiff.solvers import SolverDivergedError
 
-from invdiff.exact_posterior import smooth_cov
+from invdiff.priors.analytic import smooth_cov
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (1, 4, 5)
@@ -273,7 +273,7 @@ def test_solver_config_instantiates_alone_and_runs_two_steps(name):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_configs_compose(name):
     with initialize_config_module("invdiff.configs", version_base=None):
-        cfg = compose("config", overrides=[f"+experiment={name}"])
+        cfg = compose("config", overrides=[f"experiment={name}"])
     assert cfg.solver._target_.startswith("invdiff.solvers.") and cfg.solver._partial_
     assert callable(instantiate(cfg.solver))
 

@@ -38,7 +38,7 @@ CASES = {name: make() for name, make in H.CASES.items()}
 
 
 def solver_from_config(name: str, experiment: str | None = None):
-    overrides = [f"solver={name}"] + ([f"+experiment={experiment}"] if experiment else [])
+    overrides = [f"solver={name}"] + ([f"experiment={experiment}"] if experiment else [])
     with initialize_config_module("invdiff.configs", version_base=None):
         cfg = compose("config", overrides=overrides)
     return instantiate(cfg.solver)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -24,8 +26,13 @@ def sample_image(name: str, shape=(1, 64, 64)) -> Tensor:
     """A scikit-image sample image as a float64 tensor ``[1, C, H, W]`` in [0, 1].
 
     Grayscale for ``C = 1`` (colour images are converted), RGB for ``C = 3``; resized with
-    antialiasing to ``H × W``.
+    antialiasing to ``H × W`` (cached: the app asks for the same image repeatedly).
     """
+    return _sample_image(name, tuple(int(s) for s in shape)).clone()
+
+
+@functools.lru_cache(maxsize=32)
+def _sample_image(name: str, shape: tuple) -> Tensor:
     from skimage.color import gray2rgb, rgb2gray
     from skimage.transform import resize
 

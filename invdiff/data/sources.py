@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..phantoms import EVAL_SEEDS, phantoms, shepp_logan
 from .images import SAMPLE_IMAGES, sample_image
-from .training_data import _as_chw, _resize, read_arrays
+from .training_data import _as_chw, _resize, load_array, read_arrays
 
 
 @dataclass
@@ -162,13 +162,6 @@ class ImageFiles:
         return f"images from {self.path}"
 
 
-def _load_array(spec: str, what: str) -> np.ndarray:
-    items = read_arrays(spec, what)
-    if len(items) == 1:
-        return np.asarray(items[0][1])
-    return np.stack([np.asarray(a) for _, a in items])
-
-
 def _real_channels(a: np.ndarray, meas: tuple[int, ...]) -> np.ndarray:
     """Complex k-space ``[..., H, W]`` → 2 real channels in front, matching ``meas`` (``[2, ...]``)."""
     if not np.iscomplexobj(a):
@@ -200,7 +193,7 @@ class Measurements:
 
     def samples(self, operator) -> list[Sample]:
         meas = tuple(int(s) for s in getattr(operator, "meas_size", ()))
-        raw = _real_channels(_load_array(self.y_path, "measurement"), meas)
+        raw = _real_channels(np.asarray(load_array(self.y_path, "measurement")), meas)
         if not meas:
             ys = [raw]
         elif tuple(raw.shape) == meas:

@@ -120,15 +120,48 @@ def _fastmri_images(path: Path, complex_image: bool) -> list[np.ndarray]:
     return out
 
 
+def _split_spec(source) -> tuple[Path, str | None]:
+    spec, key = str(source), None
+    if ":" in spec and not Path(spec).exists() and spec.rsplit(":", 1)[0].endswith((".h5", ".hdf5")):
+        spec, key = spec.rsplit(":", 1)
+    return Path(spec).expanduser(), key
+
+
+def load_array(source: str | Path, what: str = "data") -> np.ndarray:
+    """One array exactly as stored in ``file.npy`` or ``file.h5[:dataset]`` (the dataset may be
+    omitted when the file holds only one)."""
+    path, key = _split_spec(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if path.suffix == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as err:
+            raise ValueError(f"{path} is not a readable .npy array ({err})") from err
+    if path.suffix in (".h5", ".hdf5"):
+        import h5py
+
+        try:
+            f = h5py.File(path, "r")
+        except OSError as err:
+            raise ValueError(f"{path} is not a readable HDF5 file ({err})") from err
+        with f:
+            names = [k for k in f if isinstance(f[k], h5py.Dataset)]
+            if key is None:
+                if len(names) != 1:
+                    raise ValueError(f"{path} holds datasets {names}: name one as {path}:<dataset>")
+                key = names[0]
+            if key not in f or not isinstance(f[key], h5py.Dataset):
+                raise ValueError(f"{path} has no dataset {key!r}; it holds {names}")
+            return f[key][()]
+    raise ValueError(f"unsupported {what} {path}: expected .npy or .h5/.hdf5")
+
+
 def read_arrays(source: str | Path, what: str = "training data") -> list[tuple[str, np.ndarray]]:
     """Raw arrays with ids from an image file, a folder of images, or a ``.npy`` / ``file.h5[:dataset]``
     array: ``[H, W]`` (one image), ``[N, H, W]`` (N grayscale images) or ``[N, C, H, W]``; values as
     stored. Image files give ``[H, W]`` or ``[H, W, C]``."""
-    spec = str(source)
-    key = None
-    if ":" in spec and not Path(spec).exists() and spec.rsplit(":", 1)[0].endswith((".h5", ".hdf5")):
-        spec, key = spec.rsplit(":", 1)
-    path = Path(spec).expanduser()
+    path, _ = _split_spec(source)
     if not path.exists():
         raise FileNotFoundError(f"{what} {path} does not exist")
     if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
@@ -144,32 +177,10 @@ def read_arrays(source: str | Path, what: str = "training data") -> list[tuple[s
             except Exception as err:  # noqa: BLE001  (any reader failure is a bad file)
                 raise ValueError(f"could not read image {f}: {err}") from err
         return out
-    if path.suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except ValueError as err:
-            raise ValueError(f"{path} is not a readable .npy array ({err})") from err
-    elif path.suffix in (".h5", ".hdf5"):
-        import h5py
-
-        try:
-            f = h5py.File(path, "r")
-        except OSError as err:
-            raise ValueError(f"{path} is not a readable HDF5 file ({err})") from err
-        with f:
-            names = [k for k in f if isinstance(f[k], h5py.Dataset)]
-            if key is None:
-                if len(names) != 1:
-                    raise ValueError(f"{path} holds datasets {names}: name one as {path}:<dataset>")
-                key = names[0]
-            if key not in f or not isinstance(f[key], h5py.Dataset):
-                raise ValueError(f"{path} has no dataset {key!r}; it holds {names}")
-            arr = f[key][()]
-    else:
+    if path.suffix not in (".npy", ".h5", ".hdf5"):
         raise ValueError(f"unsupported {what} {path}: an image file, a folder of images, .npy or .h5/.hdf5")
-    if arr.ndim < 2 or arr.size == 0:
-        raise ValueError(f"{what} {path}: expected images [H, W], [C, H, W] or a stack, got shape {list(arr.shape)}")
-    if arr.ndim > 4:
+    arr = load_array(source, what)
+    if arr.ndim < 2 or arr.ndim > 4 or arr.size == 0:
         raise ValueError(f"{what} {path}: expected [H, W], [N, H, W] or [N, C, H, W], got shape {list(arr.shape)}")
     stack = arr[None] if arr.ndim == 2 else (arr[:, None] if arr.ndim == 3 else arr)
     return [(f"{path.stem}_{i}", a) for i, a in enumerate(stack)]

@@ -302,7 +302,8 @@ class Problem:
         x_in = x.detach().requires_grad_(True)
         x0_graph = self.net.with_grad(x_in, sigma)
         r = residual(x0_graph)
-        norm = r.square().sum(tuple(range(1, r.ndim))).sqrt()
+        sq = r.square().sum(tuple(range(1, r.ndim)))
+        norm = sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt()  # a zero residual gives a zero gradient, not NaN
         (grad,) = torch.autograd.grad(norm.sum(), x_in)
         return x0_graph.detach(), grad.to(torch.float64)
 
