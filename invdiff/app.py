@@ -177,7 +177,8 @@ def _check_item(sample, op, prior) -> None:
 
 
 def _solver_choices_for(op, prior, sigma_y: float) -> list[str]:
-    """The solver configs whose paper defaults accept ``op`` (for error messages)."""
+    """The solver configs whose capability needs ``op`` meets (for error messages); a refusal for
+    another reason (a setting) does not exclude a solver."""
     from .solvers import check_call
 
     ok = []
@@ -187,9 +188,11 @@ def _solver_choices_for(op, prior, sigma_y: float) -> list[str]:
         try:
             fn = instantiate(OmegaConf.load(resources.files("invdiff.configs") / "solver" / f"{name}.yaml"))
             check_call(fn, y, op, prior, sigma_y=sigma_y)
-            ok.append(name)
-        except Exception:  # noqa: BLE001  (any refusal means: not a valid choice here)
+        except CapabilityError:
             continue
+        except Exception:  # noqa: BLE001  (a setting to adjust, not an incompatible operator)
+            pass
+        ok.append(name)
     return ok
 
 
@@ -255,9 +258,15 @@ def setup(cfg: DictConfig) -> Job:
 # one sample
 # --------------------------------------------------------------------------------------------
 def _baseline(op, y: torch.Tensor, kind: str):
+    """The reference shown and scored beside the reconstruction. ``auto``: the measurement itself
+    when it is an image of the problem's shape (blur, inpainting: the input a user would compare
+    against; a blur's pseudo-inverse amplifies the noise without bound), else the zero-filled /
+    pseudo-inverse image A⁺y, else Aᵀy."""
     caps = op.capabilities
     if kind == "none":
         return None, ""
+    if kind == "auto" and tuple(y.shape[1:]) == tuple(op.img_size) and not _is_mri(op):
+        return y, "measurement y"
     if kind in ("auto", "pinv") and "pinv" in caps:
         return op.A_dagger(y), ("zero-filled (A⁺y)" if _is_mri(op) else "A⁺y")
     if kind in ("auto", "adjoint") and "adjoint" in caps:
@@ -358,10 +367,8 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None) -> tuple[Path, 
     if cfg.get("figures", True):
         fmt = lambda name, key: (f"{name}\nPSNR {m[f'psnr{key}']:.2f} dB, SSIM {m[f'ssim{key}']:.3f}"  # noqa: E731
                                  if f"psnr{key}" in m else name)
-        image_like = tuple(y.shape[1:]) == tuple(op.img_size)
         panels = [("ground truth", x_true[0] if x_true is not None else None),
-                  ("measurement y", y[0]) if image_like and base is None else (fmt(base_name or "baseline", "_baseline"),
-                                                                              base[0] if base is not None else None),
+                  (fmt(base_name or "baseline", "_baseline"), base[0] if base is not None else None),
                   (fmt(f"{solver_name(job.solver)}" + (f" (mean of {cfg.num_samples})" if rec.std is not None else ""), ""),
                    x_hat[0]),
                   ("posterior std", rec.std[0] if rec.std is not None else None)]
@@ -431,8 +438,11 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     if "psnr" in summ and summ["psnr"]["n"]:
         gain = ""
         if "psnr_baseline" in summ:
-            gain = (f" ({summ['psnr']['mean'] - summ['psnr_baseline']['mean']:+.2f} dB over "
-                    f"{first_op_baseline_name(first_op, cfg)} at {summ['psnr_baseline']['mean']:.2f} dB)")
+            from .data.results import read_sample
+
+            name = read_sample(next((out_dir / "samples").glob("*.h5")))["baseline_name"]
+            gain = (f" ({summ['psnr']['mean'] - summ['psnr_baseline']['mean']:+.2f} dB over the "
+                    f"{name} at {summ['psnr_baseline']['mean']:.2f} dB)")
         msg = (f"PSNR {summ['psnr']['mean']:.2f} ± {summ['psnr']['std']:.2f} dB, SSIM {summ['ssim']['mean']:.3f}"
                f"{gain} over {summ['psnr']['n']} sample(s)")
     else:
@@ -441,13 +451,6 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     log.info("%s; %.1f s. Results in %s (samples/*.h5, figures/*.png, metrics.json, metrics.csv)",
              msg, elapsed, out_dir.resolve())
     return result
-
-
-def first_op_baseline_name(op, cfg) -> str:
-    kind = cfg.get("baseline", "auto")
-    if kind in ("auto", "pinv") and "pinv" in op.capabilities:
-        return "zero-filled" if _is_mri(op) else "A⁺y"
-    return "zero-filled" if _is_mri(op) else "Aᵀy"
 
 
 def rerun(path: str | Path, device: str = "cpu"):
@@ -471,11 +474,17 @@ def rerun(path: str | Path, device: str = "cpu"):
 # --------------------------------------------------------------------------------------------
 # the command line
 # --------------------------------------------------------------------------------------------
-def _compose(overrides: list[str]) -> DictConfig:
+def config(*overrides: str) -> DictConfig:
+    """The app's config composed in-process from command-line style overrides, e.g.
+    ``config("operator=mri_8x", "solver=dps", "solver.steps=500")``; :func:`setup` builds it."""
     from hydra import compose, initialize_config_module
 
     with initialize_config_module("invdiff.configs", version_base=None):
-        return compose("config", overrides=overrides)
+        return compose("config", overrides=list(overrides))
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    return config(*overrides)
 
 
 def _keys_of(node) -> list[str]:

@@ -10,7 +10,7 @@ from .blur import Blur
 from .downsampling import Downsampling
 from .inpainting import Inpainting
 from .kernels import GaussianKernel, KernelFile, MotionKernel, UniformKernel
-from .masks import BoxMask, FreeFormMask, HalfMask, MaskFile, RandomPixelMask
+from .masks import BoxMask, FreeFormMask, HalfMask, MaskFile, RandomPixelMask, load_mask
 from .matrix import MatrixOperator
 from .blur_net import BlurNet, NonlinearBlur, load_blur_net, save_blur_net
 from .ct import ParallelBeamCT, TransmissionCT
@@ -30,7 +30,7 @@ __all__ = [
     "CAPABILITIES", "CapabilityError", "LinearOperator", "from_dict", "require", "OPERATORS",
     "Blur", "Downsampling", "Inpainting", "MatrixOperator",
     "GaussianKernel", "UniformKernel", "MotionKernel", "KernelFile",
-    "BoxMask", "RandomPixelMask", "HalfMask", "FreeFormMask", "MaskFile",
+    "BoxMask", "RandomPixelMask", "HalfMask", "FreeFormMask", "MaskFile", "load_mask",
     "GaussianNoise", "PoissonNoise", "PoissonGaussianNoise", "RicianNoise",
     "NonlinearOperator", "PhaseRetrieval", "HDR", "ParallelBeamCT", "TransmissionCT",
     "BlurNet", "NonlinearBlur", "save_blur_net", "load_blur_net",

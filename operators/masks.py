@@ -183,3 +183,31 @@ class MaskFile:
         if self.invert:
             mask = ~mask
         return torch.from_numpy(mask.astype(np.float64))[:, None]
+
+
+def load_mask(path: str) -> Tensor:
+    """A fixed sampling mask from ``.npy`` or ``file.h5:dataset`` (e.g. a fastMRI file's ``mask``):
+    ``[W]`` (phase-encode columns, MRI) or ``[H, W]``; nonzero = sampled. Float64 0/1 tensor."""
+    spec = str(path)
+    key = None
+    if ":" in spec and not Path(spec).exists() and spec.rsplit(":", 1)[0].endswith((".h5", ".hdf5")):
+        spec, key = spec.rsplit(":", 1)
+    p = Path(spec).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"mask file not found: {p}")
+    if p.suffix == ".npy":
+        arr = np.load(p, allow_pickle=False)
+    elif p.suffix in (".h5", ".hdf5"):
+        import h5py
+
+        with h5py.File(p, "r") as f:
+            key = key or "mask"
+            if key not in f:
+                raise ValueError(f"{p} has no dataset {key!r} (name it as {p}:<dataset>)")
+            arr = f[key][()]
+    else:
+        raise ValueError(f"mask file {p}: expected .npy or .h5[:dataset]")
+    arr = np.asarray(arr)
+    if arr.ndim not in (1, 2) or arr.size == 0:
+        raise ValueError(f"mask in {p} has shape {list(arr.shape)}; expected [W] or [H, W]")
+    return torch.from_numpy((arr != 0).astype(np.float64))

@@ -118,6 +118,9 @@ def fill_user_files(name, cfg, shape, tmp_path):
     if name == "mask_file_inpainting":
         np.save(tmp_path / "mask.npy", np.arange(shape[1] * shape[2]).reshape(shape[1:]) % 2)
         cfg.operator.mask.path = str(tmp_path / "mask.npy")
+    if name == "mri_mask_file":
+        np.save(tmp_path / "cols.npy", np.arange(shape[2]) % 3 == 0)
+        cfg.operator.mask.path = str(tmp_path / "cols.npy")
     return cfg
 
 
@@ -228,7 +231,7 @@ def write_npy(path, arr):
                                   "no_sigma", "poisson_sigma", "steps0", "no_file", "checkpoint"])
 def test_bad_input_is_refused_before_anything_is_written(case, tmp_path):
     expected = {
-        "incompatible": (["operator=phase_retrieval", "solver=ddrm"], r"solver 'ddrm' needs .*PhaseRetrieval.*Solvers that accept this operator: daps, pnpdm"),
+        "incompatible": (["operator=phase_retrieval", "solver=ddrm"], r"solver 'ddrm' needs .*PhaseRetrieval.*Solvers that accept this operator: daps, dps, pnpdm, reddiff"),
         "prior_shape": (["shape=[1,32,32]"], r"prior models images \[1, 64, 64\] but shape=\[1, 32, 32\]; add shape=\[1,64,64\]"),
         "range": (["data=files", f"data.path={write_npy(tmp_path / 'big.npy', np.full((8, 8), 200.0))}"], r"values in \[200, 200\].*data.normalize=max"),
         "nan_y": (["data=measurement", f"data.y={write_npy(tmp_path / 'y.npy', np.full((2, 64, 64), np.nan))}", "sigma_y=0.01"], r"contains NaN or Inf"),
@@ -270,6 +273,34 @@ def test_own_measurement_with_and_without_ground_truth(tmp_path):
     assert res["summary"]["psnr"]["mean"] > res["summary"]["psnr_baseline"]["mean"]
 
 
+def test_ground_truths_from_png_folder_npy_and_hdf5(tmp_path):
+    from skimage.io import imsave
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "pngs").mkdir()
+    for name in ("a", "b"):  # 8-bit, another size: divided by 255 and resized
+        imsave(tmp_path / "pngs" / f"{name}.png", (rng.uniform(0.3, 0.7, (20, 24)) * 255).astype(np.uint8),
+               check_contrast=False)
+    np.save(tmp_path / "stack.npy", rng.uniform(0.3, 0.7, (3, 16, 16)))
+    with h5py_file(tmp_path / "gt.h5") as f:
+        f["images"] = rng.uniform(0.3, 0.7, (2, 16, 16))
+    common = ["prior=gaussian", "shape=[1,16,16]", "data=files", "solver=ddrm", "solver.steps=3", "num_samples=1",
+              "figures=false", "progress=false"]
+    for path, ids in ((tmp_path / "pngs", ["a", "b"]), (tmp_path / "stack.npy", ["stack_0", "stack_1", "stack_2"]),
+                      (f"{tmp_path / 'gt.h5'}:images", ["gt_0", "gt_1"])):
+        out = tmp_path / f"out_{len(ids)}_{ids[0]}"
+        res = run(cfg_of(*common, f"data.path={path}"), out)
+        assert sorted(r["id"] for r in res["samples"]) == ids
+        x = read_sample(out / "samples" / f"{ids[0]}.h5")["x_true"]
+        assert x.shape == (1, 16, 16) and 0.25 < x.min() and x.max() < 0.75
+
+
+def h5py_file(path):
+    import h5py
+
+    return h5py.File(path, "w")
+
+
 def test_fastmri_raw_file_with_its_own_mask(tmp_path):
     from test_fastmri_data import write_fastmri
 
@@ -304,8 +335,17 @@ def test_reconstruct_seeds_follow_sample_ids_not_batches():
         reconstruct(y, op, prior, "ddrn", sigma_y=0.05)
 
 
-def test_reconstruct_is_exported():
+def test_reconstruct_is_exported_and_mirrors_the_app(default_run):
+    """A script builds the app's objects from a config and gets the app's draws."""
+    from invdiff.app import config, setup
+
     assert invdiff.reconstruct is reconstruct
+    out, _ = default_run
+    job = setup(config("data.n=2", "num_samples=2", "solver.steps=12", "batch_size=2"))
+    rec = read_sample(out / "samples" / "shepp_logan.h5")
+    res = reconstruct(torch.from_numpy(rec["y"])[None], job.items[0].op, job.prior, job.solver, sigma_y=0.01,
+                      num_samples=2, ids=["shepp_logan"], batch_size=2)
+    assert torch.equal(res.samples[0].float(), torch.from_numpy(rec["samples"]).float())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,6 +37,9 @@ def user_files(tmp_path):
         if name == "mask_file_inpainting":
             np.save(tmp_path / "mask.npy", np.arange(shape[1] * shape[2]).reshape(shape[1:]) % 2)
             cfg.mask.path = str(tmp_path / "mask.npy")
+        if name == "mri_mask_file":
+            np.save(tmp_path / "cols.npy", np.arange(shape[2]) % 3 == 0)
+            cfg.mask.path = str(tmp_path / "cols.npy")
         return cfg
 
     return fill

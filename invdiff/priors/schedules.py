@@ -117,7 +117,8 @@ class VPSchedule:
         ``range(0, T, T // steps)``, which starts lower, at T − T/steps)."""
         t_max = self.T - 1 if t_max is None else int(t_max)
         if not 1 <= steps <= t_max + 1:
-            raise ValueError(f"steps must be in [1, {t_max + 1}], got {steps}")
+            raise ValueError(f"steps must be in [1, {t_max + 1}] (the timesteps of the {self.T}-step VP schedule whose "
+                             f"σ lies in the prior's range), got {steps}; steps={t_max + 1} takes every one of them")
         return torch.linspace(t_max, 0, steps, dtype=torch.float64).round()
 
     def sigma_grid(self, steps: int) -> Tensor:
