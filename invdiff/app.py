@@ -363,7 +363,7 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None) -> tuple[Path, 
         record["x_true"] = x_true[0]
     if base is not None:
         record["baseline"] = base[0]
-    path = write_sample(out_dir / "samples" / f"{s.id}.h5", record, trees={"operator": saved_op})
+    # the figure first: the sample file is the completion mark that resume trusts
     if cfg.get("figures", True):
         fmt = lambda name, key: (f"{name}\nPSNR {m[f'psnr{key}']:.2f} dB, SSIM {m[f'ssim{key}']:.3f}"  # noqa: E731
                                  if f"psnr{key}" in m else name)
@@ -374,6 +374,7 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None) -> tuple[Path, 
                   ("posterior std", rec.std[0] if rec.std is not None else None)]
         sample_figure(out_dir / "figures" / f"{s.id}.png", panels, complex_image=_complex_image(op),
                       data_range=job.prior.data_range, title=f"{s.id}: {op.describe()}")
+    path = write_sample(out_dir / "samples" / f"{s.id}.h5", record, trees={"operator": saved_op})
     return path, m
 
 

@@ -40,6 +40,94 @@ class PhantomData:
         return f"phantoms {self.size}×{self.size} (invdiff.phantoms)"
 
 
+#: scikit-image's bundled images (in the wheel, no download) that train ``patches64``: microscopy
+#: (cell, immunohistochemistry), astronomy (hubble_deep_field), retina (retina, microaneurysms),
+#: textures (brick, grass, gravel), documents (text, page) and photographs. Held out entirely:
+#: ``camera`` and ``moon`` (the evaluation images) and the Shepp–Logan phantom.
+PATCH_IMAGES = ("astronaut", "brick", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
+                "hubble_deep_field", "immunohistochemistry", "microaneurysms", "retina", "rocket", "text",
+                "page", "horse", "logo", "motorcycle_left", "lfw_subset")
+HELD_OUT_IMAGES = ("camera", "moon", "shepp_logan_phantom")
+
+
+def _skimage_gray(name: str) -> list[np.ndarray]:
+    """Gray float images in [0, 1] of a bundled scikit-image dataset (``lfw_subset``: its 200 faces)."""
+    from skimage import data
+    from skimage.color import rgb2gray
+
+    if name in HELD_OUT_IMAGES:
+        raise ValueError(f"{name} is held out from patches64 training")
+    arr = data.stereo_motorcycle()[0] if name == "motorcycle_left" else getattr(data, name)()
+    arr = np.asarray(arr)
+    if name == "lfw_subset":
+        return [a.astype(np.float64) for a in arr]
+    if arr.dtype == bool:
+        arr = arr.astype(np.float64)
+    elif np.issubdtype(arr.dtype, np.integer):
+        arr = arr.astype(np.float64) / np.iinfo(arr.dtype).max
+    arr = arr[..., :3] if arr.ndim == 3 and arr.shape[-1] == 4 else arr
+    arr = rgb2gray(arr) if arr.ndim == 3 else arr
+    return [np.clip(arr.astype(np.float64), 0.0, 1.0)]
+
+
+class PatchData:
+    """Random ``size × size`` crops at random scales of a set of images (the ``patches64`` data).
+
+    Each image is kept as a pyramid (anti-aliased downscalings by 2^(−k/2) until its short side is
+    ``size``; the last level is the whole image downscaled). A sample picks a dataset uniformly
+    (``lfw_subset``'s 200 faces count as one), an image in it, a pyramid level uniformly — so fine
+    texture and whole-scene views are equally likely — and a uniform random crop; random flips
+    are the trainer's.
+    """
+
+    channels = 1
+
+    def __init__(self, names=PATCH_IMAGES, size: int = 64):
+        from skimage.transform import rescale, resize
+
+        self.size, self.names = int(size), list(names)
+        self.groups: list[list[list[np.ndarray]]] = []  # dataset → image → pyramid level
+        for name in self.names:
+            self.levels: list[list[np.ndarray]] = []
+            for img in _skimage_gray(name):
+                short = min(img.shape)
+                if short < self.size:  # tiny images (faces): one level, the whole image resized
+                    self.levels.append([resize(img, (self.size, self.size), anti_aliasing=True)])
+                    continue
+                pyramid, k = [], 0
+                while True:
+                    f = 2.0 ** (-k / 2)
+                    if short * f < self.size:
+                        break
+                    pyramid.append(img if k == 0 else rescale(img, f, anti_aliasing=True))
+                    k += 1
+                g = self.size / short  # the whole image, short side = size
+                if g < 1 and (not pyramid or min(pyramid[-1].shape) != self.size):
+                    pyramid.append(rescale(img, g, anti_aliasing=True))
+                self.levels.append([np.ascontiguousarray(np.clip(p, 0, 1), dtype=np.float32) for p in pyramid])
+            self.groups.append([[np.asarray(p, dtype=np.float32) for p in pyr] for pyr in self.levels])
+        del self.levels
+        if not self.groups:
+            raise ValueError("PatchData: no images")
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        out = np.empty((n, 1, self.size, self.size), dtype=np.float32)
+        r = torch.rand(n, 5, generator=generator, dtype=torch.float64).numpy()
+        for i in range(n):
+            group = self.groups[int(r[i, 0] * len(self.groups))]
+            pyr = group[int(r[i, 1] * len(group))]
+            lev = pyr[int(r[i, 2] * len(pyr))]
+            H, W = lev.shape
+            top, left = int(r[i, 3] * (H - self.size + 1)), int(r[i, 4] * (W - self.size + 1))
+            out[i, 0] = lev[top : top + self.size, left : left + self.size]
+        return torch.from_numpy(out)
+
+    def describe(self) -> str:
+        imgs = sum(len(g) for g in self.groups)
+        return (f"{self.size}×{self.size} crops at random scales of {imgs} images in {len(self.groups)} scikit-image "
+                f"datasets (dataset, image, pyramid level and position uniform)")
+
+
 class ArrayData:
     """Images ``[N, C, size, size]`` in [0, 1], sampled uniformly with replacement."""
 
