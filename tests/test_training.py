@@ -146,3 +146,21 @@ def test_data_parallel_training_under_torchrun(tmp_path):
     info = json.loads(meta["invdiff_train"])
     assert info["world_size"] == 2 and info["step"] == 4
     assert load(out / "prior.safetensors").shape == (1, 16, 16)
+
+
+def test_patch_data_is_seeded_varied_and_never_shows_the_held_out_images():
+    from invdiff.data.training_data import HELD_OUT_IMAGES, PATCH_IMAGES, PatchData, _skimage_gray
+
+    assert not set(PATCH_IMAGES) & set(HELD_OUT_IMAGES)
+    with pytest.raises(ValueError, match="held out"):
+        _skimage_gray("camera")
+    d = PatchData(["coins", "lfw_subset"], size=32)
+    assert len(d.groups) == 2 and len(d.groups[1]) == 200  # 200 faces count as one dataset
+    a = d.sample(64, torch.Generator().manual_seed(0))
+    assert a.shape == (64, 1, 32, 32) and a.dtype == torch.float32 and 0 <= float(a.min()) and float(a.max()) <= 1
+    assert torch.equal(a, d.sample(64, torch.Generator().manual_seed(0)))
+    # coins (303×384) has pyramid levels from full resolution down to the whole image at short side 32
+    coins = d.groups[0][0]
+    assert min(coins[0].shape) == 303 and min(coins[-1].shape) == 32
+    stds = a.flatten(1).std(1)
+    assert float(stds.std()) > 0.02  # flat crops and textured ones: scales differ

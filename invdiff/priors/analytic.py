@@ -113,10 +113,18 @@ class GaussianMixturePrior(Prior):
             k = torch.cat([torch.multinomial(self.weights, 1, generator=g) for g in generator])
         else:
             k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
-        z = randn((n, self.d), generator) * self.lam[k].sqrt()
-        if self.Q is not None:
-            z = (self.Q[k] @ z[:, :, None])[:, :, 0]
+        z = randn((n, self.d), generator)
+        if self.Q is None:
+            z = z * self.lam[k].sqrt()
+        else:  # the symmetric square root is unique, unlike eigenvectors: same draws on any BLAS/thread count
+            z = (self._sqrt_cov()[k] @ z[:, :, None])[:, :, 0]
         return self.to_physical(self.means[k] + z).reshape(n, *self.shape)
+
+    def _sqrt_cov(self) -> Tensor:
+        """``Σ_k^{1/2} = Q diag(√λ) Qᵀ`` ``[K, d, d]`` (computed once)."""
+        if getattr(self, "_sqrt", None) is None or self._sqrt.device != self.Q.device:
+            self._sqrt = (self.Q * self.lam.clamp_min(0).sqrt()[:, None, :]) @ self.Q.transpose(1, 2)
+        return self._sqrt
 
     # -- denoiser -----------------------------------------------------------------------------
     def _log_resp_and_means(self, x: Tensor, sigma2: Tensor) -> tuple[Tensor, Tensor]:
