@@ -102,12 +102,12 @@ def main(argv=None):
     vy = op.measure(val, O.GaussianNoise(SIGMA_Y), generator=torch.Generator().manual_seed(2))
     rows = []
 
-    def record(label, fn, nfe=0):
+    def record(label, fn, counting=None):
         t0 = time.perf_counter()
         x = fn()
         secs = (time.perf_counter() - t0) / len(y)
         ps, ss = metrics(x, test)
-        rows.append((label, ps, ss, nfe, secs))
+        rows.append((label, ps, ss, counting.calls if counting is not None else 0, secs))
         print("{:58s} PSNR {:6.2f}  SSIM {:.3f}  NFE {}  {:.2f} s/image".format(*rows[-1]), flush=True)
 
     if args.task == "inpaint":
@@ -139,8 +139,7 @@ def main(argv=None):
         f = solvers.SOLVERS[name]
         try:
             record(label, lambda f=f, kw=kw, counting=counting, gens=gens: f(y, op, counting, sigma_y=SIGMA_Y,
-                                                                           generator=gens, **kw))
-            rows[-1] = (*rows[-1][:3], counting.calls, rows[-1][4])
+                                                                           generator=gens, **kw), counting)
         except solvers.SolverDivergedError as err:
             rows.append((label, math.nan, math.nan, counting.calls, math.nan))
             print(label, "diverged:", err, flush=True)

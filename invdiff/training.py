@@ -225,8 +225,9 @@ class Trainer:
         path = Path(path) if path is not None else self.out / "prior.safetensors"
         return save(path, self.prior(), "invdiff.unet", self.arch)
 
-    def figures(self, samples: int = 16, sampler_steps: int = 40) -> tuple[Path, Path]:
-        """``loss.png`` (loss curve) and ``samples.png`` (EMA samples, EDM Heun) in the output folder."""
+    def figures(self, samples: int = 16, sampler_steps: int = 40) -> tuple[Path, Path | None]:
+        """``loss.png`` (loss curve) and ``samples.png`` (EMA samples, EDM Heun; none for
+        ``samples = 0``) in the output folder."""
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -246,6 +247,8 @@ class Trainer:
         loss_png = self.out / "loss.png"
         fig.savefig(loss_png, dpi=100)
         plt.close(fig)
+        if samples <= 0:
+            return loss_png, None
         prior = self.prior()
         x = edm_heun(prior, (samples, *prior.shape), steps=sampler_steps, generator=torch.Generator().manual_seed(0))
         x = x.clamp(0, 1).float().cpu()  # the samplers return physical units
