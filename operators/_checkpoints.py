@@ -113,6 +113,9 @@ def save_safetensors(path: str | Path, state: Mapping[str, torch.Tensor], metada
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp's 0600 → what a plain open would give
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
