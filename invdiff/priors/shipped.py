@@ -5,6 +5,9 @@ name              what
 ================  ===============================================================================
 ``phantom64``     64×64 grayscale MRI/CT-style phantoms (``invdiff.phantoms``), trained by
                   ``invdiff-train`` (command, log, loss curve and samples in ``invdiff/weights/``)
+``patches64``     64×64 grayscale crops at random scales of scikit-image's bundled scientific and
+                  natural images (microscopy, astronomy, retina, textures, text, photographs);
+                  ``camera`` and ``moon`` held out for evaluation
 ================  ===============================================================================
 """
 
@@ -13,7 +16,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-SHIPPED = ("phantom64",)
+SHIPPED = ("phantom64", "patches64")
 
 
 def shipped_prior_path(name: str) -> Path:

@@ -39,12 +39,25 @@ def _div(p: Tensor) -> Tensor:
     return dy + dx
 
 
+def _start(operator, y: Tensor) -> Tensor:
+    """Where TV starts: ``A⁺y`` when the operator has an exact SVD whose nonzero singular values
+    span less than 10³ (MRI, inpainting, SR: the pseudo-inverse is a fair image), otherwise the
+    Tikhonov solution ``(AᵀA + I)⁻¹Aᵀy`` = ``prox_l2(0, y, 1)`` (a blur's A⁺y amplifies the noise
+    without bound, and Chambolle–Pock would spend its iterations undoing that)."""
+    if "svd" in operator.capabilities and "pinv" in operator.capabilities:
+        s = operator.singular_values.to(torch.float64)
+        s = s[s > 0]
+        if s.numel() and float(s.max() / s.min()) < 1e3:
+            return operator.A_dagger(y)
+    return operator.prox_l2(torch.zeros_like(operator.A_adjoint(y)), y, 1.0)
+
+
 def tv(y: Tensor, operator, prior=None, *, sigma_y=0.0, steps: int = 300, generator=None, callback=None,
        lam: float = 0.01) -> Tensor:
     """Total-variation regularised reconstruction ``argmin_x ½‖Ax − y‖² + λ TV(x)`` (isotropic TV
     per channel, Neumann boundary) by Chambolle–Pock (2011, Alg. 1, θ = 1, τ = σ = 0.35 so that
     τσ‖∇‖² < 1), the data term through the operator's exact prox (closed form or CG); ``steps``
-    iterations from ``A⁺y`` (or Aᵀy). ``lam``: a float or ``[B]`` tensor, in y's units (tune it on
+    iterations from ``A⁺y`` or a Tikhonov solution (:func:`_start`). ``lam``: a float or ``[B]`` tensor, in y's units (tune it on
     validation images). NFE = 0."""
     require(operator, "tv", ["linear", "adjoint", "prox_l2"])
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -53,7 +66,7 @@ def tv(y: Tensor, operator, prior=None, *, sigma_y=0.0, steps: int = 300, genera
     if bool((lam_t < 0).any()):
         raise ValueError(f"tv: lam must be >= 0, got {lam}")
     y64 = y.to(torch.float64)
-    x = operator.A_dagger(y64) if "pinv" in operator.capabilities else operator.A_adjoint(y64)
+    x = _start(operator, y64)
     lam_b = lam_t.reshape(-1, *([1] * (x.ndim - 1))) if lam_t.ndim == 1 else lam_t
     tau = sig = 0.35
     p = _grad(x) * 0
