@@ -3,8 +3,6 @@ image) | reconstruction | posterior standard deviation, PSNR/SSIM in the titles.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -48,18 +46,12 @@ def sample_figure(path: str | Path, panels: list[tuple[str, Tensor | None]], *, 
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.9) if title else None)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.png", dir=path.parent)
-    os.close(fd)
-    try:
-        from .results import _default_mode
+    from .results import atomic_path
 
-        _default_mode(tmp)
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+    path = Path(path)
+    try:
+        with atomic_path(path, suffix=".tmp.png") as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

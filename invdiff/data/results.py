@@ -26,6 +26,7 @@ attributes             ``id``, ``seed``, ``noise_seed``, ``solver_seeds``, ``sol
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -97,21 +98,30 @@ def write_sample(path: str | Path, data: dict[str, Any], trees: dict[str, dict] 
     """Write ``data`` (tensors/arrays → datasets, nested dicts → groups, scalars → attributes)
     and ``trees`` (group name → :func:`write_tree`) to the HDF5 file ``path`` atomically."""
     path = Path(path)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        _write_group(f, data)
+        for name, tree in (trees or {}).items():
+            write_tree(f.create_group(name), tree)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, suffix: str = ".tmp"):
+    """A temporary name ``.{name}.*{suffix}`` beside ``path`` to write to; it replaces ``path``
+    (``os.replace``) when the block ends without error and is removed otherwise. The file gets the
+    mode a plain ``open`` would give (0666 & ~umask), not ``mkstemp``'s 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        _default_mode(tmp)
-        with h5py.File(tmp, "w") as f:
-            _write_group(f, data)
-            for name, tree in (trees or {}).items():
-                write_tree(f.create_group(name), tree)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise
-    return path
 
 
 def _attr(value):
@@ -213,19 +223,9 @@ def _finite(v):
     return v
 
 
-def _default_mode(path) -> None:
-    """Give a ``mkstemp`` file (0600) the permissions a plain ``open`` would (0666 & ~umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
-
-
 def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    _default_mode(tmp)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
 
 
 def read_metrics_csv(path: str | Path) -> list[dict]:
