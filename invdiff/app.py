@@ -11,7 +11,8 @@ run directory ``samples/{id}.h5`` (atomic; layout in :mod:`invdiff.data.results`
 ``figures/{id}.png`` and ``metrics.json`` / ``metrics.csv`` (rebuilt from the sample files).
 Everything that can fail on bad input — names, keys, shapes, value ranges, an operator the solver
 cannot use — fails before anything is simulated, sampled or written, with one paragraph that says
-what was wrong and what the valid choices are.
+what was wrong and what the valid choices are. The command line itself (override checks,
+``--help``, the Hydra entry point, sweep summaries) is :mod:`invdiff.cli`.
 """
 
 from __future__ import annotations
@@ -22,17 +23,13 @@ import json
 import logging
 import math
 import re
-import sys
 import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -473,7 +470,7 @@ def rerun(path: str | Path, device: str = "cpu"):
 
 
 # --------------------------------------------------------------------------------------------
-# the command line
+# configs for scripts
 # --------------------------------------------------------------------------------------------
 def config(*overrides: str) -> DictConfig:
     """The app's config composed in-process from command-line style overrides, e.g.
@@ -488,158 +485,7 @@ def _compose(overrides: list[str]) -> DictConfig:
     return config(*overrides)
 
 
-def _keys_of(node) -> list[str]:
-    return sorted(k for k in node.keys() if not str(k).startswith("_")) if isinstance(node, DictConfig) else []
+if __name__ == "__main__":  # python -m invdiff.app ... = the invdiff command
+    from .cli import main
 
-
-def _explain_key(full_key: str, overrides: list[str], bad: str) -> str:
-    """Unknown key ``full_key``: list the valid keys of its parent node (and, for a solver, the
-    function's other parameters, which are added with ``+``)."""
-    import inspect
-
-    parent, _, leaf = full_key.rpartition(".")
-    rest = [o for o in overrides if o != bad]
-    try:
-        cfg = _compose(rest)
-    except Exception:  # noqa: BLE001
-        cfg = None
-    node = OmegaConf.select(cfg, parent) if (cfg is not None and parent) else cfg
-    keys = _keys_of(node)
-    msg = f"unknown setting '{full_key}'."
-    extra = []
-    if parent == "solver" and node is not None and node.get("_target_"):
-        try:
-            fn = hydra.utils.get_method(node._target_)
-            extra = [p for p in inspect.signature(fn).parameters
-                     if p not in keys and p not in ("y", "operator", "prior", "sigma_y", "generator", "callback")]
-        except Exception:  # noqa: BLE001
-            extra = []
-    if leaf in extra:
-        return (f"'{full_key}' is a parameter of the solver that its config does not list: add it with "
-                f"+{bad.lstrip('+')} (the '+' adds a key).")
-    where = f"'{parent}'" if parent else "the top level"
-    msg += f" Valid keys at {where}: {', '.join(keys) or 'none'}."
-    if extra:
-        msg += f" The solver also takes {', '.join(extra)} (add with +solver.<name>=<value>)."
-    return msg + _suggest(leaf, keys + extra)
-
-
-def explain_overrides(overrides: list[str]) -> str | None:
-    """Check command-line overrides before Hydra runs: ``None`` when they compose, otherwise one
-    paragraph saying what is wrong and listing the valid choices. Sweeps (``a=1,2``) are checked
-    value by value."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    overrides = [o for o in overrides if not o.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))]
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except OverrideParseException as err:
-        return f"could not read the command line: {_one_paragraph(err)}"
-    plain, sweeps = [], []
-    for o, text in zip(parsed, overrides):
-        key = o.key_or_group.split("@")[0]
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-        if key in GROUPS and not o.is_delete():
-            for v in values:
-                if v not in choices(key) and v != "null":
-                    return (f"unknown {key} '{v}'. Choose one of: {', '.join(choices(key))}.{_suggest(v, choices(key))}")
-        if o.is_sweep_override():
-            sweeps.append((o.get_key_element(), values, text))
-            plain.append(f"{o.get_key_element()}={values[0]}")
-        else:
-            plain.append(text)
-    variants = [plain]
-    for key, values, _ in sweeps:
-        for v in values[1:]:
-            variants.append([p if not p.startswith(f"{key}=") else f"{key}={v}" for p in plain])
-    for n, variant in enumerate(variants):
-        where = "" if n == 0 else f"with {', '.join(p for p in variant if p not in plain)}: "
-        try:
-            _compose(variant)
-        except Exception as err:  # noqa: BLE001  (Hydra raises several types; all are the user's input)
-            text = str(err)
-            m = re.search(r"full_key: (\S+)", text) or re.search(r"Could not override '([^']+)'", text)
-            if m and ("not in struct" in text or "Could not override" in text or "Could not append" in text):
-                bad = next((p for p in variant if p.lstrip("+~").split("=")[0] == m.group(1)), m.group(1))
-                return where + _explain_key(m.group(1), variant, bad)
-            return where + _one_paragraph(text.split("\n\n")[0])
-    return None
-
-
-@hydra.main(version_base=None, config_path="configs", config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
-    hc = HydraConfig.get()
-    try:
-        run(cfg, hc.runtime.output_dir)
-    except USER_ERRORS as err:
-        msg = f"invdiff: {_one_paragraph(err)}"
-        if hc.mode == hydra.types.RunMode.MULTIRUN:  # record it and let the sweep go on
-            log.error(msg)
-            Path(hc.runtime.output_dir, "error.txt").write_text(msg + "\n")
-            return
-        raise SystemExit(msg) from None
-
-
-HELP = """invdiff — imaging inverse problems with diffusion-model priors.
-
-Usage: invdiff [group=choice ...] [key=value ...]
-       invdiff -m solver=pigdm,ddnm seed=0,1          (a sweep; summary over all runs)
-With no arguments: 4× single-coil MRI of 4 held-out phantoms, the shipped phantom64 prior, ΠGDM.
-
-== Config groups (group=choice) ==
-{groups}
-
-== Settings (key=value) ==
-shape [C,H,W], seed, operator_seed, sigma_y (auto|σ), num_samples, batch_size, device (auto|cpu|cuda),
-baseline (auto|pinv|adjoint|none), figures, progress, resume; and any key of the chosen configs,
-e.g. solver.steps=50, noise.sigma=0.02, data.n=8 (+solver.<param>=... adds a solver parameter its
-config does not list).
-
-Examples:
-  invdiff solver=dps solver.steps=500
-  invdiff experiment=phantom64_mri8x_dps
-  invdiff operator=random_inpainting data=sample_image data.names=[camera,moon] prior=gaussian shape=[1,32,32]
-  invdiff data=measurement data.y=/path/kspace.npy sigma_y=0.01
-Results land in the run directory (outputs/<date>/<time>/; multirun/... for sweeps): samples/*.h5,
-figures/*.png, metrics.json, metrics.csv. `invdiff --cfg job` prints the composed config;
-`invdiff --hydra-help` shows Hydra's own options."""
-
-
-def help_text() -> str:
-    return HELP.format(groups="\n".join(f"{g}: {', '.join(choices(g))}" for g in GROUPS))
-
-
-def main() -> None:
-    """Console entry point: check the overrides (one-paragraph errors), then run Hydra."""
-    args = sys.argv[1:]
-    if "--help" in args or "-h" in args:
-        print(help_text())
-        return
-    if not any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
-        msg = explain_overrides([a for a in args if not a.startswith("-")])
-        if msg:
-            raise SystemExit(f"invdiff: {msg}")
-    _hydra_main()
-
-
-class SweepSummary(Callback):
-    """Hydra callback: after a multirun, ``metrics.json`` / ``metrics.csv`` over every run of the
-    sweep in the sweep directory, and a non-zero exit if some runs failed."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from .data.results import summarize
-
-        sweep = Path(config.hydra.sweep.dir)
-        runs = sorted(d for d in sweep.iterdir() if (d / "samples").is_dir()) if sweep.is_dir() else []
-        failed = sorted(d.name for d in sweep.iterdir() if (d / "error.txt").exists()) if sweep.is_dir() else []
-        if runs:
-            summarize(runs, sweep)
-            log.info("sweep summary over %d run(s): %s", len(runs), sweep / "metrics.csv")
-        if failed:
-            raise SystemExit(f"invdiff: {len(failed)} run(s) of the sweep failed ({', '.join(failed)}); "
-                             f"see error.txt in each")
-
-
-if __name__ == "__main__":
     main()

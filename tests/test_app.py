@@ -20,7 +20,8 @@ from hydra.core.global_hydra import GlobalHydra
 import operators as O
 import invdiff
 from invdiff.api import reconstruct, sample_seed
-from invdiff.app import AppError, choices, explain_overrides, main, rerun, run
+from invdiff.app import AppError, choices, rerun, run
+from invdiff.cli import explain_overrides, main
 from invdiff.data.results import is_complete, read_sample
 from invdiff.priors.analytic import smooth_gaussian
 
@@ -362,7 +363,7 @@ def test_multirun_sweep_summarises_all_runs(tmp_path, monkeypatch, clean_hydra):
 
 
 def test_a_killed_run_loses_nothing_and_resumes(tmp_path):
-    cmd = [sys.executable, "-m", "invdiff.app", "data.n=5", "num_samples=1", "solver.steps=40", "progress=false",
+    cmd = [sys.executable, "-m", "invdiff.cli", "data.n=5", "num_samples=1", "solver.steps=40", "progress=false",
            "figures=false", f"hydra.run.dir={tmp_path}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
