@@ -22,17 +22,15 @@ Writes benchmarks/results/patches64_<task>.md.
 from __future__ import annotations
 
 import argparse
-import math
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import operators as O
+from _shipped_eval import Rows, metrics
 from invdiff import solvers
 from invdiff.priors import CountingPrior, load
 from invdiff.solvers.baselines import tv
@@ -56,14 +54,6 @@ def views(name: str, seed: int = 0) -> torch.Tensor:
         top, left = rng.integers(0, img.shape[0] - side + 1), rng.integers(0, img.shape[1] - side + 1)
         out.append(resize(img[top : top + side, left : left + side], (64, 64), anti_aliasing=True))
     return torch.from_numpy(np.clip(np.stack(out), 0, 1))[:, None]
-
-
-def metrics(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    ps, ss = [], []
-    for a, b in zip(x.clamp(0, 1).double().cpu().numpy(), ref.double().cpu().numpy()):
-        ps.append(peak_signal_noise_ratio(b[0], a[0], data_range=1.0))
-        ss.append(structural_similarity(b[0], a[0], data_range=1.0))
-    return float(np.mean(ps)), float(np.mean(ss))
 
 
 def operator(task: str):
@@ -102,33 +92,24 @@ def main(argv=None):
     op = operator(args.task)
     y = op.measure(test, O.GaussianNoise(SIGMA_Y), generator=torch.Generator().manual_seed(1))
     vy = op.measure(val, O.GaussianNoise(SIGMA_Y), generator=torch.Generator().manual_seed(2))
-    rows = []
     if args.append_mean:
         return append_mean(args, prior, op, y, test)
-
-    def record(label, fn, counting=None):
-        t0 = time.perf_counter()
-        x = fn()
-        secs = (time.perf_counter() - t0) / len(y)
-        ps, ss = metrics(x, test)
-        rows.append((label, ps, ss, counting.calls if counting is not None else 0, secs))
-        print("{:58s} PSNR {:6.2f}  SSIM {:.3f}  NFE {}  {:.2f} s/image".format(*rows[-1]), flush=True)
-
+    table = Rows(test)
     if args.task == "inpaint":
-        record("measurement (missing pixels 0)", lambda: y)
+        table.record("measurement (missing pixels 0)", lambda: y)
     else:
-        record("pseudo-inverse A⁺y" if args.task == "sr2" else "measurement y (blurred)",
-               lambda: op.A_dagger(y) if args.task == "sr2" else y)
+        table.record("pseudo-inverse A⁺y" if args.task == "sr2" else "measurement y (blurred)",
+                     lambda: op.A_dagger(y) if args.task == "sr2" else y)
     lams = [1e-3, 3e-3, 1e-2, 2e-2, 4e-2, 8e-2, 0.16]
     scores = {lam: metrics(tv(vy, op, steps=300, lam=lam), val)[0] for lam in lams}
     best = max(scores, key=scores.get)
     print("TV validation PSNR:", {k: round(v, 2) for k, v in scores.items()}, "→ λ =", best, flush=True)
-    record(f"TV (Chambolle–Pock 300 it., λ = {best:g} tuned on validation)", lambda: tv(y, op, steps=300, lam=best))
+    table.record(f"TV (Chambolle–Pock 300 it., λ = {best:g} tuned on validation)", lambda: tv(y, op, steps=300, lam=best))
 
     s = 0.2 if args.fast else 1.0
     st = SETTINGS[args.task]
     dsteps, dzeta = st["diffpir"]
-    runs = [
+    table.solvers([
         ("ddrm (20 steps, η 0.85)", "ddrm", dict(steps=20)),
         ("ddnm+ (100 steps, η 0.85)", "ddnm", dict(steps=int(100 * s))),
         ("pigdm (100 steps)", "pigdm", dict(steps=int(100 * s))),
@@ -136,35 +117,15 @@ def main(argv=None):
         (f"dps (500 steps, ζ {st['dps_zeta']})", "dps", dict(steps=int(500 * s), zeta=st["dps_zeta"])),
         ("daps (100 × 5 ODE, 50 Langevin, τ √2σ_y, lr 1e-4)", "daps",
          dict(steps=int(100 * s), langevin_steps=50, tau=None, lr=1e-4, lr_min_ratio=0.01)),
-    ]
-    for label, name, kw in runs:
-        counting = CountingPrior(prior)
-        gens = [torch.Generator().manual_seed(100 + i) for i in range(len(y))]
-        f = solvers.SOLVERS[name]
-        try:
-            record(label, lambda f=f, kw=kw, counting=counting, gens=gens: f(y, op, counting, sigma_y=SIGMA_Y,
-                                                                           generator=gens, **kw), counting)
-        except solvers.SolverDivergedError as err:
-            rows.append((label, math.nan, math.nan, counting.calls, math.nan))
-            print(label, "diverged:", err, flush=True)
+    ], prior, y, op, SIGMA_Y)
     out = Path(args.out or Path(__file__).parent / "results" / f"patches64_{args.task}.md")
     cmd = f"python benchmarks/patches64_eval.py --task {args.task}" + (" --fast" if args.fast else "")
     title = {"inpaint": "random inpainting (70 % missing)", "deblur": "Gaussian deblurring (9×9, σ 1.5)",
              "sr2": "×2 super-resolution (bicubic)"}[args.task]
-    lines = [
-        f"# patches64: {title} on held-out images", "",
-        f"Command: `{cmd}` — torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} thread(s); prior `{prior_path.name}` (sha256 {prior.checkpoint['sha256'][:12]}…).", "",
+    table.write(out, f"patches64: {title} on held-out images", cmd, prior_path, prior, [
         f"{len(y)} held-out 64×64 gray images on [0, 1] (camera and moon: whole image and 3 seeded crops each);",
         f"{op.describe()}; σ_y = {SIGMA_Y}. TV weight chosen among {lams} on 8 validation views of coins and cell.",
-        "PSNR / SSIM: scikit-image, data_range = 1, mean over images, one sample per image. NFE: network",
-        "calls per batch. Seconds per image on this CPU (the batch of all images solved at once).", "",
-        "| method | PSNR (dB) | SSIM | NFE | s / image |", "|---|---|---|---|---|",
-    ]
-    for label, ps, ss, nfe, secs in rows:
-        lines.append(f"| {label} | {ps:.2f} | {ss:.3f} | {nfe} | {secs:.2f} |")
-    out.write_text("\n".join(lines) + "\n")
-    print("wrote", out)
+    ])
 
 
 def append_mean(args, prior, op, y, test):

@@ -15,31 +15,18 @@ says what each used). Writes benchmarks/results/phantom64_mri_<accel>x.md.
 from __future__ import annotations
 
 import argparse
-import math
-import platform
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import operators as O
+from _shipped_eval import Rows, metrics
 from invdiff import phantoms as P
-from invdiff import solvers
-from invdiff.priors import CountingPrior, load
+from invdiff.priors import load
 from invdiff.solvers.baselines import tv
 
 SIGMA_Y = 0.01
-
-
-def metrics(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    ps, ss = [], []
-    for a, b in zip(x.clamp(0, 1).double().cpu().numpy(), ref.double().cpu().numpy()):
-        ps.append(peak_signal_noise_ratio(b[0], a[0], data_range=1.0))
-        ss.append(structural_similarity(b[0], a[0], data_range=1.0))
-    return float(np.mean(ps)), float(np.mean(ss))
 
 
 def problem(images: torch.Tensor, accel: int, seed: int = 1):
@@ -65,26 +52,16 @@ def main(argv=None):
     val = P.phantoms(P.EVAL_SEEDS[32:36], 64)
     op, y = problem(test, args.accel)
     vop, vy = problem(val, args.accel, seed=2)
-    rows = []
-
-    def record(label, fn, nfe=0):
-        t0 = time.perf_counter()
-        x = fn()
-        secs = (time.perf_counter() - t0) / len(y)
-        ps, ss = metrics(x, test)
-        rows.append((label, ps, ss, nfe, secs))
-
-    record("zero-filled (A⁺y)", lambda: op.A_dagger(y))
-    print(rows[-1], flush=True)
+    table = Rows(test)
+    table.record("zero-filled (A⁺y)", lambda: op.A_dagger(y))
     lams = [3e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2]
     scores = {lam: metrics(tv(vy, vop, steps=300, lam=lam), val)[0] for lam in lams}
     best = max(scores, key=scores.get)
     print("TV validation PSNR:", {k: round(v, 2) for k, v in scores.items()}, "→ λ =", best, flush=True)
-    record(f"TV (Chambolle–Pock 300 it., λ = {best:g} tuned on validation)", lambda: tv(y, op, steps=300, lam=best))
-    print(rows[-1], flush=True)
+    table.record(f"TV (Chambolle–Pock 300 it., λ = {best:g} tuned on validation)", lambda: tv(y, op, steps=300, lam=best))
 
     s = 0.25 if args.fast else 1.0
-    runs = [
+    table.solvers([
         ("ddnm+ (100 steps, η 0.85)", "ddnm", dict(steps=int(100 * s))),
         ("ddrm (20 steps, η 0.85)", "ddrm", dict(steps=20)),
         ("pigdm (100 steps)", "pigdm", dict(steps=int(100 * s))),
@@ -95,35 +72,13 @@ def main(argv=None):
         ("pnpdm (40 it., ρ 10 → 0.05 decay 0.85, 50-level SDE)", "pnpdm",
          dict(steps=int(40 * s), rho_min=0.05, rho_decay=0.85, prior_steps=50)),
         ("mcgdiff (100 steps, 16 particles)", "mcgdiff", dict(steps=int(100 * s), particles=16)),
-    ]
-    for label, name, kw in runs:
-        counting = CountingPrior(prior)
-        gens = [torch.Generator().manual_seed(100 + i) for i in range(len(y))]
-        f = solvers.SOLVERS[name]
-        try:
-            record(label, lambda f=f, kw=kw, counting=counting, gens=gens: f(y, op, counting, sigma_y=SIGMA_Y,
-                                                                           generator=gens, **kw))
-            rows[-1] = (*rows[-1][:3], counting.calls, rows[-1][4])
-            print("{:50s} PSNR {:6.2f}  SSIM {:.3f}  NFE {}  {:.2f} s/image".format(*rows[-1]), flush=True)
-        except solvers.SolverDivergedError as err:
-            rows.append((label, math.nan, math.nan, counting.calls, math.nan))
-            print(label, "diverged:", err, flush=True)
+    ], prior, y, op, SIGMA_Y)
     out = Path(args.out or Path(__file__).parent / "results" / f"phantom64_mri_{args.accel}x.md")
     cmd = f"python benchmarks/phantom64_mri.py --accel {args.accel} --n {args.n}" + (" --fast" if args.fast else "")
-    lines = [
-        f"# phantom64: single-coil MRI {args.accel}× on held-out phantoms", "",
-        f"Command: `{cmd}` — torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads; prior `{prior_path.name}` (sha256 {prior.checkpoint['sha256'][:12]}…).", "",
+    table.write(out, f"phantom64: single-coil MRI {args.accel}× on held-out phantoms", cmd, prior_path, prior, [
         f"{len(y)} held-out images (Shepp–Logan + {len(y) - 1} phantoms of EVAL_SEEDS), real 64×64 on [0, 1];",
         f"fastMRI random mask (R = {op.acceleration:.2f} realised, mask seed 0); σ_y = {SIGMA_Y} k-space noise.",
-        "PSNR / SSIM: scikit-image, data_range = 1, mean over images, one sample per image. NFE: network",
-        "calls per batch. Seconds per image on this CPU (the batch of all images solved at once).", "",
-        "| method | PSNR (dB) | SSIM | NFE | s / image |", "|---|---|---|---|---|",
-    ]
-    for label, ps, ss, nfe, secs in rows:
-        lines.append(f"| {label} | {ps:.2f} | {ss:.3f} | {nfe} | {secs:.2f} |")
-    out.write_text("\n".join(lines) + "\n")
-    print("wrote", out)
+    ])
 
 
 if __name__ == "__main__":
