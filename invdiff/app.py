@@ -138,6 +138,16 @@ def _sigma_y(cfg: DictConfig, noise, sample, mode: str) -> float:
     return s
 
 
+def _check_data(t: torch.Tensor, name: str, kind: str, shape: tuple, where: str) -> None:
+    """dtype (real floating point), shape (when the operator states one) and finiteness."""
+    if not t.is_floating_point() or t.is_complex():
+        raise AppError(f"{name}: expected {kind}, got dtype {t.dtype}")
+    if shape and tuple(t.shape) != shape:
+        raise AppError(f"{name} has shape {list(t.shape)}, {where} {list(shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise AppError(f"{name} contains NaN or Inf")
+
+
 def _check_item(sample, op, prior) -> None:
     """Shapes, dtype, finiteness and value range of a sample against its operator and the prior."""
     img, meas = tuple(op.img_size), tuple(getattr(op, "meas_size", ()))
@@ -147,12 +157,7 @@ def _check_item(sample, op, prior) -> None:
                        "choose a prior of that size")
     if sample.x is not None:
         x = sample.x
-        if not x.is_floating_point() or x.is_complex():
-            raise AppError(f"ground truth {sample.id}: expected a real floating-point image, got dtype {x.dtype}")
-        if tuple(x.shape) != img:
-            raise AppError(f"ground truth {sample.id} has shape {list(x.shape)}, the operator acts on {list(img)}")
-        if not bool(torch.isfinite(x).all()):
-            raise AppError(f"ground truth {sample.id} contains NaN or Inf")
+        _check_data(x, f"ground truth {sample.id}", "a real floating-point image", img, "the operator acts on")
         lo, hi = prior.data_range
         if _complex_image(op):
             lo, hi = -max(abs(lo), abs(hi)), max(abs(lo), abs(hi))
@@ -162,13 +167,8 @@ def _check_item(sample, op, prior) -> None:
                            f"images on [{lo:g}, {hi:g}]; rescale the data (data.normalize=max for files) or use a "
                            "prior trained on that range")
     if sample.y is not None:
-        y = sample.y
-        if not y.is_floating_point() or y.is_complex():
-            raise AppError(f"measurement {sample.id}: expected real floating-point data (complex as 2 channels), got {y.dtype}")
-        if meas and tuple(y.shape) != meas:
-            raise AppError(f"measurement {sample.id} has shape {list(y.shape)}, {op.describe()} measures {list(meas)}")
-        if not bool(torch.isfinite(y).all()):
-            raise AppError(f"measurement {sample.id} contains NaN or Inf")
+        _check_data(sample.y, f"measurement {sample.id}", "real floating-point data (complex as 2 channels)", meas,
+                    f"{op.describe()} measures")
     if sample.x is None and sample.y is None:
         raise AppError(f"sample {sample.id} has neither a ground truth nor a measurement")
 
@@ -480,9 +480,6 @@ def config(*overrides: str) -> DictConfig:
     with initialize_config_module("invdiff.configs", version_base=None):
         return compose("config", overrides=list(overrides))
 
-
-def _compose(overrides: list[str]) -> DictConfig:
-    return config(*overrides)
 
 
 if __name__ == "__main__":  # python -m invdiff.app ... = the invdiff command

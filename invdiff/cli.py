@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
-from .app import GROUPS, USER_ERRORS, _compose, _one_paragraph, _suggest, choices, log, run
+from .app import GROUPS, USER_ERRORS, _one_paragraph, _suggest, choices, config, log, run
 
 
 def _keys_of(node) -> list[str]:
@@ -34,7 +34,7 @@ def _explain_key(full_key: str, overrides: list[str], bad: str) -> str:
     parent, _, leaf = full_key.rpartition(".")
     rest = [o for o in overrides if o != bad]
     try:
-        cfg = _compose(rest)
+        cfg = config(*rest)
     except Exception:  # noqa: BLE001
         cfg = None
     node = OmegaConf.select(cfg, parent) if (cfg is not None and parent) else cfg
@@ -90,7 +90,7 @@ def explain_overrides(overrides: list[str]) -> str | None:
     for n, variant in enumerate(variants):
         where = "" if n == 0 else f"with {', '.join(p for p in variant if p not in plain)}: "
         try:
-            _compose(variant)
+            config(*variant)
         except Exception as err:  # noqa: BLE001  (Hydra raises several types; all are the user's input)
             text = str(err)
             m = re.search(r"full_key: (\S+)", text) or re.search(r"Could not override '([^']+)'", text)

@@ -265,7 +265,7 @@ class FastMRI:
         self.complex_image, self.normalize = bool(complex_image), bool(normalize)
 
     def samples(self, operator=None) -> list[Sample]:
-        from .fastmri import num_slices, prospective_operator, read_slice
+        from .fastmri import num_slices, prospective_operator, read_slice, sampled_columns
 
         out = []
         for f in self.files:
@@ -283,9 +283,8 @@ class FastMRI:
                 if sl.target is not None:
                     t = sl.target.to(torch.float64) * scale
                     x = torch.stack([t, torch.zeros_like(t)]) if self.complex_image else t[None]
-                kspace = sl.kspace * (sl.mask if sl.mask is not None else 1.0)
-                mask = sl.mask if sl.mask is not None else (kspace.abs().sum(dim=tuple(range(kspace.ndim - 1))) > 0)
-                sigma = kspace_noise_sigma(kspace, mask.to(torch.float64)) * scale
+                mask = sl.mask if sl.mask is not None else sampled_columns(sl.kspace)
+                sigma = kspace_noise_sigma(sl.kspace * mask, mask.to(torch.float64)) * scale
                 out.append(Sample(f"{f.stem}_s{s}", x, y, operator=op, sigma_y=sigma if np.isfinite(sigma) else None,
                                   info={"source": str(f), "slice": s, "scale": scale, "multicoil": sl.multicoil,
                                         "target_is_magnitude": sl.target is not None}))
