@@ -314,8 +314,26 @@ def _noise_convention(noise, sigma_y: float, prior, mode: str) -> str:
             "(physical units of the prior)")
 
 
-def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None) -> tuple[Path, dict]:
-    """Simulate (or take) y, reconstruct, write ``samples/{id}.h5`` and ``figures/{id}.png``."""
+def _peak_memory_reset(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def peak_memory_mb(dev: torch.device) -> tuple[float, str]:
+    """(MB, what was measured): the CUDA allocator's peak since the last reset, or on the CPU the
+    process's peak resident set size (a high-water mark over the whole process)."""
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**20, "CUDA peak allocated"
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
+
+
+def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, metrics_fn=None, extra=None) -> tuple[Path, dict]:
+    """Simulate (or take) y, reconstruct, write ``samples/{id}.h5`` and ``figures/{id}.png``.
+
+    ``metrics_fn(op, prior, x_true, rec, base, y, sigma_y)`` replaces the app's per-sample metrics
+    (the benchmark runner's); ``extra`` adds attributes to the sample file."""
     from .api import generator_of, reconstruct, sample_seed, solver_name, solver_settings
     from .data.figures import sample_figure
     from .data.results import write_sample
@@ -332,10 +350,16 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None) -> tuple[Path, 
     x_true = s.x[None].to(dev) if s.x is not None else None
     y = y.to(dev)
     base, base_name = _baseline(op, y, cfg.get("baseline", "auto"))
+    _peak_memory_reset(dev)
     rec = reconstruct(y, op, job.prior, job.solver, sigma_y=item.sigma_y, num_samples=int(cfg.num_samples),
                       seed=int(cfg.seed), ids=[s.id], batch_size=int(cfg.batch_size), progress=bar)
     x_hat, draws = rec.mean, rec.samples[0]
-    m = _metrics(op, job.prior, x_true, x_hat, draws, base, y, item.sigma_y, rec.nfe, rec.seconds)
+    if metrics_fn is None:
+        m = _metrics(op, job.prior, x_true, x_hat, draws, base, y, item.sigma_y, rec.nfe, rec.seconds)
+    else:
+        m = {"nfe": int(rec.nfe), "seconds": float(rec.seconds),
+             **metrics_fn(op, job.prior, x_true, rec, base, y, item.sigma_y)}
+    m["peak_memory_mb"], memory_kind = peak_memory_mb(dev)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     saved_op = op.to_dict()
     settings = {k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else repr(v))
@@ -352,7 +376,8 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None) -> tuple[Path, 
         "metrics": json.dumps(m), "nfe": rec.nfe, "seconds": rec.seconds,
         "config_yaml": resolved, "config_hash": hashlib.sha256(resolved.encode()).hexdigest()[:16],
         "baseline_name": base_name, "device": str(dev),
-        "versions": json.dumps(_versions()),
+        "versions": json.dumps(_versions()), "memory_kind": memory_kind,
+        **(extra or {}),
     }
     if rec.std is not None:
         record["std"] = rec.std[0]
@@ -366,7 +391,8 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None) -> tuple[Path, 
                                  if f"psnr{key}" in m else name)
         panels = [("ground truth", x_true[0] if x_true is not None else None),
                   (fmt(base_name or "baseline", "_baseline"), base[0] if base is not None else None),
-                  (fmt(f"{solver_name(job.solver)}" + (f" (mean of {cfg.num_samples})" if rec.std is not None else ""), ""),
+                  (fmt(f"{solver_name(job.solver)}" + (f" (mean of {cfg.num_samples})" if rec.std is not None else ""),
+                       "_mean" if "psnr_mean" in m else ""),
                    x_hat[0]),
                   ("posterior std", rec.std[0] if rec.std is not None else None)]
         sample_figure(out_dir / "figures" / f"{s.id}.png", panels, complex_image=_complex_image(op),

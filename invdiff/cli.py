@@ -26,7 +26,7 @@ def _keys_of(node) -> list[str]:
     return sorted(k for k in node.keys() if not str(k).startswith("_")) if isinstance(node, DictConfig) else []
 
 
-def _explain_key(full_key: str, overrides: list[str], bad: str) -> str:
+def _explain_key(full_key: str, overrides: list[str], bad: str, config_fn=config) -> str:
     """Unknown key ``full_key``: list the valid keys of its parent node (and, for a solver, the
     function's other parameters, which are added with ``+``)."""
     import inspect
@@ -34,7 +34,7 @@ def _explain_key(full_key: str, overrides: list[str], bad: str) -> str:
     parent, _, leaf = full_key.rpartition(".")
     rest = [o for o in overrides if o != bad]
     try:
-        cfg = config(*rest)
+        cfg = config_fn(*rest)
     except Exception:  # noqa: BLE001
         cfg = None
     node = OmegaConf.select(cfg, parent) if (cfg is not None and parent) else cfg
@@ -58,7 +58,7 @@ def _explain_key(full_key: str, overrides: list[str], bad: str) -> str:
     return msg + _suggest(leaf, keys + extra)
 
 
-def explain_overrides(overrides: list[str]) -> str | None:
+def explain_overrides(overrides: list[str], config_fn=config, groups=GROUPS) -> str | None:
     """Check command-line overrides before Hydra runs: ``None`` when they compose, otherwise one
     paragraph saying what is wrong and listing the valid choices. Sweeps (``a=1,2``) are checked
     value by value."""
@@ -74,7 +74,7 @@ def explain_overrides(overrides: list[str]) -> str | None:
     for o, text in zip(parsed, overrides):
         key = o.key_or_group.split("@")[0]
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-        if key in GROUPS and not o.is_delete():
+        if key in groups and not o.is_delete():
             for v in values:
                 if v not in choices(key) and v != "null":
                     return (f"unknown {key} '{v}'. Choose one of: {', '.join(choices(key))}.{_suggest(v, choices(key))}")
@@ -90,13 +90,13 @@ def explain_overrides(overrides: list[str]) -> str | None:
     for n, variant in enumerate(variants):
         where = "" if n == 0 else f"with {', '.join(p for p in variant if p not in plain)}: "
         try:
-            config(*variant)
+            config_fn(*variant)
         except Exception as err:  # noqa: BLE001  (Hydra raises several types; all are the user's input)
             text = str(err)
             m = re.search(r"full_key: (\S+)", text) or re.search(r"Could not override '([^']+)'", text)
             if m and ("not in struct" in text or "Could not override" in text or "Could not append" in text):
                 bad = next((p for p in variant if p.lstrip("+~").split("=")[0] == m.group(1)), m.group(1))
-                return where + _explain_key(m.group(1), variant, bad)
+                return where + _explain_key(m.group(1), variant, bad, config_fn)
             return where + _one_paragraph(text.split("\n\n")[0])
     return None
 

@@ -54,32 +54,87 @@ def _shape(shape) -> tuple[int, int, int]:
 
 
 class Phantoms:
-    """The held-out evaluation phantoms (never trained on by ``phantom64``): Shepp–Logan, then
-    phantoms of :data:`invdiff.phantoms.EVAL_SEEDS`. ``n`` images from position ``first``."""
+    """The held-out evaluation phantoms (never trained on by ``phantom64``). ``split="test"``:
+    Shepp–Logan, then phantoms of ``EVAL_SEEDS[:31]``; ``split="val"`` (for tuning benchmark
+    hyperparameters, never the test images): phantoms of ``EVAL_SEEDS[32:]``. ``n`` images from
+    position ``first`` of the split."""
 
     mode = "synthetic"
+    VAL_OFFSET = 32
 
-    def __init__(self, n: int = 1, shape=(1, 64, 64), first: int = 0):
+    def __init__(self, n: int = 1, shape=(1, 64, 64), first: int = 0, split: str = "test"):
         C, H, W = _shape(shape)
         if C != 1 or H != W:
             raise ValueError(f"phantoms are single-channel squares; got shape {[C, H, W]}")
-        if not 1 <= int(n) or int(first) < 0 or int(first) + int(n) > 1 + len(EVAL_SEEDS):
-            raise ValueError(f"data: n = {n}, first = {first}: there are {1 + len(EVAL_SEEDS)} held-out phantoms")
-        self.n, self.size, self.first = int(n), H, int(first)
+        if split not in ("test", "val"):
+            raise ValueError(f"data.split must be 'test' or 'val', got {split!r}")
+        size = self.VAL_OFFSET if split == "test" else len(EVAL_SEEDS) - self.VAL_OFFSET
+        if not 1 <= int(n) or int(first) < 0 or int(first) + int(n) > size:
+            raise ValueError(f"data: n = {n}, first = {first}: the {split} split has {size} held-out phantoms")
+        self.n, self.size, self.first, self.split = int(n), H, int(first), split
 
     def samples(self, operator=None) -> list[Sample]:
         out = []
         for i in range(self.first, self.first + self.n):
-            if i == 0:
+            if self.split == "test" and i == 0:
                 out.append(Sample("shepp_logan", shepp_logan(self.size)[0].double(), info={"source": "shepp_logan"}))
-            else:
-                seed = EVAL_SEEDS[i - 1]
-                out.append(Sample(f"phantom_{seed}", phantoms([seed], self.size)[0].double(),
-                                  info={"source": "invdiff.phantoms", "phantom_seed": seed}))
+                continue
+            seed = EVAL_SEEDS[i - 1] if self.split == "test" else EVAL_SEEDS[self.VAL_OFFSET + i]
+            out.append(Sample(f"phantom_{seed}", phantoms([seed], self.size)[0].double(),
+                              info={"source": "invdiff.phantoms", "phantom_seed": seed, "split": self.split}))
         return out
 
     def describe(self) -> str:
-        return f"{self.n} held-out phantom(s) {self.size}×{self.size}"
+        return f"{self.n} held-out phantom(s) {self.size}×{self.size} ({self.split} split)"
+
+
+class ImageViews:
+    """Views of scikit-image's bundled images: each image whole and as ``crops`` seeded random
+    square crops (sides 128, 256, 384, … pixels, capped by the image), all downscaled
+    (anti-aliased) to ``shape``; gray. The self-contained natural-image benchmarks use
+    ``camera``/``moon`` as the test split (held out from ``patches64``'s training) and
+    ``coins``/``cell`` as the validation split."""
+
+    mode = "synthetic"
+    SPLITS = {"test": ("camera", "moon"), "val": ("coins", "cell")}
+
+    def __init__(self, names=None, split: str = "test", crops: int = 3, seed: int = 0, shape=(1, 64, 64)):
+        if names is None:
+            if split not in self.SPLITS:
+                raise ValueError(f"data.split must be one of {list(self.SPLITS)}, got {split!r}")
+            names = self.SPLITS[split]
+        self.names = [names] if isinstance(names, str) else list(names)
+        self.crops, self.seed, self.shape, self.split = int(crops), int(seed), _shape(shape), split
+        if self.shape[0] != 1:
+            raise ValueError(f"data: image views are gray; got shape {list(self.shape)}")
+
+    def samples(self, operator=None) -> list[Sample]:
+        from skimage import data as skdata
+        from skimage.color import rgb2gray
+        from skimage.transform import resize
+
+        _, H, W = self.shape
+        out = []
+        for name in self.names:
+            if not hasattr(skdata, name):
+                raise ValueError(f"data: scikit-image has no sample image {name!r}")
+            img = np.asarray(getattr(skdata, name)())
+            img = rgb2gray(img[..., :3]) if img.ndim == 3 else img.astype(np.float64) / np.iinfo(img.dtype).max \
+                if np.issubdtype(img.dtype, np.integer) else img.astype(np.float64)
+            rng = np.random.default_rng(self.seed)
+            views = [("whole", img)]
+            for k in range(self.crops):
+                side = min(128 * (k + 1), *img.shape)
+                top, left = rng.integers(0, img.shape[0] - side + 1), rng.integers(0, img.shape[1] - side + 1)
+                views.append((f"crop{side}", img[top: top + side, left: left + side]))
+            for tag, v in views:
+                x = np.clip(resize(v, (H, W), anti_aliasing=True), 0, 1)
+                out.append(Sample(f"{name}_{tag}", torch.from_numpy(x)[None].double(),
+                                  info={"source": f"skimage.data.{name}", "view": tag, "split": self.split}))
+        return out
+
+    def describe(self) -> str:
+        return f"{', '.join(self.names)}: whole + {self.crops} crops each, {self.shape[1]}×{self.shape[2]} ({self.split} split)"
 
 
 class SampleImages:
@@ -246,12 +301,16 @@ class FastMRI:
     :param normalize: scale k-space so the zero-filled magnitude peaks at 1 (the scale is saved;
         ground-truth targets are scaled alike).
     :param limit: at most this many files.
+    :param mask: retrospective undersampling of fully sampled files (InverseBench's benchmark
+        setup): a mask generator (e.g. ``operators.FastMRIMask``) drawn once from ``mask_seed``
+        for the k-space width, applied to every slice (one mask for the whole test set). A file
+        that is not fully sampled is refused. ``None``: reconstruct as acquired.
     """
 
     mode = "measured"
 
     def __init__(self, path: str, slices=None, complex_image: bool = True, normalize: bool = True,
-                 limit: int | None = None, shape=None):
+                 limit: int | None = None, shape=None, mask=None, mask_seed: int = 0):
         if path in (None, "", "???"):
             raise ValueError("data=fastmri needs data.path=<raw fastMRI .h5 file or folder>")
         p = Path(str(path)).expanduser()
@@ -263,6 +322,17 @@ class FastMRI:
         self.files = self.files[:limit] if limit else self.files
         self.slices = None if slices is None else [int(s) for s in ([slices] if np.ndim(slices) == 0 else slices)]
         self.complex_image, self.normalize = bool(complex_image), bool(normalize)
+        self.mask, self.mask_seed = mask, int(mask_seed)
+
+    def _retrospective(self, sl) -> None:
+        from .fastmri import sampled_columns
+
+        W = sl.kspace.shape[-1]
+        if sl.mask is not None and not bool((sl.mask > 0).all()) or not bool((sampled_columns(sl.kspace) > 0).all()):
+            raise ValueError(f"data.mask asks for retrospective undersampling, but {sl.fname} is not fully sampled; "
+                             "use data.mask=null to reconstruct it as acquired")
+        m = torch.as_tensor(self.mask((sl.kspace.shape[-2], W), seed=self.mask_seed), dtype=torch.float64)
+        sl.mask = m.reshape(-1, W)[0] if m.ndim > 1 else m
 
     def samples(self, operator=None) -> list[Sample]:
         from .fastmri import num_slices, prospective_operator, read_slice, sampled_columns
@@ -271,6 +341,8 @@ class FastMRI:
         for f in self.files:
             for s in self.slices if self.slices is not None else [num_slices(f) // 2]:
                 sl = read_slice(f, s)
+                if self.mask is not None:
+                    self._retrospective(sl)
                 op, y = prospective_operator(sl, complex_image=self.complex_image)
                 y = y.to(torch.float64)
                 scale = 1.0
@@ -287,6 +359,7 @@ class FastMRI:
                 sigma = kspace_noise_sigma(sl.kspace * mask, mask.to(torch.float64)) * scale
                 out.append(Sample(f"{f.stem}_s{s}", x, y, operator=op, sigma_y=sigma if np.isfinite(sigma) else None,
                                   info={"source": str(f), "slice": s, "scale": scale, "multicoil": sl.multicoil,
+                                        "retrospective_mask": self.mask is not None,
                                         "target_is_magnitude": sl.target is not None}))
         return out
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -80,4 +82,44 @@ def tv(y: Tensor, operator, prior=None, *, sigma_y=0.0, steps: int = 300, genera
         x = x_new
         if callback is not None:
             callback(i, x, x)
+    return x.to(y.dtype)
+
+
+def dpir(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 8, generator=None, callback=None,
+         sigma_floor: float = 0.01) -> Tensor:
+    """Plug-and-play baseline: deepinv's DPIR (Zhang et al., TPAMI 2021; half-quadratic splitting,
+    ``deepinv.optim.DPIR``'s iteration and parameter schedule: denoiser σ from 49/255 down to the
+    noise level, log-spaced over ``steps`` iterations, step sizes ∝ σ_y²/σ_k²) with the *prior's
+    denoiser* as the plug-in denoiser (deepinv's default DRUNet would need a download). The data
+    step is the operator's exact ``prox_l2``. Deterministic (``generator`` unused); NFE = ``steps``.
+    ``sigma_floor`` keeps the schedule finite for noiseless data (σ_y below it is raised to it)."""
+    from deepinv.optim import dpir as _dpir
+
+    require(operator, "dpir", ["linear", "prox_l2"])
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"dpir: steps must be a positive integer, got {steps!r}")
+    s_y = torch.as_tensor(sigma_y, dtype=torch.float64).reshape(-1)
+    if bool((s_y != s_y[0]).any()):
+        raise ValueError("dpir: one σ_y for the batch (deepinv's schedule is per batch)")
+    s_y = max(float(s_y[0]), float(sigma_floor))
+
+    class _Denoiser(torch.nn.Module):
+        def forward(self, x, sigma, *args, **kwargs):
+            s = float(torch.as_tensor(sigma).reshape(-1)[0]) * prior.scale
+            out = prior.to_physical(prior.denoiser(prior.to_model(x.to(torch.float64)), s))
+            return out.to(x.dtype)
+
+    # deepinv.optim.DPIR's construction (HQS iterator, PnP prior, L2 fidelity), with its schedule
+    # (get_DPIR_params: σ_k log-spaced 49/255 → σ_y, stepsize (σ_k / max(0.01, σ_y))² / 0.23)
+    # stretched to `steps` iterations (its own is 8)
+    sig = torch.logspace(math.log10(49 / 255), math.log10(s_y), steps, dtype=torch.float64)
+    pnp = _dpir.PnP(denoiser=_Denoiser())
+    model = _dpir.BaseOptim(_dpir.create_iterator("HQS", prior=pnp, cost_fn=None, g_first=False), max_iter=steps,
+                            data_fidelity=_dpir.L2(), prior=pnp, early_stop=False,
+                            params_algo={"stepsize": ((sig / max(0.01, s_y)) ** 2 / 0.23).tolist(),
+                                         "g_param": sig.tolist()})
+    with torch.no_grad():
+        x = model(y.to(torch.float64), operator)
+    if callback is not None:
+        callback(steps - 1, x, x)
     return x.to(y.dtype)
