@@ -44,7 +44,6 @@ import math
 import os
 import platform
 import subprocess
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,7 +203,7 @@ def test_paper_preset_runs_at_tiny_size(preset, ffhq_files, tmp_path, monkeypatc
     published = bench.config(f"benchmark={preset}").benchmark.published.get(s["solver"])
     if published:
         assert s["published"] == dict(published)
-        assert f"| psnr |" in (tmp_path / "run" / "summary.md").read_text()
+        assert "| psnr |" in (tmp_path / "run" / "summary.md").read_text()
         assert f"| {published['psnr']} |" in (tmp_path / "run" / "summary.md").read_text()
 
 
