@@ -53,3 +53,35 @@ def test_tv_deblurs_a_noisy_blur_whose_pseudo_inverse_explodes():
     mri = O.SingleCoilMRI(O.FastMRIMask("random", [0.08], [4]), (1, 64, 64), seed=0)
     ym = mri.measure(x, O.GaussianNoise(0.01), generator=torch.Generator().manual_seed(0))
     assert torch.equal(_start(mri, ym), mri.A_dagger(ym))  # well-conditioned: A⁺y, as before
+
+
+def test_dpir_is_deepinvs_dpir_with_the_priors_denoiser():
+    """At deepinv's 8 iterations our DPIR baseline is deepinv.optim.DPIR with the same denoiser;
+    more iterations stretch its schedule and fit better; nonlinear operators are refused."""
+    from deepinv.optim import DPIR
+
+    from invdiff.priors import CountingPrior
+    from invdiff.priors.analytic import smooth_gaussian
+    from invdiff.solvers.baselines import dpir
+
+    shape = (1, 8, 8)
+    prior = smooth_gaussian(shape)
+    op = O.Inpainting(O.masks.RandomPixelMask(0.5), shape, seed=0)
+    x = prior.sample(2, torch.Generator().manual_seed(0))
+    y = op.measure(x, O.GaussianNoise(0.05), generator=torch.Generator().manual_seed(1))
+
+    class Den(torch.nn.Module):
+        def forward(self, v, sigma, *args, **kwargs):
+            s = float(torch.as_tensor(sigma).reshape(-1)[0]) * prior.scale
+            return prior.to_physical(prior.denoiser(prior.to_model(v.double()), s)).to(v.dtype)
+
+    theirs = DPIR(sigma=0.05, denoiser=Den())(y, op)
+    counted = CountingPrior(prior)
+    ours = dpir(y, op, counted, sigma_y=0.05)
+    assert counted.calls == 8 and torch.allclose(ours, theirs.to(ours.dtype), atol=1e-6)
+    longer = dpir(y, op, prior, sigma_y=0.05, steps=30)
+    assert ((longer - x) ** 2).mean() < ((ours - x) ** 2).mean() * 1.5  # a longer schedule is no worse
+    with pytest.raises(ValueError, match="steps"):
+        dpir(y, op, prior, sigma_y=0.05, steps=0)
+    with pytest.raises(Exception, match="dpir"):
+        dpir(y, O.HDR((1, 8, 8)), prior, sigma_y=0.05)
