@@ -124,14 +124,24 @@ def prepare(cfg: DictConfig) -> DictConfig:
                     cfg.solver[k] = v
                     applied[k] = OmegaConf.to_container(v) if isinstance(v, DictConfig) else v
         cfg.bench_run.preset_settings = applied
+        if b.get("kind", "images") == "gmm" and _on_cpu(cfg) and (b.get("cpu") or {}).get("gmm"):
+            cfg.benchmark.gmm = OmegaConf.merge(b.gmm, b.cpu.gmm)  # the effective problem set
     return cfg
 
 
+#: Parts of the preset that do not change a run's results once :func:`prepare` has merged them
+#: (the effective solver settings are in ``solver``), left out of the run's hash.
+PRESET_TEXT_KEYS = ("cpu", "solvers", "tune", "published", "published_source", "task", "requires", "noise_convention")
+
+
 def run_hash(cfg: DictConfig) -> str:
-    """Hash of everything that determines the results (not resume/progress/device/...)."""
+    """Hash of everything that determines the results (not resume/progress/device/..., nor the
+    preset's descriptions, other solvers' settings or caps)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     for k in RUNTIME_KEYS:
         c.pop(k, None)
+    for k in PRESET_TEXT_KEYS:
+        c.get("benchmark", {}).pop(k, None)
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -34,14 +34,13 @@ def problem_ids(spec) -> list[tuple[str, int, int, int]]:
 
 def run_gmm(cfg: DictConfig, out_dir: Path) -> dict:
     from .api import generator_of, solver_name, solver_settings
-    from .bench import _check_resume, _on_cpu, run_hash
+    from .bench import _check_resume, run_hash
     from .data.results import is_complete, remove_stale_temporaries, write_sample
     from .exact_posterior import evaluate, mcgdiff_gmm_case
     from .priors import CountingPrior
     from .solvers import check_call
 
-    spec = OmegaConf.merge(cfg.benchmark.gmm, (cfg.benchmark.get("cpu") or {}).get("gmm") or {}) \
-        if _on_cpu(cfg) else cfg.benchmark.gmm
+    spec = cfg.benchmark.gmm  # (prepare merged the CPU caps in)
     n = int(spec.n)
     if n < 2 or int(spec.problems) < 1:
         raise AppError(f"benchmark.gmm needs n >= 2 samples and problems >= 1, got n={n}, problems={spec.problems}")
