@@ -47,7 +47,8 @@ class GaussianMixturePrior(Prior):
     :param means: ``[K, d]`` (or ``[K, *shape]``).
     :param weights: ``[K]``, positive (normalised here).
     :param covs: a scalar (isotropic, shared), ``[K]`` (isotropic per component), ``[K, d]``
-        (diagonal) or ``[K, d, d]`` (full, symmetric positive semi-definite).
+        (diagonal), ``[K, d, d]`` (full, symmetric positive semi-definite) or ``[1, d, d]`` (one full
+        covariance shared by all components: decomposed once).
     :param shape: event shape (default ``(d,)``); e.g. ``(1, 8, 8)`` for images.
     """
 
@@ -72,6 +73,13 @@ class GaussianMixturePrior(Prior):
             if not bool((covs >= 0).all()):
                 raise ValueError("covariances must be >= 0")
             Q, lam = None, covs
+        elif covs.shape == (1, d, d) and K > 1:  # shared: one eigendecomposition, viewed K times
+            if not torch.allclose(covs, covs.transpose(1, 2), atol=1e-10 * float(covs.abs().max())):
+                raise ValueError("full covariances must be symmetric")
+            lam, Q = torch.linalg.eigh(covs)
+            if bool((lam < -1e-9 * lam.abs().amax(1, keepdim=True)).any()):
+                raise ValueError("full covariances must be positive semi-definite")
+            lam, Q = lam.clamp_min(0.0).expand(K, d), Q.expand(K, d, d)
         elif covs.shape == (K, d, d):
             if not torch.allclose(covs, covs.transpose(1, 2), atol=1e-10 * float(covs.abs().max())):
                 raise ValueError("full covariances must be symmetric")
@@ -92,6 +100,8 @@ class GaussianMixturePrior(Prior):
         """Model-space ``[K, d, d]`` covariances."""
         if self.Q is None:
             return torch.diag_embed(self.lam)
+        if self.Q.stride(0) == 0:  # one shared covariance
+            return ((self.Q[0] * self.lam[0][None, :]) @ self.Q[0].T).expand(self.K, self.d, self.d)
         return self.Q @ torch.diag_embed(self.lam) @ self.Q.transpose(1, 2)
 
     def mean(self) -> Tensor:
@@ -117,13 +127,22 @@ class GaussianMixturePrior(Prior):
         if self.Q is None:
             z = z * self.lam[k].sqrt()
         else:  # the symmetric square root is unique, unlike eigenvectors: same draws on any BLAS/thread count
-            z = (self._sqrt_cov()[k] @ z[:, :, None])[:, :, 0]
+            root = self._sqrt_cov()
+            out = torch.empty_like(z)
+            for c in torch.unique(k).tolist():  # one [n_c, d] @ [d, d] product per component, not n d×d gathers
+                sel = k == c
+                out[sel] = z[sel] @ root[c].T
+            z = out
         return self.to_physical(self.means[k] + z).reshape(n, *self.shape)
 
     def _sqrt_cov(self) -> Tensor:
         """``Σ_k^{1/2} = Q diag(√λ) Qᵀ`` ``[K, d, d]`` (computed once)."""
         if getattr(self, "_sqrt", None) is None or self._sqrt.device != self.Q.device:
-            self._sqrt = (self.Q * self.lam.clamp_min(0).sqrt()[:, None, :]) @ self.Q.transpose(1, 2)
+            if self.Q.stride(0) == 0:  # one shared covariance
+                root = (self.Q[0] * self.lam[0].clamp_min(0).sqrt()[None, :]) @ self.Q[0].T
+                self._sqrt = root.expand(self.K, self.d, self.d)
+            else:
+                self._sqrt = (self.Q * self.lam.clamp_min(0).sqrt()[:, None, :]) @ self.Q.transpose(1, 2)
         return self._sqrt
 
     # -- denoiser -----------------------------------------------------------------------------
@@ -178,7 +197,10 @@ class GaussianMixturePrior(Prior):
             raise ValueError(f"y has {yv.numel()} entries but the operator measures {A.shape[0]}")
         # Physical-space prior: x_phys = (x_model − offset)/scale.
         mu = (self.means - self.offset) / self.scale
-        covs = self.cov_matrices() / self.scale**2
+        # components sharing one isotropic/diagonal covariance share the posterior covariance and
+        # gain too: computed once (d = 800, K = 25: seconds instead of minutes)
+        shared = self.Q is None and bool((self.lam == self.lam[:1]).all())
+        covs = (torch.diag_embed(self.lam[:1]) if shared else self.cov_matrices()) / self.scale**2
         AS = A[None] @ covs  # [K, m, d]
         S = AS @ A.T[None] + sigma_y**2 * torch.eye(A.shape[0], dtype=torch.float64)
         L = torch.linalg.cholesky(S)
@@ -190,13 +212,14 @@ class GaussianMixturePrior(Prior):
         I_KA = torch.eye(self.d, dtype=torch.float64) - gain @ A
         cov_post = I_KA @ covs @ I_KA.transpose(1, 2) + sigma_y**2 * gain @ gain.transpose(1, 2)
         cov_post = 0.5 * (cov_post + cov_post.transpose(1, 2))
-        w = torch.cholesky_solve(resid[:, :, None], L)[:, :, 0]
+        w = torch.cholesky_solve(resid[:, :, None], L.expand(resid.shape[0], *L.shape[1:]))[:, :, 0]
         log_det = 2 * torch.log(torch.diagonal(L, dim1=1, dim2=2)).sum(1)
         log_w = self.weights.log() - 0.5 * (resid * w).sum(1) - 0.5 * log_det
         weights = torch.softmax(log_w, 0)
         keep = weights > 1e-300  # drop components with zero posterior mass
         return GaussianMixturePrior(
-            mu_post[keep] * self.scale + self.offset, weights[keep], cov_post[keep] * self.scale**2,
+            mu_post[keep] * self.scale + self.offset, weights[keep],
+            (cov_post if shared and int(keep.sum()) > 1 else cov_post.expand(self.K, -1, -1)[keep]) * self.scale**2,
             shape=self.shape, data_range=self.data_range, model_range=self.model_range,
         )
 
