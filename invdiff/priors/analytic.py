@@ -161,9 +161,23 @@ class GaussianMixturePrior(Prior):
         self.check_input(x)
         sig = per_sample_sigma(sigma, x).reshape(-1, 1).to(torch.float64)
         flat = x.reshape(x.shape[0], -1).to(torch.float64)
-        log_resp, cond_means = self._log_resp_and_means(flat, sig**2)
-        out = (log_resp.exp()[:, :, None] * cond_means).sum(1)
+        if self.Q is None and bool((self.lam == self.lam[:, :1]).all()):
+            out = self._isotropic_denoiser(flat, sig**2)
+        else:
+            log_resp, cond_means = self._log_resp_and_means(flat, sig**2)
+            out = (log_resp.exp()[:, :, None] * cond_means).sum(1)
         return out.reshape(x.shape).to(x.dtype)
+
+    def _isotropic_denoiser(self, x: Tensor, sigma2: Tensor) -> Tensor:
+        """E[x₀ | x] for components N(μ_k, c_k I), without [B, K, d] temporaries: with
+        v_k = c_k + σ² and a_k = c_k / v_k, p(k | x) ∝ π_k v_k^{−d/2} exp(−‖x − μ_k‖² / 2v_k) and
+        E[x₀ | x] = Σ_k p(k | x) ((1 − a_k) μ_k + a_k x) — two [B, d] × [d, K] products."""
+        c = self.lam[:, 0][None]  # [1, K]
+        v = c + sigma2  # [B, K]
+        dist2 = ((x * x).sum(1, keepdim=True) - 2 * x @ self.means.T + (self.means**2).sum(1)[None]).clamp_min(0)
+        log_resp = torch.log_softmax(self.weights.log()[None] - 0.5 * dist2 / v - 0.5 * self.d * torch.log(v), dim=1)
+        r, a = log_resp.exp(), c / v
+        return (r * (1 - a)) @ self.means + (r * a).sum(1, keepdim=True) * x
 
     def log_prob(self, x_phys: Tensor) -> Tensor:
         """Exact log-density (physical units) of ``[B, *shape]`` points -> ``[B]``."""
