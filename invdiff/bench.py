@@ -461,8 +461,8 @@ def _image_table(runs, command) -> str:
              f"Noise: {r0['noise_convention']}" + (f" (paper: {r0['paper_noise_convention']})" if r0.get("paper_noise_convention") else "")
              + f". {r0['images']} test image(s), {r0['num_samples']} draw(s) each; scores are mean ± std over images, "
              "each the average over draws (never best-of-N); [95 % interval of the mean].", "",
-             "| run | NFE | s / image | " + " | ".join(present) + " | published |",
-             "|---|---|---|" + "---|" * len(present) + "---|"]
+             "| run | preset settings (task values, CPU caps) | NFE | s / image | " + " | ".join(present) + " | published |",
+             "|---|---|---|---|" + "---|" * len(present) + "---|"]
     for r in runs:
         m = r["metrics"]
         cells = []
@@ -475,8 +475,9 @@ def _image_table(runs, command) -> str:
         nfe = m.get("nfe", {}).get("mean")
         sec = m.get("seconds", {}).get("mean")
         pub = ", ".join(f"{k} {v}" for k, v in (r.get("published") or {}).items())
-        lines.append(f"| {r['label']} | {nfe:.0f} | {sec:.2f} | " + " | ".join(cells) + f" | {pub} |"
-                     if nfe is not None else f"| {r['label']} | – | – | " + " | ".join(cells) + f" | {pub} |")
+        preset = ", ".join(f"{k} {v}" for k, v in (r.get("preset_settings") or {}).items()) or "–"
+        lines.append(f"| {r['label']} | {preset} | {nfe:.0f} | {sec:.2f} | " + " | ".join(cells) + f" | {pub} |"
+                     if nfe is not None else f"| {r['label']} | {preset} | – | – | " + " | ".join(cells) + f" | {pub} |")
     return "\n".join(line for line in lines) + "\n"
 
 

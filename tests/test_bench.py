@@ -139,7 +139,7 @@ def test_sweep_writes_one_table_and_an_efficiency_plot(tmp_path, monkeypatch):
     root = tmp_path / "smoke"
     table = (root / "table.md").read_text()
     for run, nfe in (("ddrm", 3), ("ddrm", 6), ("ddnm", 3), ("ddnm", 6)):
-        assert f"| {run}/data.n=1,solver.steps={nfe} | {nfe} |" in table
+        assert f"| {run}/data.n=1,solver.steps={nfe} | – | {nfe} |" in table
     assert (root / "psnr_vs_nfe.png").stat().st_size > 1000
     text = bench.table(root, tmp_path / "t.md", tmp_path / "p.png", command="x")
     assert text == (tmp_path / "t.md").read_text() and "Command: `x`" in text
@@ -152,6 +152,22 @@ def test_command_line_errors(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["invdiff-bench", "table", "/nonexistent/dir"])
     with pytest.raises(SystemExit, match="no summary.json"):
         bench.main()
+
+
+SELF_CONTAINED = ["phantom64_mri4x", "phantom64_mri8x", "phantom64_mc_mri4x", "phantom64_phase_retrieval",
+                  "patches64_inpaint", "patches64_deblur", "patches64_sr2"]
+
+
+@pytest.mark.parametrize("preset", SELF_CONTAINED)
+def test_self_contained_presets_run_and_have_a_validation_split(preset, tmp_path):
+    cfg = bench.config(f"benchmark={preset}", "benchmark.cpu.max_images=1", "solver.steps=2", "num_samples=1", *FAST)
+    s = bench.run(cfg, tmp_path / "test")
+    assert s["images"] == 1 and math.isfinite(s["metrics"]["psnr"]["mean"]) and s["benchmark"] == preset
+    from invdiff.app import setup
+
+    val = {it.sample.id for it in setup(bench.prepare(bench.config(f"benchmark={preset}", "data.split=val"))).items}
+    test = {it.sample.id for it in setup(bench.prepare(bench.config(f"benchmark={preset}"))).items}
+    assert len(test) == 8 and len(val) >= 8 and not val & test  # tuning never sees a test image
 
 
 # ---------------------------------------------------------------------------------------------
