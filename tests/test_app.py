@@ -4,11 +4,7 @@ contract allows, the promised error messages, result files, resume after a kill,
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +18,7 @@ import invdiff
 from invdiff.api import reconstruct, sample_seed
 from invdiff.app import AppError, choices, rerun, run
 from invdiff.cli import explain_overrides, main
+from crash import kill_and_resume
 from invdiff.data.results import is_complete, read_sample
 from invdiff.priors.analytic import smooth_gaussian
 
@@ -365,19 +362,5 @@ def test_multirun_sweep_summarises_all_runs(tmp_path, monkeypatch, clean_hydra):
 def test_a_killed_run_loses_nothing_and_resumes(tmp_path):
     cmd = [sys.executable, "-m", "invdiff.cli", "data.n=5", "num_samples=1", "solver.steps=40", "progress=false",
            "figures=false", f"hydra.run.dir={tmp_path}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    samples = tmp_path / "samples"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(samples.glob("*.h5"))) < 2:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = sorted(samples.glob("*.h5"))
-    assert 2 <= len(done) < 5, "the run finished before it could be killed: raise data.n or solver.steps"
-    assert all(is_complete(p) for p in done)  # finished samples are whole; nothing half-written under a final name
-    first = {p.name: p.read_bytes() for p in done}
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert len(list(samples.glob("*.h5"))) == 5 and not list(samples.glob(".*"))
-    assert all((samples / n).read_bytes() == b for n, b in first.items())  # kept, not recomputed
+    kill_and_resume(cmd, tmp_path / "samples", total=5)
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 1 + 5

@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -20,7 +16,8 @@ from hydra.core.global_hydra import GlobalHydra
 
 from invdiff import bench
 from invdiff.app import AppError, choices
-from invdiff.data.results import is_complete, read_sample
+from crash import kill_and_resume
+from invdiff.data.results import read_sample
 from invdiff.metrics import coverage, interval95, z_scores
 
 FAST = ["progress=false", "figures=false"]
@@ -111,21 +108,7 @@ def test_a_run_directory_of_another_configuration_is_refused(smoke):
 def test_a_killed_benchmark_loses_nothing_and_resumes(tmp_path):
     cmd = [sys.executable, "-m", "invdiff.bench", "benchmark=smoke", "data.n=5", "solver.steps=60", *FAST,
            f"hydra.run.dir={tmp_path}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    samples = tmp_path / "samples"
-    deadline = time.time() + 180
-    while time.time() < deadline and len(list(samples.glob("*.h5"))) < 2:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = sorted(samples.glob("*.h5"))
-    assert 2 <= len(done) < 5, "the run finished before it could be killed: raise data.n or solver.steps"
-    assert all(is_complete(p) for p in done)
-    first = {p.name: p.read_bytes() for p in done}
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert len(list(samples.glob("*.h5"))) == 5 and not list(samples.glob(".*"))
-    assert all((samples / n).read_bytes() == b for n, b in first.items())  # kept, not recomputed
+    kill_and_resume(cmd, tmp_path / "samples", total=5)
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["images"] == 5 and s["metrics"]["psnr"]["n"] == 5
 
