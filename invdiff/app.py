@@ -334,7 +334,7 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, metrics_fn=None
 
     ``metrics_fn(op, prior, x_true, rec, base, y, sigma_y)`` replaces the app's per-sample metrics
     (the benchmark runner's); ``extra`` adds attributes to the sample file."""
-    from .api import generator_of, reconstruct, sample_seed, solver_name, solver_settings
+    from .api import generator_of, reconstruct, sample_seed, solver_name
     from .data.figures import sample_figure
     from .data.results import write_sample
 
@@ -362,8 +362,7 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, metrics_fn=None
     m["peak_memory_mb"], memory_kind = peak_memory_mb(dev)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     saved_op = op.to_dict()
-    settings = {k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else repr(v))
-                for k, v in solver_settings(job.solver).items()}
+    settings = plain_settings(job.solver)
     record = {
         "x_hat": x_hat[0], "samples": draws, "y": y[0],
         "id": s.id, "seed": int(cfg.seed), "noise_seed": noise_seed, "solver_seeds": json.dumps(rec.seeds[0]),
@@ -399,6 +398,14 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, metrics_fn=None
                       data_range=job.prior.data_range, title=f"{s.id}: {op.describe()}")
     path = write_sample(out_dir / "samples" / f"{s.id}.h5", record, trees={"operator": saved_op})
     return path, m
+
+
+def plain_settings(solver) -> dict:
+    """The solver's settings as JSON-able values (anything else as its repr), for result files."""
+    from .api import solver_settings
+
+    return {k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else repr(v))
+            for k, v in solver_settings(solver).items()}
 
 
 def _versions() -> dict:

@@ -183,9 +183,9 @@ def image_metrics(op, prior, x_true, rec, base, y, sigma_y, *, best_of: bool = F
     if n > 1 and float(draws.std(0).max()) > 0:  # (a deterministic method has no spread to calibrate)
         m["psnr_mean"] = M.psnr(show(clip(rec.mean)), show(x_true), rng)[0]
         m["ssim_mean"] = M.ssim(show(clip(rec.mean)), show(x_true), rng)[0]
-        cov = M.coverage(show(draws) if cplx else draws, show(x_true)[0] if cplx else x_true[0])
+        cov = M.coverage(show(draws), show(x_true)[0])
         m.update({f"coverage_{round(100 * k)}": v for k, v in cov.items()})
-        z = M.z_scores(show(draws) if cplx else draws, show(x_true)[0] if cplx else x_true[0])
+        z = M.z_scores(show(draws), show(x_true)[0])
         from scipy.stats import t as student_t
 
         z = z[~torch.isnan(z)].abs()  # median |z| over its calibrated value (t_{N-1} quartile): 1 = calibrated

@@ -33,7 +33,7 @@ def problem_ids(spec) -> list[tuple[str, int, int, int]]:
 
 
 def run_gmm(cfg: DictConfig, out_dir: Path) -> dict:
-    from .api import generator_of, solver_name, solver_settings
+    from .api import generator_of, solver_name
     from .bench import _check_resume, run_hash
     from .data.results import is_complete, remove_stale_temporaries, write_sample
     from .exact_posterior import evaluate, mcgdiff_gmm_case
@@ -56,8 +56,7 @@ def run_gmm(cfg: DictConfig, out_dir: Path) -> dict:
         _check_resume(out_dir, digest)
     remove_stale_temporaries(out_dir / "samples")
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    settings = {k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else repr(v))
-                for k, v in solver_settings(solver).items()}
+    settings = app.plain_settings(solver)
     todo = [i for i in ids if not (cfg.get("resume", True) and is_complete(out_dir / "samples" / f"{i[0]}.h5"))]
     log.info("benchmark %s: solver %s %s; %d problem(s), %d to do, %d samples each", cfg.benchmark.name,
              cfg.bench_run.solver, settings, len(ids), len(todo), n)

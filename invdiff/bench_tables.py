@@ -128,7 +128,7 @@ def _set_metrics(files, inception) -> dict:
         r = read_sample(f)
         if "x_true" not in r:
             return {}
-        lo, hi = json.loads(r["prior"] if isinstance(r["prior"], str) else json.dumps(r["prior"]))["data_range"]
+        lo, hi = r["prior"]["data_range"]  # (read_sample decodes the JSON)
         xs.append(np.clip((r["samples"][0] - lo) / (hi - lo), 0, 1))
         ts.append(np.clip((r["x_true"] - lo) / (hi - lo), 0, 1))
     out = perceptual_metrics(torch.from_numpy(np.stack(xs)).float(), torch.from_numpy(np.stack(ts)).float(),

@@ -68,6 +68,16 @@ class SolverDivergedError(FloatingPointError):
 # --------------------------------------------------------------------------------------------
 # σ grids shared by the VP-paper solvers
 # --------------------------------------------------------------------------------------------
+def svd_condition(operator) -> float | None:
+    """Span max/min of the operator's nonzero singular values, or ``None`` without an exact SVD
+    (or with no nonzero one). Above ~10³ a step through A⁺ amplifies y's noise (a blur)."""
+    if "svd" not in operator.capabilities:
+        return None
+    sv = operator.singular_values.detach().to("cpu", torch.float64)
+    sv = sv[sv > 0]
+    return float(sv.max() / sv.min()) if sv.numel() else None
+
+
 def vp_sigmas(prior: Prior, steps: int, schedule=None, spacing: str = "uniform") -> list[float]:
     """EDM-form σ of ``steps`` respaced VP timesteps (the prior's own VP schedule, else DDPM's
     linear T = 1000), decreasing, starting at the largest step the prior covers, then a final 0.

@@ -9,6 +9,8 @@ from torch import Tensor
 
 from operators import require
 
+from ._common import svd_condition
+
 
 def pinv(y: Tensor, operator, prior=None, *, sigma_y=0.0, steps: int = 1, generator=None, callback=None) -> Tensor:
     """The operator's pseudo-inverse ``A⁺y`` (truncated SVD, closed form, or CG): the zero-filled
@@ -46,11 +48,9 @@ def _start(operator, y: Tensor) -> Tensor:
     span less than 10³ (MRI, inpainting, SR: the pseudo-inverse is a fair image), otherwise the
     Tikhonov solution ``(AᵀA + I)⁻¹Aᵀy`` = ``prox_l2(0, y, 1)`` (a blur's A⁺y amplifies the noise
     without bound, and Chambolle–Pock would spend its iterations undoing that)."""
-    if "svd" in operator.capabilities and "pinv" in operator.capabilities:
-        s = operator.singular_values.to(torch.float64)
-        s = s[s > 0]
-        if s.numel() and float(s.max() / s.min()) < 1e3:
-            return operator.A_dagger(y)
+    cond = svd_condition(operator)
+    if "pinv" in operator.capabilities and cond is not None and cond < 1e3:
+        return operator.A_dagger(y)
     return operator.prox_l2(torch.zeros_like(operator.A_adjoint(y)), y, 1.0)
 
 

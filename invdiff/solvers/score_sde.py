@@ -55,7 +55,7 @@ import math
 from torch import Tensor
 
 from ..priors.schedules import geometric_sigma_grid
-from ._common import Callback, Problem, setup
+from ._common import Callback, Problem, setup, svd_condition
 
 
 def _project(pb: Problem, x: Tensor, lam: float, sigma: float, noisy: bool) -> Tensor:
@@ -87,16 +87,14 @@ def score_sde(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 2000, gen
         raise ValueError(f"score_sde: need 0 < lam <= 1, snr > 0, corrector_steps >= 0; got {lam}, {snr}, {corrector_steps}")
     pb = setup("score_sde", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator,
                callback=callback, needs=["linear", "pinv"], autocast=autocast, compile=compile)
-    if "svd" in operator.capabilities and float(sigma_y if isinstance(sigma_y, (int, float)) else 1.0) > 0:
-        sv = operator.singular_values.detach().to("cpu", float)
-        sv = sv[sv > 0]
-        if sv.numel() and float(sv.max() / sv.min()) > 1e3:  # e.g. a blur: A⁺ amplifies y's noise
-            import warnings
+    cond = svd_condition(operator)
+    if cond is not None and cond > 1e3 and float(sigma_y if isinstance(sigma_y, (int, float)) else 1.0) > 0:
+        import warnings  # e.g. a blur: A⁺ amplifies y's noise
 
-            warnings.warn(f"score_sde: its projection x + λ A⁺(y − A x) amplifies the measurement noise by up to "
-                          f"1/s_min = {1 / float(sv.min()):.3g} on {type(operator).__name__} (singular values span "
-                          f"{float(sv.max() / sv.min()):.3g}); expect noise-dominated results — it is meant for "
-                          "well-conditioned operators such as MRI masks. Use lam < 1 or another solver.", stacklevel=2)
+        warnings.warn(f"score_sde: its projection x + λ A⁺(y − A x) amplifies the measurement noise by up to "
+                      f"1/s_min on {type(operator).__name__} (singular values span {cond:.3g}); expect "
+                      "noise-dominated results — it is meant for well-conditioned operators such as MRI masks. "
+                      "Use lam < 1 or another solver.", stacklevel=2)
     lo = max(sigma_min, prior.sigma_min) if prior.sigma_min > 0 else sigma_min
     hi = min(sigma_max, prior.sigma_max)
     sigmas = geometric_sigma_grid(steps, lo, hi).tolist() + [0.0]
