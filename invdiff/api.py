@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -22,6 +23,40 @@ import torch
 from torch import Tensor
 
 from .priors.base import CountingPrior, Prior
+
+log = logging.getLogger("invdiff")
+
+
+class OutOfMemory(MemoryError):
+    """A batch of solves did not fit in memory; the message says which batch size to try."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocator's out-of-memory error (CUDA, MPS or the CPU allocator)."""
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return True
+    text = str(err).lower()
+    return any(s in text for s in ("out of memory", "can't allocate memory", "not enough memory",
+                                   "failed to allocate"))
+
+
+def _free_cache(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _oom_message(n: int, device: torch.device, auto: bool, err: BaseException) -> str:
+    first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    if auto or n == 1:
+        return (f"out of memory on {device} solving a single draw ({first}). The problem itself does not fit: "
+                f"use a smaller image or tile it (invdiff.tiling), gradient checkpointing (solver.checkpoint=true "
+                f"for the gradient-based solvers), or another device.")
+    return (f"out of memory on {device} solving {n} draws at once ({first}). Set batch_size={max(1, n // 2)} "
+            f"(or batch_size=auto, which halves the batch until it fits; the draws do not change), or turn on "
+            f"gradient checkpointing (solver.checkpoint=true) for the gradient-based solvers.")
 
 
 def sample_seed(seed: int, sample_id: str, stream: str) -> int:
@@ -93,23 +128,38 @@ def reconstruct(y: Tensor, operator, prior: Prior, solver: str | Callable = "pig
     :param num_samples: posterior draws per item (mean and per-pixel std from them).
     :param seed: base seed; draw k of item i uses ``sample_seed(seed, ids[i], f"solver/{k}")``.
     :param ids: one name per item (default ``"0"``, ``"1"``, …): seeds follow names, not positions.
-    :param batch_size: solves per solver call (default all ``B × num_samples`` at once).
+    :param batch_size: solves per solver call (default all ``B × num_samples`` at once), or
+        ``"auto"``: start with all and halve on an out-of-memory error until a batch fits (the
+        draws do not depend on it, DESIGN.md). With a number, running out of memory raises
+        :class:`OutOfMemory`, whose message names the batch size to try.
     :param progress: a ``tqdm`` bar to advance once per solver step, ``True`` for a new one, or None.
     :param solver_kwargs: settings passed to the solver (override a partial's).
     """
+    from .solvers._common import check_measurement
+
     fn = solver_of(solver)
     if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    # y and σ_y checked here too, before any solve: a user's callable (or a baseline) may not check them
+    check_measurement(solver_name(fn), y, operator)
     B = y.shape[0]
     ids = [str(i) for i in range(B)] if ids is None else [str(i) for i in ids]
     if len(ids) != B or len(set(ids)) != B:
         raise ValueError(f"ids must name the {B} items of the batch uniquely, got {ids}")
-    sig = torch.as_tensor(sigma_y, dtype=torch.float64)
+    try:
+        sig = torch.as_tensor(sigma_y, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"sigma_y must be a float or one value per item, got {sigma_y!r}") from err
     if sig.ndim > 1 or (sig.ndim == 1 and sig.shape[0] != B):
         raise ValueError(f"sigma_y must be a float or one value per item ([{B}]), got shape {list(sig.shape)}")
     sig = sig.expand(B) if sig.ndim == 0 else sig
+    if not bool(torch.isfinite(sig).all()) or bool((sig < 0).any()):
+        raise ValueError(f"sigma_y must be finite and >= 0, got {sigma_y}")
     jobs = [(i, k) for i in range(B) for k in range(int(num_samples))]
-    chunk = len(jobs) if batch_size is None else int(batch_size)
+    auto = batch_size == "auto"
+    if not (batch_size is None or auto or (isinstance(batch_size, int) and not isinstance(batch_size, bool))):
+        raise ValueError(f"batch_size must be a positive integer, 'auto' or None, got {batch_size!r}")
+    chunk = len(jobs) if batch_size is None or auto else int(batch_size)
     if chunk < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     seeds = [[sample_seed(seed, ids[i], f"solver/{k}") for k in range(int(num_samples))] for i in range(B)]
@@ -130,15 +180,29 @@ def reconstruct(y: Tensor, operator, prior: Prior, solver: str | Callable = "pig
     out = [[None] * int(num_samples) for _ in range(B)]
     calls, t0 = [], time.perf_counter()
     try:
-        for start in range(0, len(jobs), chunk):
+        start = 0
+        while start < len(jobs):
             part = jobs[start : start + chunk]
             idx = torch.tensor([i for i, _ in part], device=y.device)
             gens = [torch.Generator().manual_seed(seeds[i][k]) for i, k in part]
             before = counting.calls
-            x = fn(y[idx], operator, counting, sigma_y=sig[idx.cpu()], generator=gens, callback=callback, **solver_kwargs)
+            try:
+                x = fn(y[idx], operator, counting, sigma_y=sig[idx.cpu()], generator=gens, callback=callback,
+                       **solver_kwargs)
+            except (RuntimeError, MemoryError) as err:
+                if not is_out_of_memory(err):
+                    raise
+                x = None  # drop the references into the failed batch before freeing
+                _free_cache(y.device)
+                if auto and len(part) > 1:
+                    chunk = max(1, len(part) // 2)
+                    log.info("out of memory with %d draws at once on %s; trying %d", len(part), y.device, chunk)
+                    continue
+                raise OutOfMemory(_oom_message(len(part), y.device, auto, err)) from err
             calls.append(counting.calls - before)
             for (i, k), xi in zip(part, x):
                 out[i][k] = xi
+            start += len(part)
     finally:
         if own_bar:
             bar.close()

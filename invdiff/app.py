@@ -39,7 +39,8 @@ from operators import CapabilityError
 log = logging.getLogger("invdiff")
 
 GROUPS = ("operator", "noise", "prior", "solver", "data", "experiment")
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError, CapabilityError, FloatingPointError)
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError, CapabilityError, FloatingPointError,
+               MemoryError)  # invdiff.api.OutOfMemory: says which batch size to try
 
 
 class AppError(ValueError):
@@ -77,12 +78,15 @@ def build(node: DictConfig, what: str):
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` → cuda when present, else cpu; under torchrun ``cuda`` is ``cuda:LOCAL_RANK``."""
+    from . import distributed
+
     if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise AppError(f"device={name} was asked for, but torch sees no CUDA device; use device=cpu or device=auto")
-    return dev
+    return distributed.device(dev)
 
 
 def _is_mri(op) -> bool:
@@ -201,8 +205,10 @@ def setup(cfg: DictConfig) -> Job:
     device = resolve_device(cfg.get("device", "auto"))
     for key in ("num_samples", "batch_size"):
         v = cfg.get(key)
+        if key == "batch_size" and v == "auto":
+            continue
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise AppError(f"{key} must be a positive integer, got {v!r}")
+            raise AppError(f"{key} must be a positive integer{' or auto' if key == 'batch_size' else ''}, got {v!r}")
     if cfg.get("baseline", "auto") not in ("auto", "pinv", "adjoint", "none"):
         raise AppError(f"baseline must be auto, pinv, adjoint or none, got {cfg.baseline!r}")
     operator = build(cfg.operator, "operator") if cfg.get("operator") is not None else None
@@ -352,7 +358,7 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, metrics_fn=None
     base, base_name = _baseline(op, y, cfg.get("baseline", "auto"))
     _peak_memory_reset(dev)
     rec = reconstruct(y, op, job.prior, job.solver, sigma_y=item.sigma_y, num_samples=int(cfg.num_samples),
-                      seed=int(cfg.seed), ids=[s.id], batch_size=int(cfg.batch_size), progress=bar)
+                      seed=int(cfg.seed), ids=[s.id], batch_size=_batch_size(cfg.batch_size), progress=bar)
     x_hat, draws = rec.mean, rec.samples[0]
     if metrics_fn is None:
         m = _metrics(op, job.prior, x_true, x_hat, draws, base, y, item.sigma_y, rec.nfe, rec.seconds)
@@ -366,7 +372,7 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, metrics_fn=None
     record = {
         "x_hat": x_hat[0], "samples": draws, "y": y[0],
         "id": s.id, "seed": int(cfg.seed), "noise_seed": noise_seed, "solver_seeds": json.dumps(rec.seeds[0]),
-        "num_samples": int(cfg.num_samples), "batch_size": int(cfg.batch_size),
+        "num_samples": int(cfg.num_samples), "batch_size": str(cfg.batch_size),
         "solver": solver_name(job.solver), "solver_settings": json.dumps(settings),
         "prior": json.dumps(_prior_record(job.prior, cfg)),
         "sigma_y": float(item.sigma_y), "noise": repr(job.noise) if mode == "synthetic" else "measured",
@@ -400,6 +406,10 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, metrics_fn=None
     return path, m
 
 
+def _batch_size(v):
+    return "auto" if str(v) == "auto" else int(v)
+
+
 def plain_settings(solver) -> dict:
     """The solver's settings as JSON-able values (anything else as its repr), for result files."""
     from .api import solver_settings
@@ -426,15 +436,15 @@ def _versions() -> dict:
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Reconstruct every sample of ``cfg.data`` into ``out_dir``; returns the summary
     (``metrics.json``'s content). Samples whose file already exists are skipped (``resume``)."""
+    from . import distributed
     from .api import solver_name, solver_settings
-    from .data.results import is_complete, remove_stale_temporaries, summarize
+    from .data.results import summarize
 
     job = setup(cfg)
     out_dir = Path(out_dir)
-    remove_stale_temporaries(out_dir / "samples")
-    remove_stale_temporaries(out_dir / "figures")
-    todo = [it for it in job.items
-            if not (cfg.get("resume", True) and is_complete(out_dir / "samples" / f"{it.sample.id}.h5"))]
+    ctx = distributed.init()
+    todo = distributed.pending(job.items, out_dir / "samples", resume=cfg.get("resume", True),
+                               id_of=lambda it: it.sample.id, folders=[out_dir / "figures"])
     first_op = job.items[0].op
     log.info("operator: %s%s", first_op.describe(), " (from the data)" if job.items[0].sample.operator is not None else "")
     log.info("noise: %s; solver sigma_y = %g", job.noise if getattr(job.data, "mode", "") == "synthetic" else "measured data",
@@ -443,8 +453,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     log.info("prior: %s %s%s", cfg.prior.get("name", cfg.prior.get("_target_")), list(job.prior.shape),
              f" (sha256 {ck['sha256'][:12]}…)" if ck.get("sha256") else "")
     log.info("solver: %s %s", solver_name(job.solver), solver_settings(job.solver))
-    log.info("data: %s; %d sample(s) × %d draw(s), %d to do; device %s", job.data.describe(), len(job.items),
-             cfg.num_samples, len(todo), job.device)
+    log.info("data: %s; %d sample(s) × %d draw(s), %d to do%s; device %s", job.data.describe(), len(job.items),
+             cfg.num_samples, len(todo), f" on rank {ctx.rank} of {ctx.world_size}" if ctx.active else "", job.device)
     from tqdm.auto import tqdm
 
     show = bool(cfg.get("progress", True))
@@ -455,7 +465,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     try:
         for k, it in enumerate(outer):
             inner.reset()
-            _, m = solve_item(job, it, out_dir, bar=inner)
+            _, m = solve_item(job, it, out_dir, bar=inner, extra={"rank": ctx.rank, "world_size": ctx.world_size})
             if k == 0:
                 log.info("NFE per sample: %d", m["nfe"])
             if "psnr" in m:
@@ -463,7 +473,9 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     finally:
         inner.close()
         outer.close()
-    result = summarize(out_dir)
+    result = distributed.finish(summarize, out_dir)  # rank 0 merges every rank's sample files
+    if not ctx.main:
+        return result
     summ = result["summary"]
     elapsed = time.perf_counter() - t0
     if "psnr" in summ and summ["psnr"]["n"]:
@@ -499,7 +511,7 @@ def rerun(path: str | Path, device: str = "cpu"):
     y = torch.from_numpy(rec["y"]).to(device)[None]
     return reconstruct(y, op.to(device) if isinstance(op, torch.nn.Module) else op, prior, solver,
                        sigma_y=rec["sigma_y"], num_samples=int(rec["num_samples"]), seed=int(rec["seed"]),
-                       ids=[rec["id"]], batch_size=int(rec["batch_size"]))
+                       ids=[rec["id"]], batch_size=_batch_size(rec["batch_size"]))
 
 
 # --------------------------------------------------------------------------------------------

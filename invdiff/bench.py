@@ -233,18 +233,20 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     digest = run_hash(cfg)
     if cfg.get("resume", True):
         _check_resume(out_dir, digest)
-    from .data.results import is_complete, remove_stale_temporaries
+    from . import distributed
 
-    remove_stale_temporaries(out_dir / "samples")
-    remove_stale_temporaries(out_dir / "figures")
+    ctx = distributed.init()
     cap = (cfg.benchmark.get("cpu") or {}).get("max_images") if _on_cpu(cfg) else None
     items = job.items[: int(cap)] if cap else job.items
-    todo = [it for it in items if not (cfg.get("resume", True) and is_complete(out_dir / "samples" / f"{it.sample.id}.h5"))]
+    todo = distributed.pending(items, out_dir / "samples", resume=cfg.get("resume", True),
+                               id_of=lambda it: it.sample.id, folders=[out_dir / "figures"])
     b = cfg.benchmark
     log.info("benchmark %s: %s", b.name, b.get("task", ""))
-    log.info("solver %s %s; %d image(s) (%d to do) × %d draw(s); device %s", cfg.bench_run.solver,
-             dict(cfg.bench_run.preset_settings), len(items), len(todo), cfg.num_samples, job.device)
+    log.info("solver %s %s; %d image(s) (%d to do%s) × %d draw(s); device %s", cfg.bench_run.solver,
+             dict(cfg.bench_run.preset_settings), len(items), len(todo),
+             f" on rank {ctx.rank} of {ctx.world_size}" if ctx.active else "", cfg.num_samples, job.device)
     extra = {"benchmark": str(b.name), "benchmark_hash": digest, "best_of": bool(b.get("best_of", False)),
+             "rank": ctx.rank, "world_size": ctx.world_size,
              "paper_noise_convention": str(b.get("noise_convention", "")),
              "benchmark_node": json.dumps(OmegaConf.to_container(b, resolve=True), default=str),
              "solver_choice": str(cfg.bench_run.solver), "preset_settings": json.dumps(dict(cfg.bench_run.preset_settings))}
@@ -265,7 +267,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
                                                          if k_ in m))
     finally:
         inner.close()
-    return report(out_dir, inception=inception, ids=[it.sample.id for it in items])
+    return distributed.finish(report, out_dir, inception=inception, ids=[it.sample.id for it in items])
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,6 +332,9 @@ def main() -> None:
                                 groups=app.GROUPS + ("benchmark",))
     if problem:
         raise SystemExit(f"invdiff-bench: {problem}")
+    from .distributed import hydra_overrides
+
+    sys.argv += hydra_overrides(argv, {})  # run directories are named by the config: same on all ranks
     hydra.main(version_base=None, config_path="configs", config_name="bench")(_hydra_main)()
 
 

@@ -35,7 +35,8 @@ def problem_ids(spec) -> list[tuple[str, int, int, int]]:
 def run_gmm(cfg: DictConfig, out_dir: Path) -> dict:
     from .api import generator_of, solver_name
     from .bench import _check_resume, run_hash
-    from .data.results import is_complete, remove_stale_temporaries, write_sample
+    from . import distributed
+    from .data.results import write_sample
     from .exact_posterior import evaluate, mcgdiff_gmm_case
     from .priors import CountingPrior
     from .solvers import check_call
@@ -54,10 +55,9 @@ def run_gmm(cfg: DictConfig, out_dir: Path) -> dict:
     digest = run_hash(cfg)
     if cfg.get("resume", True):
         _check_resume(out_dir, digest)
-    remove_stale_temporaries(out_dir / "samples")
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     settings = app.plain_settings(solver)
-    todo = [i for i in ids if not (cfg.get("resume", True) and is_complete(out_dir / "samples" / f"{i[0]}.h5"))]
+    todo = distributed.pending(ids, out_dir / "samples", resume=cfg.get("resume", True), id_of=lambda i: i[0])
     log.info("benchmark %s: solver %s %s; %d problem(s), %d to do, %d samples each", cfg.benchmark.name,
              cfg.bench_run.solver, settings, len(ids), len(todo), n)
     for pid, d, dy, k in todo:
@@ -79,7 +79,7 @@ def run_gmm(cfg: DictConfig, out_dir: Path) -> dict:
             "config_yaml": resolved, "mode": "gmm"})
         log.info("%s: sw %.3f (floor %.3f, prior %.3f), NFE %d, %.1f s", pid, m["sw"], m["sw_floor"], m["sw_prior"],
                  m["nfe"], secs)
-    return gmm_report(out_dir, [i[0] for i in ids])
+    return distributed.finish(gmm_report, out_dir, [i[0] for i in ids])
 
 
 def gmm_report(out_dir: Path, ids=None) -> dict:

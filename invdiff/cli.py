@@ -37,7 +37,20 @@ def _explain_key(full_key: str, overrides: list[str], bad: str, config_fn=config
         cfg = config_fn(*rest)
     except Exception:  # noqa: BLE001
         cfg = None
-    node = OmegaConf.select(cfg, parent) if (cfg is not None and parent) else cfg
+    absent = object()
+    node = OmegaConf.select(cfg, parent, default=absent) if (cfg is not None and parent) else cfg
+    if node is absent:  # a parent that is not there either: name the first missing level
+        parts = parent.split(".")
+        k = len(parts) - 1
+        while k > 0 and OmegaConf.select(cfg, ".".join(parts[:k]), default=absent) is absent:
+            k -= 1
+        above = ".".join(parts[:k])
+        anc = OmegaConf.select(cfg, above) if above else cfg
+        where = f"'{above}'" if above else "the top level"
+        target = f" ({anc.get('_target_')})" if isinstance(anc, DictConfig) and anc.get("_target_") else ""
+        keys = _keys_of(anc)
+        return (f"unknown setting '{full_key}': {where}{target} has no '{parts[k]}'. Valid keys at {where}: "
+                f"{', '.join(keys) or 'none'}.{_suggest(parts[k], keys)}")
     keys = _keys_of(node)
     msg = f"unknown setting '{full_key}'."
     extra = []
@@ -125,7 +138,7 @@ With no arguments: 4× single-coil MRI of 4 held-out phantoms, the shipped phant
 {groups}
 
 == Settings (key=value) ==
-shape [C,H,W], seed, operator_seed, sigma_y (auto|σ), num_samples, batch_size, device (auto|cpu|cuda),
+shape [C,H,W], seed, operator_seed, sigma_y (auto|σ), num_samples, batch_size (n|auto), device (auto|cpu|cuda),
 baseline (auto|pinv|adjoint|none), figures, progress, resume; and any key of the chosen configs,
 e.g. solver.steps=50, noise.sigma=0.02, data.n=8 (+solver.<param>=... adds a solver parameter its
 config does not list).
@@ -154,6 +167,10 @@ def main() -> None:
         msg = explain_overrides([a for a in args if not a.startswith("-")])
         if msg:
             raise SystemExit(f"invdiff: {msg}")
+    from .distributed import hydra_overrides
+
+    # under torchrun: one run directory for all ranks (rank 0's start time)
+    sys.argv += hydra_overrides(args, {"hydra.run.dir": "outputs/{time}", "hydra.sweep.dir": "multirun/{time}"})
     _hydra_main()
 
 

@@ -1,0 +1,116 @@
+"""Data-parallel runs under torchrun (gloo, 2 CPU processes) equal single-process runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from invdiff import app, bench, distributed
+from invdiff.data.results import write_sample
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+APP_ARGS = ["data.n=5", "num_samples=2", "solver.steps=4", "batch_size=2", "progress=false", "figures=false"]
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    return {**env, "OMP_NUM_THREADS": "1"}
+
+
+def _arrays(run_dir: Path) -> dict:
+    out = {}
+    for f in sorted((run_dir / "samples").glob("*.h5")):
+        with h5py.File(f, "r") as h:
+            out[f.stem] = {k: h[k][()] for k in ("x_hat", "samples", "y")} | {
+                "rank": int(h.attrs.get("rank", -1)), "metrics": json.loads(h.attrs["metrics"])}
+    return out
+
+
+def _single_process(fn, cfg, out):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the torchrun workers run with OMP_NUM_THREADS=1: same arithmetic
+    try:
+        return fn(cfg, out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _same(one: dict, two: dict) -> None:
+    assert one.keys() == two.keys()
+    for k in one:
+        for a in ("x_hat", "samples", "y"):
+            np.testing.assert_array_equal(one[k][a], two[k][a], err_msg=f"{k}/{a}")
+        for m, v in one[k]["metrics"].items():
+            if m not in ("seconds", "peak_memory_mb"):
+                assert v == pytest.approx(two[k]["metrics"][m], rel=1e-9, nan_ok=True), (k, m)
+
+
+def test_shard_covers_every_item_once():
+    items = list(range(11))
+    parts = [distributed.shard(items, distributed.Context(r, 3, r)) for r in range(3)]
+    assert sorted(sum(parts, [])) == items and parts[0] == [0, 3, 6, 9]
+    assert distributed.shard(items) == items  # outside torchrun: everything
+
+
+def test_pending_shards_before_dropping_finished(tmp_path, monkeypatch):
+    folder = tmp_path / "samples"
+    for i in ("a", "c"):
+        write_sample(folder / f"{i}.h5", {"x_hat": np.zeros(2), "metrics": "{}"})
+    (folder / ".b.h5.tmp123").write_bytes(b"half")
+    ids = ["a", "b", "c", "d"]
+    assert distributed.pending(ids, folder, resume=True) == ["b", "d"]
+    assert not list(folder.glob(".*"))  # the killed run's temporary is gone
+    assert distributed.pending(ids, folder, resume=False) == ids
+    # as rank 1 of 2 (no process group needed for the part under test): the assignment ignores what is done
+    monkeypatch.setattr(distributed, "init", lambda: distributed.Context(1, 2, 1))
+    monkeypatch.setattr(distributed, "barrier", lambda: None)
+    monkeypatch.setattr(distributed, "context", lambda: distributed.Context(1, 2, 1))
+    assert distributed.pending(ids, folder, resume=True) == ["b", "d"]
+    assert distributed.pending(ids, folder, resume=False) == ["b", "d"]
+
+
+def test_context_reads_torchrun_environment(monkeypatch):
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.context() == distributed.Context(3, 4, 1)
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ValueError, match="outside WORLD_SIZE"):
+        distributed.context()
+
+
+def test_torchrun_app_equals_one_process(tmp_path):
+    """Two gloo ranks share the samples (both solve some), write one run directory (rank 0's time,
+    though the user gave none), and every array equals a one-process run bit for bit."""
+    subprocess.run([*TORCHRUN, "-m", "invdiff.cli", *APP_ARGS], cwd=tmp_path, env=_env(), check=True,
+                   capture_output=True, timeout=300)
+    runs = list((tmp_path / "outputs").glob("*/*"))
+    assert len(runs) == 1, runs
+    two = _arrays(runs[0])
+    assert len(two) == 5 and {v["rank"] for v in two.values()} == {0, 1}
+    summary = json.loads((runs[0] / "metrics.json").read_text())
+    assert summary["summary"]["psnr"]["n"] == 5
+    _single_process(app.run, app.config(*APP_ARGS), tmp_path / "one")
+    _same(_arrays(tmp_path / "one"), two)
+
+
+def test_torchrun_bench_equals_one_process(tmp_path):
+    args = ["benchmark=smoke", "solver.steps=4", f"results_dir={tmp_path / 'two'}", "progress=false", "figures=false"]
+    subprocess.run([*TORCHRUN, "-m", "invdiff.bench", *args], cwd=tmp_path, env=_env(), check=True,
+                   capture_output=True, timeout=300)
+    run_dir = next((tmp_path / "two").glob("smoke/*/*"))
+    two = _arrays(run_dir)
+    assert len(two) == 4 and {v["rank"] for v in two.values()} == {0, 1}
+    s2 = json.loads((run_dir / "summary.json").read_text())
+    cfg = bench.config("benchmark=smoke", "solver.steps=4", "progress=false", "figures=false")
+    s1 = _single_process(bench.run, cfg, tmp_path / "one")
+    _same(_arrays(tmp_path / "one"), two)
+    assert s1["metrics"]["psnr"]["mean"] == pytest.approx(s2["metrics"]["psnr"]["mean"], rel=1e-12)
