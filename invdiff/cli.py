@@ -71,6 +71,15 @@ def _explain_key(full_key: str, overrides: list[str], bad: str, config_fn=config
     return msg + _suggest(leaf, keys + extra)
 
 
+def _as_written(o, values: list[str]) -> list[str]:
+    """A group override's choices as the user wrote them: Hydra parses ``true``/``false``/``null``
+    into Python values, whose ``str`` would be 'True', 'False', 'None'."""
+    elems = getattr(o.value(), "list", None) if o.is_sweep_override() else [o.value()]
+    if elems is None or len(elems) != len(values):
+        return values
+    return ["null" if e is None else str(e).lower() if isinstance(e, bool) else v for e, v in zip(elems, values)]
+
+
 def explain_overrides(overrides: list[str], config_fn=config, groups=GROUPS) -> str | None:
     """Check command-line overrides before Hydra runs: ``None`` when they compose, otherwise one
     paragraph saying what is wrong and listing the valid choices. Sweeps (``a=1,2``) are checked
@@ -88,7 +97,7 @@ def explain_overrides(overrides: list[str], config_fn=config, groups=GROUPS) -> 
         key = o.key_or_group.split("@")[0]
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
         if key in groups and not o.is_delete():
-            for v in values:
+            for v in _as_written(o, values):
                 if v not in choices(key) and v != "null":
                     return (f"unknown {key} '{v}'. Choose one of: {', '.join(choices(key))}.{_suggest(v, choices(key))}")
         if o.is_sweep_override():

@@ -83,7 +83,12 @@ class Blur(LinearOperator):
     def __init__(self, kernel: Tensor | Callable, img_size=(1, 64, 64), padding: str = "reflect", *,
                  seed: int | None = None, generator: torch.Generator | None = None,
                  method: str = "auto", **solver_options):
-        kernel = torch.as_tensor(draw(kernel, seed, generator, "kernel"), dtype=torch.float64)
+        drawn = draw(kernel, seed, generator, "kernel")
+        try:
+            kernel = torch.as_tensor(drawn, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"Blur: kernel must be a [Kh, Kw] array of numbers or a kernel generator (GaussianKernel, "
+                            f"MotionKernel, UniformKernel, KernelFile), got {drawn!r}") from err
         if kernel.ndim != 2 or kernel.numel() == 0:
             raise ValueError(f"Blur: kernel must be a non-empty 2-D array, got shape {tuple(kernel.shape)}")
         if not bool(torch.isfinite(kernel).all()):

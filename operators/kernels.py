@@ -164,7 +164,12 @@ class KernelFile:
             raise ValueError(f"kernel file must be a .npy array, got {p}")
         if not p.is_file():
             raise FileNotFoundError(f"kernel file not found: {p}")
-        k = torch.from_numpy(np.load(p, allow_pickle=False).astype(np.float64))
+        from ._files import load_npy
+
+        arr = load_npy(p, "kernel file")
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or np.iscomplexobj(arr):
+            raise ValueError(f"kernel in {p} must hold real numbers, got dtype {arr.dtype}")
+        k = torch.from_numpy(arr.astype(np.float64))
         if k.ndim != 2 or k.numel() == 0 or not bool(torch.isfinite(k).all()):
             raise ValueError(f"kernel in {p} must be a finite, non-empty 2-D array, got shape {tuple(k.shape)}")
         if self.normalize:

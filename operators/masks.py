@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._files import load_npy, read_image
 from .kernels import numpy_rng
 
 
@@ -163,18 +164,18 @@ class MaskFile:
         if not p.is_file():
             raise FileNotFoundError(f"mask file not found: {p}")
         if p.suffix == ".npy":
-            arr = np.load(p, allow_pickle=False)
+            arr = load_npy(p, "mask file")
         else:
-            from skimage.io import imread
-
-            arr = imread(p)
+            arr = read_image(p, "mask image")
             if arr.ndim == 3:  # colour image: a pixel is observed if any channel is nonzero
                 arr = arr.any(axis=-1)
         arr = np.asarray(arr)
+        given = list(arr.shape)
         if arr.ndim == 2:
             arr = arr[None]
         if arr.ndim != 3 or arr.shape[-2:] != (H, W):
-            raise ValueError(f"mask in {p} has shape {arr.shape}; expected [H, W] or [n, H, W] with H, W = {H}, {W}")
+            raise ValueError(f"mask in {p} has shape {given}; expected [{H}, {W}] for the {H}×{W} image (or "
+                             f"[n, {H}, {W}], one mask per image)")
         if arr.shape[0] != n and arr.shape[0] != 1 and n != 1:
             raise ValueError(f"mask file {p} holds {arr.shape[0]} masks but {n} were asked for")
         if arr.shape[0] == 1 and n > 1:  # one mask for each of n images
@@ -196,11 +197,15 @@ def load_mask(path: str) -> Tensor:
     if not p.is_file():
         raise FileNotFoundError(f"mask file not found: {p}")
     if p.suffix == ".npy":
-        arr = np.load(p, allow_pickle=False)
+        arr = load_npy(p, "mask file")
     elif p.suffix in (".h5", ".hdf5"):
         import h5py
 
-        with h5py.File(p, "r") as f:
+        try:
+            f = h5py.File(p, "r")
+        except OSError as err:
+            raise ValueError(f"mask file {p} is not a readable HDF5 file ({err})") from err
+        with f:
             key = key or "mask"
             if key not in f:
                 raise ValueError(f"{p} has no dataset {key!r} (name it as {p}:<dataset>)")

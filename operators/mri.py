@@ -94,10 +94,12 @@ def _kspace_size(kspace_size, h: int, w: int, who: str) -> tuple[int, int]:
 
 def _check_mask(mask, H: int, W: int, who: str) -> Tensor:
     mask = torch.as_tensor(mask, dtype=torch.float64)
-    if mask.ndim == 1:
+    given = list(mask.shape)
+    if mask.ndim == 1 and mask.shape[0] == W:
         mask = mask[None].expand(H, -1).clone()
     if mask.shape != (H, W):
-        raise ValueError(f"{who}: mask must be [W] or [H, W] = [{H}, {W}], got {tuple(mask.shape)}")
+        raise ValueError(f"{who}: the mask has shape {given}, but k-space is {H}×{W}: it must be [{W}] (one entry per "
+                         f"phase-encode column) or [{H}, {W}]")
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError(f"{who}: mask values must be 0 or 1")
     if not bool(mask.any()):
@@ -259,9 +261,9 @@ class MultiCoilMRI(_CartesianMRI):
         if isinstance(coil_maps, int):  # synthetic smooth sensitivities, for simulation studies
             coil_maps = birdcage_maps(coil_maps, H, W)
         elif isinstance(coil_maps, str):
-            import numpy as np
+            from ._files import load_npy
 
-            coil_maps = torch.from_numpy(np.load(coil_maps, allow_pickle=False))
+            coil_maps = torch.from_numpy(load_npy(coil_maps, "coil-map file"))
         coil_maps = torch.as_tensor(coil_maps)
         if not coil_maps.is_complex():
             if coil_maps.ndim != 4 or coil_maps.shape[1] != 2:

@@ -52,9 +52,14 @@ def _open(path: str | Path) -> h5py.File:
         f = h5py.File(p, "r")
     except OSError as err:
         raise ValueError(f"{p} is not a readable HDF5 file ({err})") from err
-    if "kspace" not in f:
+    if "kspace" not in f or not isinstance(f["kspace"], h5py.Dataset):
         f.close()
         raise ValueError(f"{p} has no 'kspace' dataset: not a fastMRI raw file")
+    if f["kspace"].ndim not in (3, 4) or 0 in f["kspace"].shape:
+        shape = list(f["kspace"].shape)
+        f.close()
+        raise ValueError(f"{p}: 'kspace' has shape {shape}; a fastMRI raw file holds [slices, H, W] (single-coil) or "
+                         "[slices, coils, H, W] (multi-coil) k-space")
     return f
 
 

@@ -196,6 +196,8 @@ class ImageFiles:
         out = []
         for name, raw in read_arrays(self.path, "data")[: self.limit]:
             a = np.asarray(raw)
+            if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+                raise ValueError(f"data: image {name} from {self.path} has dtype {a.dtype}; expected numbers")
             if np.issubdtype(a.dtype, np.integer) and self.normalize == "auto":
                 a = a.astype(np.float64) / np.iinfo(a.dtype).max
             elif a.dtype == bool:
@@ -262,9 +264,15 @@ class Measurements:
             raise ValueError(f"measurement {self.y_path} has dtype {np.asarray(ys[0]).dtype}; expected floating point data")
         xs = [None] * len(ys)
         if self.x_path is not None:
-            xs = [torch.from_numpy(np.ascontiguousarray(_to_channels(np.asarray(a, dtype=np.result_type(a, np.float64)),
-                                                                      self.shape[0]))).double()
-                  for _, a in read_arrays(self.x_path, "ground truth")]
+            xs = []
+            for name, a in read_arrays(self.x_path, "ground truth"):
+                try:
+                    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+                        raise ValueError(f"dtype {a.dtype} is not numeric")
+                    x = _to_channels(np.asarray(a, dtype=np.result_type(a, np.float64)), self.shape[0])
+                except ValueError as err:
+                    raise ValueError(f"ground truth {name} (data.x={self.x_path}): {err}") from err
+                xs.append(torch.from_numpy(np.ascontiguousarray(x)).double())
             if len(xs) != len(ys):
                 raise ValueError(f"{len(xs)} ground truth image(s) for {len(ys)} measurement(s)")
         stem = Path(self.y_path.split(":")[0]).stem
@@ -339,7 +347,11 @@ class FastMRI:
 
         out = []
         for f in self.files:
-            for s in self.slices if self.slices is not None else [num_slices(f) // 2]:
+            n = num_slices(f)
+            bad = [s for s in (self.slices or []) if not 0 <= s < n]
+            if bad:
+                raise ValueError(f"data.slices {bad}: {f} has {n} slice(s), numbered 0 to {n - 1}")
+            for s in self.slices if self.slices is not None else [n // 2]:
                 sl = read_slice(f, s)
                 if self.mask is not None:
                     self._retrospective(sl)

@@ -222,10 +222,9 @@ def load_array(source: str | Path, what: str = "data") -> np.ndarray:
     if not path.exists():
         raise FileNotFoundError(f"{what} {path} does not exist")
     if path.suffix == ".npy":
-        try:
-            return np.load(path, allow_pickle=False)
-        except ValueError as err:
-            raise ValueError(f"{path} is not a readable .npy array ({err})") from err
+        from operators._files import load_npy
+
+        return load_npy(path, what)
     if path.suffix in (".h5", ".hdf5"):
         import h5py
 
@@ -253,18 +252,12 @@ def read_arrays(source: str | Path, what: str = "training data") -> list[tuple[s
     if not path.exists():
         raise FileNotFoundError(f"{what} {path} does not exist")
     if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
-        from skimage.io import imread
+        from operators._files import read_image
 
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
         if not files:
             raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
-        out = []
-        for f in files:
-            try:
-                out.append((f.stem, np.asarray(imread(f))))
-            except Exception as err:  # noqa: BLE001  (any reader failure is a bad file)
-                raise ValueError(f"could not read image {f}: {err}") from err
-        return out
+        return [(f.stem, read_image(f, f"{what} image")) for f in files]
     if path.suffix not in (".npy", ".h5", ".hdf5"):
         raise ValueError(f"unsupported {what} {path}: an image file, a folder of images, .npy or .h5/.hdf5")
     arr = load_array(source, what)

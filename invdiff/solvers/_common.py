@@ -238,6 +238,25 @@ def _per_sample_sigma_y(name: str, sigma_y, y: Tensor, per_entry: bool) -> Tenso
     return s
 
 
+def check_measurement(name: str, y: Tensor, operator) -> None:
+    """Refuse a measurement that is not a real floating tensor ``[B, *meas]`` (the operator's
+    ``meas_size`` when it states one) of finite values — :func:`setup`'s check of y, shared with the
+    baselines and :func:`invdiff.reconstruct`."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"solver '{name}': y must be a torch.Tensor, got {type(y).__name__}")
+    if y.is_complex() or not y.is_floating_point():
+        raise ValueError(f"solver '{name}': y must be a real floating tensor (complex data as 2 real "
+                         f"channels), got dtype {y.dtype}")
+    meas = tuple(getattr(operator, "meas_size", ()))
+    if (meas and (y.ndim != len(meas) + 1 or tuple(y.shape[1:]) != meas)) or y.ndim < 1:
+        want = f"[B, {', '.join(map(str, meas))}]" if meas else "[B, ...] (a batch)"
+        raise ValueError(f"solver '{name}': y must have shape {want} for "
+                         f"{operator.describe() if hasattr(operator, 'describe') else type(operator).__name__}, "
+                         f"got {list(y.shape)}")
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError(f"solver '{name}': y contains NaN or Inf")
+
+
 class Problem:
     """A checked posterior-sampling problem; built by :func:`setup`."""
 
@@ -375,18 +394,7 @@ def setup(name: str, y: Tensor, operator, prior: Prior, *, sigma_y, steps: int, 
     require(operator, name, needs)
     if not isinstance(prior, Prior):
         raise TypeError(f"solver '{name}': prior must be an invdiff.priors.Prior, got {type(prior).__name__}")
-    if not isinstance(y, Tensor):
-        raise TypeError(f"solver '{name}': y must be a torch.Tensor, got {type(y).__name__}")
-    if y.is_complex() or not y.is_floating_point():
-        raise ValueError(f"solver '{name}': y must be a real floating tensor (complex data as 2 real "
-                         f"channels), got dtype {y.dtype}")
-    meas = tuple(getattr(operator, "meas_size", ()))
-    if meas and (y.ndim != len(meas) + 1 or tuple(y.shape[1:]) != meas):
-        raise ValueError(f"solver '{name}': y must have shape [B, {', '.join(map(str, meas))}] for "
-                         f"{operator.describe() if hasattr(operator, 'describe') else type(operator).__name__}, "
-                         f"got {list(y.shape)}")
-    if not bool(torch.isfinite(y).all()):
-        raise ValueError(f"solver '{name}': y contains NaN or Inf")
+    check_measurement(name, y, operator)
     img = tuple(getattr(operator, "img_size", prior.shape))
     if tuple(img) != tuple(prior.shape):
         raise ValueError(f"solver '{name}': the operator acts on images {list(img)} but the prior models "

@@ -9,14 +9,17 @@ from torch import Tensor
 
 from operators import require
 
-from ._common import svd_condition
+from ._common import _per_sample_sigma_y, check_measurement, svd_condition
 
 
 def pinv(y: Tensor, operator, prior=None, *, sigma_y=0.0, steps: int = 1, generator=None, callback=None) -> Tensor:
     """The operator's pseudo-inverse ``A⁺y`` (truncated SVD, closed form, or CG): the zero-filled
     MRI image, the pseudo-inverse of a blur or a downsampling. ``prior``, ``sigma_y``, ``steps``
-    and ``generator`` are accepted for the common call shape and ignored. NFE = 0."""
+    and ``generator`` are accepted for the common call shape and ignored (y and σ_y are checked
+    like every solver's). NFE = 0."""
     require(operator, "pinv", ["pinv"])
+    check_measurement("pinv", y, operator)
+    _per_sample_sigma_y("pinv", sigma_y, y, per_entry=True)
     return operator.A_dagger(y)
 
 
@@ -62,6 +65,8 @@ def tv(y: Tensor, operator, prior=None, *, sigma_y=0.0, steps: int = 300, genera
     iterations from ``A⁺y`` or a Tikhonov solution (:func:`_start`). ``lam``: a float or ``[B]`` tensor, in y's units (tune it on
     validation images). NFE = 0."""
     require(operator, "tv", ["linear", "adjoint", "prox_l2"])
+    check_measurement("tv", y, operator)
+    _per_sample_sigma_y("tv", sigma_y, y, per_entry=True)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"tv: steps must be a positive integer, got {steps!r}")
     lam_t = torch.as_tensor(lam, dtype=torch.float64, device=y.device)
@@ -96,6 +101,8 @@ def dpir(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 8, generator=N
     from deepinv.optim import dpir as _dpir
 
     require(operator, "dpir", ["linear", "prox_l2"])
+    check_measurement("dpir", y, operator)
+    _per_sample_sigma_y("dpir", sigma_y, y, per_entry=True)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"dpir: steps must be a positive integer, got {steps!r}")
     s_y = torch.as_tensor(sigma_y, dtype=torch.float64).reshape(-1)
