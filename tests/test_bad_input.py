@@ -391,3 +391,19 @@ def test_operator_file_loaders_refuse_bad_files_directly(tmp_path):
     (tmp_path / "m.h5").write_bytes(b"not hdf5")
     with pytest.raises(ValueError, match=r"mask file .*m\.h5 is not a readable HDF5 file"):
         O.load_mask(str(tmp_path / "m.h5"))
+
+
+def test_the_apps_solver_check_does_no_work_for_the_baselines(problem):
+    """``check_call`` (what ``setup`` runs for every solver) stops the baselines after their checks:
+    DPIR calls no denoiser, TV runs no iteration."""
+    from invdiff.solvers import check_call
+
+    op, y = problem
+    counting = CountingPrior(smooth_gaussian(SHAPE))
+    iterations = []
+    check_call(baselines.dpir, y, op, counting, sigma_y=0.05)
+    check_call(baselines.tv, y, op, counting, sigma_y=0.05, callback=lambda *a: iterations.append(a))
+    check_call(baselines.pinv, y, op, counting, sigma_y=0.05)
+    assert counting.calls == 0 and iterations == []
+    with pytest.raises(ValueError, match="y contains NaN"):
+        check_call(baselines.dpir, y * float("nan"), op, counting, sigma_y=0.05)

@@ -61,6 +61,13 @@ def check_call(solver: Callable, y: Tensor, operator, prior: Prior, **kwargs) ->
         _CHECK_ONLY.reset(token)
 
 
+def checks_done() -> None:
+    """Under :func:`check_call`, stop here: for solvers that never call the network through
+    :class:`Network` (the baselines), called right after their checks."""
+    if _CHECK_ONLY.get():
+        raise _ChecksPassed
+
+
 class SolverDivergedError(FloatingPointError):
     """NaN or Inf appeared in a solver's state; the message names the solver, the step and a cause."""
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from operators import require
 
-from ._common import _per_sample_sigma_y, check_measurement, svd_condition
+from ._common import _per_sample_sigma_y, check_measurement, checks_done, svd_condition
 
 
 def pinv(y: Tensor, operator, prior=None, *, sigma_y=0.0, steps: int = 1, generator=None, callback=None) -> Tensor:
@@ -20,6 +20,7 @@ def pinv(y: Tensor, operator, prior=None, *, sigma_y=0.0, steps: int = 1, genera
     require(operator, "pinv", ["pinv"])
     check_measurement("pinv", y, operator)
     _per_sample_sigma_y("pinv", sigma_y, y, per_entry=True)
+    checks_done()
     return operator.A_dagger(y)
 
 
@@ -72,6 +73,7 @@ def tv(y: Tensor, operator, prior=None, *, sigma_y=0.0, steps: int = 300, genera
     lam_t = torch.as_tensor(lam, dtype=torch.float64, device=y.device)
     if bool((lam_t < 0).any()):
         raise ValueError(f"tv: lam must be >= 0, got {lam}")
+    checks_done()
     y64 = y.to(torch.float64)
     x = _start(operator, y64)
     lam_b = lam_t.reshape(-1, *([1] * (x.ndim - 1))) if lam_t.ndim == 1 else lam_t
@@ -109,6 +111,7 @@ def dpir(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 8, generator=N
     if bool((s_y != s_y[0]).any()):
         raise ValueError("dpir: one σ_y for the batch (deepinv's schedule is per batch)")
     s_y = max(float(s_y[0]), float(sigma_floor))
+    checks_done()
 
     class _Denoiser(torch.nn.Module):
         def forward(self, x, sigma, *args, **kwargs):
