@@ -152,10 +152,20 @@ def _check_data(t: torch.Tensor, name: str, kind: str, shape: tuple, where: str)
         raise AppError(f"{name} contains NaN or Inf")
 
 
-def _check_item(sample, op, prior) -> None:
-    """Shapes, dtype, finiteness and value range of a sample against its operator and the prior."""
+def _tile_overlap(cfg) -> int | None:
+    v = cfg.get("tile_overlap")
+    if v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise AppError(f"tile_overlap must be null (no tiling) or a number of pixels >= 0, got {v!r}")
+    return v
+
+
+def _check_item(sample, op, prior, tiled: bool = False) -> None:
+    """Shapes, dtype, finiteness and value range of a sample against its operator and the prior
+    (with ``tiled``, the operator's images may be larger than the prior's)."""
     img, meas = tuple(op.img_size), tuple(getattr(op, "meas_size", ()))
-    if tuple(prior.shape) != img:
+    if tuple(prior.shape) != img and not tiled:
         raise AppError(f"the prior models images {list(prior.shape)} but the operator {op.describe()} acts on "
                        f"{list(img)}; set shape={list(prior.shape)} (one shape for operator, data and prior) or "
                        "choose a prior of that size")
@@ -218,9 +228,15 @@ def setup(cfg: DictConfig) -> Job:
     data = build(cfg.data, "data")
     if prior is None or not hasattr(prior, "denoiser"):
         raise AppError(f"prior config did not give a prior (got {type(prior).__name__})")
-    if tuple(prior.shape) != tuple(int(s) for s in cfg.shape):
+    overlap = _tile_overlap(cfg)
+    shape = tuple(int(s) for s in cfg.shape)
+    if overlap is None and tuple(prior.shape) != shape:
         raise AppError(f"the prior models images {list(prior.shape)} but shape={list(cfg.shape)}; "
-                       f"add shape={list(prior.shape).__str__().replace(' ', '')} to the command line")
+                       f"add shape={list(prior.shape).__str__().replace(' ', '')} to the command line, or solve "
+                       f"larger images in prior-sized tiles with tile_overlap=16")
+    if overlap is not None and (prior.shape[0] != shape[0] or any(p > s for p, s in zip(prior.shape[1:], shape[1:]))):
+        raise AppError(f"tiling needs images at least as large as the prior's {list(prior.shape)} with as many "
+                       f"channels; got shape={list(cfg.shape)}")
     mode = getattr(data, "mode", "synthetic")
     try:
         samples = data.samples(operator)
@@ -238,14 +254,24 @@ def setup(cfg: DictConfig) -> Job:
             raise AppError(f"sample {s.id} brings no operator and operator=null; choose an operator config")
         if mode == "synthetic" and s.x is None:
             raise AppError(f"synthetic data need ground truths; sample {s.id} has none")
-        _check_item(s, op, prior)
+        _check_item(s, op, prior, tiled=overlap is not None)
         sig = _sigma_y(cfg, noise, s, mode)
         key = (id(op), sig)
         if key not in checked:  # the solver's own checks, on a stand-in y of the right shape
             meas = tuple(getattr(op, "meas_size", ()))
             probe = s.y[None] if s.y is not None else torch.zeros((1, *meas), dtype=torch.float64)
+            op_checked = op
+            if overlap is not None:  # the solver sees tile problems
+                from . import tiling
+
+                try:
+                    first = tiling.layout(op, tuple(prior.shape[1:]), overlap)[0]
+                except ValueError as err:
+                    raise AppError(_one_paragraph(err)) from err
+                op_checked = tiling.tile_operator(op, first)
+                probe = tiling.crop_y(probe, first)
             try:
-                check_call(solver, probe, op, prior, sigma_y=sig)
+                check_call(solver, probe, op_checked, prior, sigma_y=sig)
             except CapabilityError as err:
                 ok = _solver_choices_for(op, prior, sig)
                 raise AppError(f"{_one_paragraph(err)} Solvers that accept this operator: {', '.join(ok) or 'none'}.") from err
@@ -340,7 +366,7 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, metrics_fn=None
 
     ``metrics_fn(op, prior, x_true, rec, base, y, sigma_y)`` replaces the app's per-sample metrics
     (the benchmark runner's); ``extra`` adds attributes to the sample file."""
-    from .api import generator_of, reconstruct, sample_seed, solver_name
+    from .api import generator_of, sample_seed, solver_name
     from .data.figures import sample_figure
     from .data.results import write_sample
 
@@ -357,8 +383,8 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, metrics_fn=None
     y = y.to(dev)
     base, base_name = _baseline(op, y, cfg.get("baseline", "auto"))
     _peak_memory_reset(dev)
-    rec = reconstruct(y, op, job.prior, job.solver, sigma_y=item.sigma_y, num_samples=int(cfg.num_samples),
-                      seed=int(cfg.seed), ids=[s.id], batch_size=_batch_size(cfg.batch_size), progress=bar)
+    rec = _solve(cfg, y, op, job.prior, job.solver, sigma_y=item.sigma_y, num_samples=int(cfg.num_samples),
+                 seed=int(cfg.seed), ids=[s.id], batch_size=_batch_size(cfg.batch_size), progress=bar)
     x_hat, draws = rec.mean, rec.samples[0]
     if metrics_fn is None:
         m = _metrics(op, job.prior, x_true, x_hat, draws, base, y, item.sigma_y, rec.nfe, rec.seconds)
@@ -404,6 +430,18 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, metrics_fn=None
                       data_range=job.prior.data_range, title=f"{s.id}: {op.describe()}")
     path = write_sample(out_dir / "samples" / f"{s.id}.h5", record, trees={"operator": saved_op})
     return path, m
+
+
+def _solve(cfg, y, op, prior, solver, **kw):
+    """:func:`invdiff.reconstruct`, or its tiled form with ``tile_overlap`` set."""
+    from .api import reconstruct
+
+    overlap = _tile_overlap(cfg)
+    if overlap is None:
+        return reconstruct(y, op, prior, solver, **kw)
+    from .tiling import reconstruct_tiled
+
+    return reconstruct_tiled(y, op, prior, solver, overlap=overlap, **kw)
 
 
 def _batch_size(v):
@@ -500,7 +538,6 @@ def rerun(path: str | Path, device: str = "cpu"):
     """Re-run a stored sample from its file alone (y, operator parameters, seeds, config):
     returns the :class:`invdiff.api.Reconstruction`; with the same batch size and device its
     samples equal the stored ones bit for bit."""
-    from .api import reconstruct
     from .data.results import read_sample
 
     rec = read_sample(path)
@@ -509,9 +546,9 @@ def rerun(path: str | Path, device: str = "cpu"):
     prior = build(cfg.prior, "prior").to(device)
     solver = build(cfg.solver, "solver")
     y = torch.from_numpy(rec["y"]).to(device)[None]
-    return reconstruct(y, op.to(device) if isinstance(op, torch.nn.Module) else op, prior, solver,
-                       sigma_y=rec["sigma_y"], num_samples=int(rec["num_samples"]), seed=int(rec["seed"]),
-                       ids=[rec["id"]], batch_size=_batch_size(rec["batch_size"]))
+    return _solve(cfg, y, op.to(device) if isinstance(op, torch.nn.Module) else op, prior, solver,
+                  sigma_y=rec["sigma_y"], num_samples=int(rec["num_samples"]), seed=int(rec["seed"]),
+                  ids=[rec["id"]], batch_size=_batch_size(rec["batch_size"]))
 
 
 # --------------------------------------------------------------------------------------------

@@ -144,13 +144,16 @@ class ConvEngine(torch.nn.Module):
     has_svd = False
     fft_threshold = 100
 
-    def __init__(self, kernel: Tensor, H: int, W: int, padding: str):
+    def __init__(self, kernel: Tensor, H: int, W: int, padding: str, index: tuple[Tensor, Tensor] | None = None):
         super().__init__()
         kernel = torch.as_tensor(kernel, dtype=torch.float64)
         Kh, Kw = kernel.shape
         mode = "zeros" if padding == "valid" else padding
-        idx_h = pad_index(H, *conv_padding(Kh, padding), mode)
-        idx_w = pad_index(W, *conv_padding(Kw, padding), mode)
+        if index is None:
+            idx_h = pad_index(H, *conv_padding(Kh, padding), mode)
+            idx_w = pad_index(W, *conv_padding(Kw, padding), mode)
+        else:  # given index maps of the padded rows/columns (-1: zero), e.g. a tile of a larger image
+            idx_h, idx_w = (torch.as_tensor(i, dtype=torch.long) for i in index)
         # -1 (a zero sample) points at an extra zero row/column appended to the image.
         self.register_buffer("idx_h", torch.where(idx_h < 0, H, idx_h), persistent=False)
         self.register_buffer("idx_w", torch.where(idx_w < 0, W, idx_w), persistent=False)

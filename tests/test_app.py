@@ -184,7 +184,7 @@ def test_every_allowed_operator_solver_pair_runs(op_name, tmp_path):
 @pytest.mark.parametrize("overrides, expected", [
     (["operator=gausian_blur"], r"unknown operator 'gausian_blur'\. Choose one of: .*mri_4x.*Did you mean 'gaussian_blur'\?"),
     (["solver=dps,dsp"], r"unknown solver 'dsp'\. Choose one of: .*pigdm.*Did you mean 'dps'\?"),
-    (["solver.stepz=3"], r"unknown setting 'solver.stepz'\. Valid keys at 'solver': eta, guidance, prior_variance, steps\..*Did you mean 'steps'\?"),
+    (["solver.stepz=3"], r"unknown setting 'solver.stepz'\. Valid keys at 'solver': checkpoint, eta, guidance, prior_variance, steps\..*Did you mean 'steps'\?"),
     (["solver.autocast=true"], r"parameter of the solver that its config does not list: add it with \+solver.autocast=true"),
     (["sead=1"], r"unknown setting 'sead'\. Valid keys at the top level: .*seed.*Did you mean 'seed'\?"),
     (["solver=dps,ddrm", "solver.zeta=0.5"], r"^with solver=ddrm: unknown setting 'solver.zeta'"),
