@@ -240,7 +240,7 @@ def setup(cfg: DictConfig) -> Job:
     mode = getattr(data, "mode", "synthetic")
     try:
         samples = data.samples(operator)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as err:
+    except (ValueError, TypeError, FileNotFoundError, OSError, IndexError, KeyError, EOFError) as err:
         raise AppError(f"data ({data.describe()}): {_one_paragraph(err)}") from err
     if not samples:
         raise AppError(f"data ({data.describe()}) gave no samples")

@@ -16,7 +16,6 @@ from hydra.core.global_hydra import GlobalHydra
 
 from invdiff import bench
 from invdiff.app import AppError, choices
-from crash import kill_and_resume
 from invdiff.data.results import read_sample
 from invdiff.metrics import coverage, interval95, z_scores
 
@@ -103,14 +102,6 @@ def test_a_run_directory_of_another_configuration_is_refused(smoke):
     with pytest.raises(AppError, match="holds results of another configuration"):
         bench.run(bench.config("benchmark=smoke", "solver.steps=7", "progress=false"), out)
     assert sorted(p.name for p in (out / "samples").iterdir()) == before
-
-
-def test_a_killed_benchmark_loses_nothing_and_resumes(tmp_path):
-    cmd = [sys.executable, "-m", "invdiff.bench", "benchmark=smoke", "data.n=5", "solver.steps=60", *FAST,
-           f"hydra.run.dir={tmp_path}"]
-    kill_and_resume(cmd, tmp_path / "samples", total=5)
-    s = json.loads((tmp_path / "summary.json").read_text())
-    assert s["images"] == 5 and s["metrics"]["psnr"]["n"] == 5
 
 
 def test_sweep_writes_one_table_and_an_efficiency_plot(tmp_path, monkeypatch):

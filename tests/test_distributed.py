@@ -15,6 +15,7 @@ import torch
 
 from invdiff import app, bench, distributed
 from invdiff.data.results import write_sample
+from crash import kill_and_resume
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 APP_ARGS = ["data.n=5", "num_samples=2", "solver.steps=4", "batch_size=2", "progress=false", "figures=false"]
@@ -102,15 +103,16 @@ def test_torchrun_app_equals_one_process(tmp_path):
     _same(_arrays(tmp_path / "one"), two)
 
 
-def test_torchrun_bench_equals_one_process(tmp_path):
-    args = ["benchmark=smoke", "solver.steps=4", f"results_dir={tmp_path / 'two'}", "progress=false", "figures=false"]
-    subprocess.run([*TORCHRUN, "-m", "invdiff.bench", *args], cwd=tmp_path, env=_env(), check=True,
-                   capture_output=True, timeout=300)
-    run_dir = next((tmp_path / "two").glob("smoke/*/*"))
-    two = _arrays(run_dir)
-    assert len(two) == 4 and {v["rank"] for v in two.values()} == {0, 1}
-    s2 = json.loads((run_dir / "summary.json").read_text())
-    cfg = bench.config("benchmark=smoke", "solver.steps=4", "progress=false", "figures=false")
-    s1 = _single_process(bench.run, cfg, tmp_path / "one")
+def test_a_killed_torchrun_benchmark_resumes_and_equals_one_process(tmp_path):
+    """SIGKILL to the torchrun agent and both workers mid-run: the finished records are whole and
+    kept byte for byte; the same command resumes, each rank finishes its share, and every record
+    equals a one-process run's bit for bit."""
+    args = ["benchmark=smoke", "data.n=6", "solver.steps=20", "progress=false", "figures=false"]
+    cmd = [*TORCHRUN, "-m", "invdiff.bench", *args, f"hydra.run.dir={tmp_path / 'two'}"]
+    kill_and_resume(cmd, tmp_path / "two" / "samples", total=6)
+    two = _arrays(tmp_path / "two")
+    assert {v["rank"] for v in two.values()} == {0, 1}
+    s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
+    s1 = _single_process(bench.run, bench.config(*args), tmp_path / "one")
     _same(_arrays(tmp_path / "one"), two)
-    assert s1["metrics"]["psnr"]["mean"] == pytest.approx(s2["metrics"]["psnr"]["mean"], rel=1e-12)
+    assert s2["images"] == 6 and s1["metrics"]["psnr"]["mean"] == pytest.approx(s2["metrics"]["psnr"]["mean"], rel=1e-12)

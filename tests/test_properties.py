@@ -215,7 +215,7 @@ RESERVED = {"true", "false", "null", "none", "nan", "inf"}
 names = st.from_regex(r"[a-z][a-z0-9_]{0,11}", fullmatch=True).filter(lambda s: s not in RESERVED)
 
 
-@settings(max_examples=15, deadline=None, database=None)
+@settings(max_examples=8, deadline=None, database=None)
 @given(st.sampled_from(CHOICES["operator"]), st.lists(st.sampled_from(CHOICES["solver"]), min_size=1, max_size=2,
                                                      unique=True),
        st.sampled_from(CHOICES["noise"]), st.sampled_from(["phantoms", "sample_image", "image_views"]),
@@ -236,7 +236,7 @@ def test_valid_operator_solver_choices_compose(operator, solvers, noise, data, s
             assert cfg.solver.steps == steps
 
 
-@settings(max_examples=20, deadline=None, database=None)
+@settings(max_examples=12, deadline=None, database=None)
 @given(st.sampled_from(GROUPS), names, st.booleans())
 def test_unknown_group_choices_are_named(group, name, in_a_sweep):
     assume(name not in CHOICES[group])
@@ -246,7 +246,7 @@ def test_unknown_group_choices_are_named(group, name, in_a_sweep):
     assert msg.startswith(f"unknown {group} '{name}'. Choose one of: {', '.join(CHOICES[group])}."), msg
 
 
-@settings(max_examples=15, deadline=None, database=None)
+@settings(max_examples=8, deadline=None, database=None)
 @given(st.sampled_from(["", "solver", "operator", "noise", "data", "prior", "operator.mask"]), names,
        st.sampled_from(["1", "0.5", "abc", "[1,2]"]))
 def test_unknown_keys_are_named(parent, key, value):
