@@ -199,55 +199,108 @@ def _conv_support(idx: Tensor, K: int, n: int) -> Tensor:
     return D[:, :n]
 
 
+class Restriction:
+    """The tile problems of one operator (module docstring). Each axis's restriction is computed
+    once per tile start and tile operators once per distinct restriction, so the interior tiles
+    of a large image share one operator (and its SVD)."""
+
+    def __init__(self, op):
+        self.op, self.C = op, int(op.img_size[0])
+        self._axes: dict = {}
+        self._ops: dict = {}
+        if isinstance(op, O.Inpainting):
+            self.kind = "mask"
+            return
+        factors = _factors(op) if isinstance(op, (O.Blur, O.Downsampling)) else None
+        if factors is not None:  # the rows of the 1-D matrices that see only the tile
+            self.kind, self.M, self.D = "separable", factors, (factors[0] != 0, factors[1] != 0)
+        elif isinstance(op, O.Blur):  # a non-separable kernel: the convolution's own index maps, restricted
+            _, H, W = op.img_size
+            self.K = tuple(int(k) for k in op.kernel.shape)
+            mode = "zeros" if op.padding == "valid" else op.padding
+            self.idx = tuple(pad_index(n, *conv_padding(k, op.padding), mode) for n, k in zip((H, W), self.K))
+            self.kind = "conv"
+            self.D = tuple(_conv_support(i, k, n) for i, k, n in zip(self.idx, self.K, (H, W)))
+        else:
+            raise ValueError(f"tiling: {type(op).__name__} couples distant pixels and cannot be tiled; tiling works "
+                             "for Inpainting (masks, clouds, denoising), Blur and Downsampling")
+
+    def _axis(self, k: int, start: int, size: int) -> tuple[int, int, int]:
+        key = (k, start, size)
+        if key not in self._axes:
+            self._axes[key] = _axis(self.D[k], start, size)
+        return self._axes[key]
+
+    def problem(self, top: int, left: int, th: int, tw: int, *, item: int = 0):
+        """(operator, y box, margin, key) of the tile ``[top : top + th, left : left + tw]``; tiles
+        with equal keys have the same operator. ``item`` picks the mask of an inpainting operator
+        that holds one mask per image."""
+        C = self.C
+        if self.kind == "mask":
+            mask = self.op.mask[item:item + 1] if self.op.mask.shape[0] > 1 else self.op.mask
+            sub = mask[..., top:top + th, left:left + tw].cpu()
+            return O.Inpainting(sub, (C, th, tw)), (top, left, th, tw), 0, ("mask", top, left, item)
+        (r0, nr, mh), (c0, nc, mw) = self._axis(0, top, th), self._axis(1, left, tw)
+        if self.kind == "separable":
+            A_h, A_w = self.M[0][r0:r0 + nr, top:top + th], self.M[1][c0:c0 + nc, left:left + tw]
+            key = (_digest(A_h), _digest(A_w))
+            make = lambda: TileOperator(SeparableEngine(A_h, A_w), (C, th, tw), (C, nr, nc), type(self.op).__name__)  # noqa: E731
+        else:
+            (Kh, Kw), (idx_h, idx_w) = self.K, self.idx
+            ih, iw = idx_h[r0:r0 + nr + Kh - 1], idx_w[c0:c0 + nc + Kw - 1]
+            ih, iw = torch.where(ih < 0, ih, ih - top), torch.where(iw < 0, iw, iw - left)
+            key = (tuple(ih.tolist()), tuple(iw.tolist()))
+            make = lambda: TileOperator(ConvEngine(self.op.kernel.cpu(), th, tw, self.op.padding, index=(ih, iw)),  # noqa: E731
+                                        (C, th, tw), (C, nr, nc), "Blur")
+        if key not in self._ops:
+            self._ops[key] = make()
+        return self._ops[key], (r0, c0, nr, nc), max(mh, mw), key
+
+    def layout(self, tile_hw: tuple[int, int], overlap: int) -> list[Tile]:
+        op = self.op
+        _, H, W = (int(s) for s in op.img_size)
+        th, tw = (int(s) for s in tile_hw)
+        if th > H or tw > W:
+            raise ValueError(f"tiling: the prior's {th}×{tw} tiles are larger than the {H}×{W} image")
+        step = op.factor if isinstance(op, O.Downsampling) else 1
+        if th % step or tw % step or H % step or W % step:
+            raise ValueError(f"tiling: ×{step} downsampling needs tile and image sizes divisible by {step}")
+        if isinstance(op, O.Blur) and max(op.kernel.shape) >= min(th, tw):
+            raise ValueError(f"tiling: a {tuple(op.kernel.shape)} kernel leaves no measurement inside a {th}×{tw} "
+                             "tile; tiles must be larger than the kernel")
+        rows, cols = starts(H, th, overlap, step), starts(W, tw, overlap, step)
+        if self.kind == "mask":
+            boxes = {(t, l): ((t, l, th, tw), 0) for t in rows for l in cols}  # noqa: E741
+        else:
+            boxes = {(t, l): self.problem(t, l, th, tw)[1:3] for t in rows for l in cols}  # noqa: E741
+        # pixels whose measurements the tile lacks in part: the outer half of that band gets weight 0
+        margin = math.ceil(max(m for _, m in boxes.values()) / 2)
+        ramp(th, overlap, True, True, margin)  # raises when the overlap is too small for the margins
+        return [Tile(t, l, th, tw, boxes[t, l][0], margin) for t in rows for l in cols]  # noqa: E741
+
+    def groups(self, tiles: list[Tile]) -> list[tuple[object, list[int]]]:
+        """Tiles that share one operator (the interior tiles of a blur, say), each group with it."""
+        out: dict = {}
+        for i, t in enumerate(tiles):
+            o, _, _, key = self.problem(t.top, t.left, t.height, t.width)
+            out.setdefault(key, (o, []))[1].append(i)
+        return list(out.values())
+
+
+def _digest(t: Tensor) -> str:
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest() + str(tuple(t.shape))
+
+
 def tile_problem(op, top: int, left: int, th: int, tw: int, *, item: int = 0):
     """(operator, y box, margin) of the tile ``[top : top + th, left : left + tw]`` (module docstring);
     ``item`` picks the mask of an inpainting operator that holds one mask per image."""
-    C = int(op.img_size[0])
-    if isinstance(op, O.Inpainting):
-        mask = op.mask[item:item + 1] if op.mask.shape[0] > 1 else op.mask
-        return O.Inpainting(mask[..., top:top + th, left:left + tw].cpu(), (C, th, tw)), (top, left, th, tw), 0
-    factors = _factors(op) if isinstance(op, (O.Blur, O.Downsampling)) else None
-    if factors is not None:  # the rows of the 1-D matrices that see only the tile
-        (r0, nr, mh), (c0, nc, mw) = _axis(factors[0] != 0, top, th), _axis(factors[1] != 0, left, tw)
-        engine = SeparableEngine(factors[0][r0:r0 + nr, top:top + th], factors[1][c0:c0 + nc, left:left + tw])
-        return TileOperator(engine, (C, th, tw), (C, nr, nc), type(op).__name__), (r0, c0, nr, nc), max(mh, mw)
-    if isinstance(op, O.Blur):  # a non-separable kernel: the convolution's own index maps, restricted
-        _, H, W = op.img_size
-        Kh, Kw = op.kernel.shape
-        mode = "zeros" if op.padding == "valid" else op.padding
-        idx_h, idx_w = pad_index(H, *conv_padding(Kh, op.padding), mode), pad_index(W, *conv_padding(Kw, op.padding), mode)
-        r0, nr, mh = _axis(_conv_support(idx_h, Kh, H), top, th)
-        c0, nc, mw = _axis(_conv_support(idx_w, Kw, W), left, tw)
-        ih, iw = idx_h[r0:r0 + nr + Kh - 1], idx_w[c0:c0 + nc + Kw - 1]
-        engine = ConvEngine(op.kernel.cpu(), th, tw, op.padding,
-                            index=(torch.where(ih < 0, ih, ih - top), torch.where(iw < 0, iw, iw - left)))
-        return TileOperator(engine, (C, th, tw), (C, nr, nc), "Blur"), (r0, c0, nr, nc), max(mh, mw)
-    raise ValueError(f"tiling: {type(op).__name__} couples distant pixels and cannot be tiled; tiling works for "
-                     "Inpainting (masks, clouds, denoising), Blur and Downsampling")
+    return Restriction(op).problem(top, left, th, tw, item=item)[:3]
 
 
 def layout(op, tile_hw: tuple[int, int], overlap: int) -> list[Tile]:
     """The tiles of ``op``'s image for tiles of ``tile_hw`` pixels (raises for operators that
     cannot be tiled, before any work)."""
-    if not isinstance(op, (O.Inpainting, O.Blur, O.Downsampling)):
-        tile_problem(op, 0, 0, 1, 1)  # raises the message
-    _, H, W = (int(s) for s in op.img_size)
-    th, tw = (int(s) for s in tile_hw)
-    if th > H or tw > W:
-        raise ValueError(f"tiling: the prior's {th}×{tw} tiles are larger than the {H}×{W} image")
-    step = op.factor if isinstance(op, O.Downsampling) else 1
-    if th % step or tw % step or H % step or W % step:
-        raise ValueError(f"tiling: ×{step} downsampling needs tile and image sizes divisible by {step}")
-    if isinstance(op, O.Blur) and max(op.kernel.shape) >= min(th, tw):
-        raise ValueError(f"tiling: a {tuple(op.kernel.shape)} kernel leaves no measurement inside a {th}×{tw} tile; "
-                         "tiles must be larger than the kernel")
-    rows, cols = starts(H, th, overlap, step), starts(W, tw, overlap, step)
-    boxes = {(top, left): tile_problem(op, top, left, th, tw)[1:] for top in rows for left in cols}
-    # pixels whose measurements the tile lacks in part: the outer half of that band gets weight 0
-    margin = math.ceil(max(m for _, m in boxes.values()) / 2)
-    out = [Tile(top, left, th, tw, boxes[top, left][0], margin) for top in rows for left in cols]
-    ramp(th, overlap, True, True, margin)  # raises when the overlap is too small for the margins
-    return out
+    return Restriction(op).layout(tile_hw, overlap)
 
 
 def tile_operator(op, tile: Tile, *, item: int = 0):
@@ -258,17 +311,6 @@ def tile_operator(op, tile: Tile, *, item: int = 0):
 def crop_y(y: Tensor, tile: Tile) -> Tensor:
     t, l, h, w = tile.y_box
     return y[..., t:t + h, l:l + w]
-
-
-def _groups(op, tiles: list[Tile]) -> list[tuple[object, list[int]]]:
-    """Tiles that share one operator (interior tiles of a blur, say), each group with it."""
-    groups: dict = {}
-    for i, t in enumerate(tiles):
-        o = tile_operator(op, t)
-        key = (type(o).__name__, tuple(o.meas_size)) + tuple(
-            hashlib.sha256(v.cpu().numpy().tobytes()).hexdigest() for _, v in o.named_buffers())
-        groups.setdefault(key, (o, []))[1].append(i)
-    return list(groups.values())
 
 
 def reconstruct_tiled(y: Tensor, operator, prior, solver="pigdm", *, sigma_y, overlap: int = 16,
@@ -285,7 +327,8 @@ def reconstruct_tiled(y: Tensor, operator, prior, solver="pigdm", *, sigma_y, ov
     img = tuple(int(s) for s in operator.img_size)
     if img[0] != C:
         raise ValueError(f"tiling: the prior models {C} channel(s), the operator's images have {img[0]}")
-    tiles = layout(operator, (th, tw), int(overlap))
+    restriction = Restriction(operator)
+    tiles = restriction.layout((th, tw), int(overlap))
     B = y.shape[0]
     ids = [str(i) for i in range(B)] if ids is None else [str(i) for i in ids]
     if tuple(y.shape[1:]) != tuple(operator.meas_size):
@@ -296,7 +339,7 @@ def reconstruct_tiled(y: Tensor, operator, prior, solver="pigdm", *, sigma_y, ov
         raise ValueError(f"sigma_y must be a float or one value per item ([{B}]), got shape {list(sig.shape)}")
     sig = sig.expand(B) if sig.ndim == 0 else sig
     masked = isinstance(operator, O.Inpainting) and not bool((operator.mask == 1).all())
-    groups = None if masked else [(o.to(y.device), idx) for o, idx in _groups(operator, tiles)]
+    groups = None if masked else [(o.to(y.device), idx) for o, idx in restriction.groups(tiles)]
     out, seeds, nfe = [], [], 0
     for b in range(B):
         names = [f"{ids[b]}/{t.name}" for t in tiles]
@@ -315,7 +358,7 @@ def reconstruct_tiled(y: Tensor, operator, prior, solver="pigdm", *, sigma_y, ov
             kw["batch_size"] = None  # one solver call per group: the operator's masks follow the (tile, draw) order
             for g in range(0, len(tiles), group):
                 chunk = tiles[g:g + group]
-                masks = torch.cat([tile_operator(operator, t, item=b).mask for t in chunk])
+                masks = torch.cat([restriction.problem(t.top, t.left, th, tw, item=b)[0].mask for t in chunk])
                 o = O.Inpainting(masks.repeat_interleave(n, 0), (C, th, tw)).to(y.device)
                 rec = reconstruct(torch.cat([crop_y(y[b:b + 1], t) for t in chunk]), o, prior, solver,
                                   sigma_y=float(sig[b]), ids=names[g:g + group], **kw)
