@@ -294,6 +294,10 @@ class SweepTable(Callback):
     """Hydra callback: after a multirun, ``table.md`` over every run of the sweep directory."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        from .distributed import context
+
+        if not context().main:  # under torchrun: rank 0 writes the table
+            return
         root = Path(config.hydra.sweep.dir)
         try:
             table(root, root / "table.md", root / "psnr_vs_nfe.png", command="invdiff-bench -m " + " ".join(

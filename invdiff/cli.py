@@ -189,7 +189,10 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from .data.results import summarize
+        from .distributed import context
 
+        if not context().main:  # under torchrun: rank 0 summarises
+            return
         sweep = Path(config.hydra.sweep.dir)
         runs = sorted(d for d in sweep.iterdir() if (d / "samples").is_dir()) if sweep.is_dir() else []
         failed = sorted(d.name for d in sweep.iterdir() if (d / "error.txt").exists()) if sweep.is_dir() else []

@@ -42,6 +42,18 @@ def test_joblib_launcher_config():
     assert type(instantiate(ln)).__name__ == "JoblibLauncher"
 
 
+def test_joblib_sweep_runs_in_worker_processes(tmp_path):
+    """A benchmark sweep through joblib's process pool: each run finishes and the sweep's table
+    (the SweepTable callback, run once in the parent) lists both solvers."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "invdiff.bench", "-m", "hydra/launcher=processes", "benchmark=smoke",
+                    "solver=ddrm,ddnm", "data.n=1", "solver.steps=3", "progress=false", "figures=false",
+                    f"results_dir={tmp_path}"], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300)
+    table = (tmp_path / "smoke" / "table.md").read_text()
+    assert "ddrm" in table and "ddnm" in table
+    assert sorted(p.parent.parent.name for p in (tmp_path / "smoke").glob("*/*/summary.json")) == ["ddnm", "ddrm"]
+
+
 def test_submitit_local_sweep_runs_each_job_in_its_own_process(tmp_path):
     """What runs on SLURM, run by submitit's local executor: both runs of the sweep finish, the
     sweep summary covers them, and each equals the same run done in-process."""
