@@ -130,7 +130,8 @@ def reconstruct(y: Tensor, operator, prior: Prior, solver: str | Callable = "pig
     :param ids: one name per item (default ``"0"``, ``"1"``, …): seeds follow names, not positions.
     :param batch_size: solves per solver call (default all ``B × num_samples`` at once), or
         ``"auto"``: start with all and halve on an out-of-memory error until a batch fits (the
-        draws do not depend on it, DESIGN.md). With a number, running out of memory raises
+        draws do not depend on it, DESIGN.md; a retried batch's steps show again on the progress bar
+        and the callback). With a number, running out of memory raises
         :class:`OutOfMemory`, whose message names the batch size to try.
     :param progress: a ``tqdm`` bar to advance once per solver step, ``True`` for a new one, or None.
     :param solver_kwargs: settings passed to the solver (override a partial's).

@@ -277,13 +277,17 @@ def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from .distributed import context
+
     hc = HydraConfig.get()
     cfg = _attach(cfg, hc.runtime.choices.get("solver"), list(hc.overrides.task))
     try:
         run(cfg, hc.runtime.output_dir)
     except app.USER_ERRORS as err:
         msg = f"invdiff-bench: {app._one_paragraph(err)}"
-        if hc.mode == RunMode.MULTIRUN:
+        # a sweep records the error and goes on, except under torchrun: there the ranks must stay in
+        # step (a rank skipping a run would pair its barriers with another run's), so all stop
+        if hc.mode == RunMode.MULTIRUN and not context().active:
             log.error(msg)
             Path(hc.runtime.output_dir, "error.txt").write_text(msg + "\n")
             return

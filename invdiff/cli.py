@@ -125,12 +125,16 @@ def explain_overrides(overrides: list[str], config_fn=config, groups=GROUPS) -> 
 
 @hydra.main(version_base=None, config_path="configs", config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
+    from .distributed import context
+
     hc = HydraConfig.get()
     try:
         run(cfg, hc.runtime.output_dir)
     except USER_ERRORS as err:
         msg = f"invdiff: {_one_paragraph(err)}"
-        if hc.mode == RunMode.MULTIRUN:  # record it and let the sweep go on
+        # a sweep records the error and goes on, except under torchrun: there the ranks must stay in
+        # step (a rank skipping a run would pair its barriers with another run's), so all stop
+        if hc.mode == RunMode.MULTIRUN and not context().active:
             log.error(msg)
             Path(hc.runtime.output_dir, "error.txt").write_text(msg + "\n")
             return

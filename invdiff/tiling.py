@@ -53,7 +53,7 @@ from operators._linalg import conv_matrix_1d, conv_padding, pad_index
 from operators.base import LinearOperator
 from operators.blur import separable_factors
 
-from .api import Reconstruction, reconstruct
+from .api import OutOfMemory, Reconstruction, reconstruct
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,9 @@ def starts(length: int, tile: int, overlap: int, step: int = 1) -> list[int]:
         raise ValueError(f"tiling: overlap must be in [0, {tile}) pixels, got {overlap}")
     if length == tile:
         return [0]
+    if tile - overlap < step:
+        raise ValueError(f"tiling: tiles on a {step}-px grid need overlap <= {tile - step} px ({tile}-px tiles), "
+                         f"got {overlap}")
     if (length - tile) % step:
         raise ValueError(f"tiling: an image of {length} px cannot be covered by {tile}-px tiles on a {step}-px grid")
     span = (length - tile) // step
@@ -145,8 +148,8 @@ class TileOperator(LinearOperator):
     """The exact restriction of a blur or downsampling to a tile: the measurements that see only
     the tile's pixels (image-border padding included), as a function of the tile."""
 
-    def __init__(self, engine: torch.nn.Module, img_size, meas_size, what: str):
-        super().__init__(engine, img_size, meas_size)
+    def __init__(self, engine: torch.nn.Module, img_size, meas_size, what: str, **solver_options):
+        super().__init__(engine, img_size, meas_size, **solver_options)
         self.what = what
 
     def _describe_params(self) -> str:
@@ -206,6 +209,7 @@ class Restriction:
 
     def __init__(self, op):
         self.op, self.C = op, int(op.img_size[0])
+        self.options = {k: getattr(op, k) for k in ("pinv_rtol", "cg_tol", "cg_max_iter") if hasattr(op, k)}
         self._axes: dict = {}
         self._ops: dict = {}
         if isinstance(op, O.Inpainting):
@@ -239,19 +243,23 @@ class Restriction:
         if self.kind == "mask":
             mask = self.op.mask[item:item + 1] if self.op.mask.shape[0] > 1 else self.op.mask
             sub = mask[..., top:top + th, left:left + tw].cpu()
-            return O.Inpainting(sub, (C, th, tw)), (top, left, th, tw), 0, ("mask", top, left, item)
+            key = ("mask", _digest(sub))  # equal masks (denoising: all ones) share one operator
+            if key not in self._ops:
+                self._ops[key] = O.Inpainting(sub, (C, th, tw), **self.options)
+            return self._ops[key], (top, left, th, tw), 0, key
         (r0, nr, mh), (c0, nc, mw) = self._axis(0, top, th), self._axis(1, left, tw)
         if self.kind == "separable":
             A_h, A_w = self.M[0][r0:r0 + nr, top:top + th], self.M[1][c0:c0 + nc, left:left + tw]
             key = (_digest(A_h), _digest(A_w))
-            make = lambda: TileOperator(SeparableEngine(A_h, A_w), (C, th, tw), (C, nr, nc), type(self.op).__name__)  # noqa: E731
+            make = lambda: TileOperator(SeparableEngine(A_h, A_w), (C, th, tw), (C, nr, nc), type(self.op).__name__,  # noqa: E731
+                                        **self.options)
         else:
             (Kh, Kw), (idx_h, idx_w) = self.K, self.idx
             ih, iw = idx_h[r0:r0 + nr + Kh - 1], idx_w[c0:c0 + nc + Kw - 1]
             ih, iw = torch.where(ih < 0, ih, ih - top), torch.where(iw < 0, iw, iw - left)
             key = (tuple(ih.tolist()), tuple(iw.tolist()))
             make = lambda: TileOperator(ConvEngine(self.op.kernel.cpu(), th, tw, self.op.padding, index=(ih, iw)),  # noqa: E731
-                                        (C, th, tw), (C, nr, nc), "Blur")
+                                        (C, th, tw), (C, nr, nc), "Blur", **self.options)
         if key not in self._ops:
             self._ops[key] = make()
         return self._ops[key], (r0, c0, nr, nc), max(mh, mw), key
@@ -322,6 +330,7 @@ def reconstruct_tiled(y: Tensor, operator, prior, solver="pigdm", *, sigma_y, ov
     :param overlap: minimum overlap of neighbouring tiles, in image pixels (the blend ramp's width).
     Other parameters as :func:`invdiff.reconstruct`; tile ``(top, left)`` of item ``id`` draws with
     the seeds of the id ``"{id}/tile{top}_{left}"``. ``nfe`` is per tile and draw; ``seconds`` the total.
+    ``batch_size`` caps the draws solved at once (tiles × draws); ``"auto"`` halves on out-of-memory.
     """
     C, th, tw = (int(s) for s in prior.shape)
     img = tuple(int(s) for s in operator.img_size)
@@ -331,6 +340,8 @@ def reconstruct_tiled(y: Tensor, operator, prior, solver="pigdm", *, sigma_y, ov
     tiles = restriction.layout((th, tw), int(overlap))
     B = y.shape[0]
     ids = [str(i) for i in range(B)] if ids is None else [str(i) for i in ids]
+    if len(ids) != B or len(set(ids)) != B:
+        raise ValueError(f"ids must name the {B} items of the batch uniquely, got {ids}")
     if tuple(y.shape[1:]) != tuple(operator.meas_size):
         raise ValueError(f"tiling: y has shape {list(y.shape[1:])} per item, the operator measures {list(operator.meas_size)}")
     t0 = time.perf_counter()
@@ -354,16 +365,31 @@ def reconstruct_tiled(y: Tensor, operator, prior, solver="pigdm", *, sigma_y, ov
                 nfe = rec.nfe
         else:  # one mask per tile: groups of tiles in one call, through an operator holding their masks
             n = int(num_samples)
-            group = max(1, int(batch_size) // n) if isinstance(batch_size, int) else (len(tiles) if batch_size is None else 8)
-            kw["batch_size"] = None  # one solver call per group: the operator's masks follow the (tile, draw) order
-            for g in range(0, len(tiles), group):
+            auto = batch_size == "auto"
+            single = isinstance(batch_size, int) and batch_size < n  # fewer draws at once than one tile has
+            group = 1 if single else max(1, batch_size // n) if isinstance(batch_size, int) else \
+                (len(tiles) if batch_size is None else 8)
+            g = 0
+            while g < len(tiles):
                 chunk = tiles[g:g + group]
-                masks = torch.cat([restriction.problem(t.top, t.left, th, tw, item=b)[0].mask for t in chunk])
-                o = O.Inpainting(masks.repeat_interleave(n, 0), (C, th, tw)).to(y.device)
-                rec = reconstruct(torch.cat([crop_y(y[b:b + 1], t) for t in chunk]), o, prior, solver,
-                                  sigma_y=float(sig[b]), ids=names[g:g + group], **kw)
-                parts[g:g + group], tile_seeds[g:g + group] = list(rec.samples), rec.seeds
+                if single or (auto and group == 1):  # one tile, its draws chunked by reconstruct
+                    o = restriction.problem(chunk[0].top, chunk[0].left, th, tw, item=b)[0].to(y.device)
+                    rec = reconstruct(crop_y(y[b:b + 1], chunk[0]), o, prior, solver, sigma_y=float(sig[b]),
+                                      ids=names[g:g + 1], **kw)
+                else:  # one solver call: the operator's masks follow reconstruct's (tile, draw) order
+                    masks = torch.cat([restriction.problem(t.top, t.left, th, tw, item=b)[0].mask for t in chunk])
+                    o = O.Inpainting(masks.repeat_interleave(n, 0), (C, th, tw), **restriction.options).to(y.device)
+                    try:
+                        rec = reconstruct(torch.cat([crop_y(y[b:b + 1], t) for t in chunk]), o, prior, solver,
+                                          sigma_y=float(sig[b]), ids=names[g:g + len(chunk)], **{**kw, "batch_size": None})
+                    except OutOfMemory:
+                        if not auto:
+                            raise
+                        group = max(1, group // 2)  # fewer tiles per call, then one tile with halved draws
+                        continue
+                parts[g:g + len(chunk)], tile_seeds[g:g + len(chunk)] = list(rec.samples), rec.seeds
                 nfe = rec.nfe
+                g += len(chunk)
         out.append(blend(parts, tiles, img, int(overlap)))  # [N, C, H, W]
         seeds.append({t.name: s for t, s in zip(tiles, tile_seeds)})
     samples = torch.stack(out)

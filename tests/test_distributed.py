@@ -88,6 +88,18 @@ def test_context_reads_torchrun_environment(monkeypatch):
         distributed.context()
 
 
+def test_hydra_overrides_give_every_rank_rank_0s_run_directory(monkeypatch):
+    assert distributed.hydra_overrides(["seed=1"], {"hydra.run.dir": "outputs/{time}"}) == []  # no torchrun
+    for rank in (0, 1):
+        monkeypatch.setattr(distributed, "context", lambda rank=rank: distributed.Context(rank, 2, rank))
+        monkeypatch.setattr(distributed, "init", lambda rank=rank: distributed.Context(rank, 2, rank))
+        monkeypatch.setattr(distributed, "broadcast", lambda obj: "2026-01-02/03-04-05")  # rank 0's time
+        extra = distributed.hydra_overrides(["seed=1", "hydra.sweep.dir=mine"],
+                                            {"hydra.run.dir": "outputs/{time}", "hydra.sweep.dir": "multirun/{time}"})
+        assert extra[0] == "hydra.run.dir=outputs/2026-01-02/03-04-05" and not any("sweep" in e for e in extra)
+        assert (("hydra.output_subdir=null" in extra) and ("hydra/job_logging=stdout" in extra)) == (rank == 1)
+
+
 def test_torchrun_app_equals_one_process(tmp_path):
     """Two gloo ranks share the samples (both solve some), write one run directory (rank 0's time,
     though the user gave none), and every array equals a one-process run bit for bit."""

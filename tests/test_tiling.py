@@ -30,6 +30,8 @@ def test_bad_layouts_are_refused():
         tiling.starts(128, 64, 64)
     with pytest.raises(ValueError, match="cannot be covered"):
         tiling.starts(130, 64, 8, 4)
+    with pytest.raises(ValueError, match="need overlap <= 48"):  # a 16-px grid cannot give gaps of 14 px
+        tiling.starts(256, 64, 50, 16)
 
 
 def test_ramps_sum_to_one_where_tiles_overlap_exactly():
@@ -162,17 +164,19 @@ def test_network_prior_restores_an_image_four_times_its_size(camera256):
     rec = tiling.reconstruct_tiled(y, op, prior, "ddnm", sigma_y=0.02, overlap=16, num_samples=1, seed=0,
                                    steps=20, batch_size=25)
     x = rec.mean.clamp(0, 1)
-    assert x.shape == (1, 1, 256, 256) and rec.nfe == 20
+    tiles = tiling.layout(op, (64, 64), 16)
+    assert x.shape == (1, 1, 256, 256) and rec.nfe == 20 and len(tiles) == 25
     mse = float(((x - camera256) ** 2).mean())
     assert 10 * torch.log10(torch.tensor(1 / mse)) > 22  # the masked y alone: ~6 dB
-    # no seams: the error along tile boundaries is no larger than elsewhere
+    # no seams: the error along every inner tile edge (both ends of each overlap, rows and columns)
+    # is no larger than elsewhere
     err = (x - camera256).abs()[0, 0]
-    edges = sorted({t.left for t in tiling.layout(op, (64, 64), 16)} - {0})
-    cols = torch.zeros(256, dtype=torch.bool)
+    edges = sorted({t.left for t in tiles if t.left > 0} | {t.left + 64 for t in tiles if t.left + 64 < 256})
+    near = torch.zeros(256, dtype=torch.bool)
     for e in edges:
-        cols[e - 2:e + 2] = True
-        cols[e + 64 - 16 - 2:e + 64 - 16 + 2] = True  # the other end of the overlap
-    assert float(err[:, cols].mean()) < 1.3 * float(err[:, ~cols].mean())
+        near[e - 2:e + 2] = True
+    seam = near[None, :] | near[:, None]
+    assert float(err[seam].mean()) < 1.3 * float(err[~seam].mean())
 
 
 def test_app_solves_larger_images_in_tiles(tmp_path):
@@ -192,3 +196,65 @@ def test_app_solves_larger_images_in_tiles(tmp_path):
         app.setup(app.config("prior=patches64", "shape=[1,128,128]", "data=sample_image"))
     with pytest.raises(app.AppError, match="couples distant pixels"):
         app.setup(app.config("prior=phantom64", "shape=[1,128,128]", "tile_overlap=8"))
+
+
+# --------------------------------------------------------------------------------------------
+# batching of tiles
+# --------------------------------------------------------------------------------------------
+def _small_problem(mask_kind: str):
+    prior = GaussianPrior(torch.full((16 * 16,), 0.5), smooth_cov(16, 16, length=1.5, var=0.04, nugget=0.002),
+                          shape=(1, 16, 16))
+    if mask_kind == "per-image":
+        op = O.Inpainting(O.masks.RandomPixelMask(0.5), (1, 32, 32), batch_size=2, seed=0)
+    else:
+        op = O.Inpainting(O.masks.RandomPixelMask(0.5), (1, 32, 32), seed=0)
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = op.measure(x, O.GaussianNoise(0.05), generator=torch.Generator().manual_seed(1))
+    return prior, op, y
+
+
+@pytest.mark.parametrize("mask_kind", ["shared", "per-image"])
+def test_tiled_draws_do_not_depend_on_the_batch_size(mask_kind):
+    """Tiles × draws in groups through one operator holding their masks, or one tile at a time
+    with its draws chunked: the same seeds give the same draws (several draws, per-item σ_y)."""
+    prior, op, y = _small_problem(mask_kind)
+    runs = [tiling.reconstruct_tiled(y, op, prior, "ddrm", sigma_y=torch.tensor([0.05, 0.08]), overlap=4,
+                                     num_samples=3, seed=2, batch_size=b, steps=3) for b in (None, 2, 7, "auto")]
+    for r in runs[1:]:
+        torch.testing.assert_close(r.samples, runs[0].samples, rtol=1e-9, atol=1e-9)
+
+
+def test_tiled_batch_size_auto_halves_the_tile_groups_on_out_of_memory():
+    from invdiff import solvers
+
+    prior, op, y = _small_problem("shared")
+    seen = []
+
+    def solver(y, operator, prior, *, sigma_y, generator=None, callback=None, **kw):
+        seen.append(y.shape[0])
+        if y.shape[0] > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return solvers.ddrm(y, operator, prior, sigma_y=sigma_y, generator=generator, callback=callback, steps=3)
+
+    auto = tiling.reconstruct_tiled(y[:1], op, prior, solver, sigma_y=0.05, overlap=4, num_samples=3, seed=2,
+                                    batch_size="auto")
+    ref = tiling.reconstruct_tiled(y[:1], op, prior, "ddrm", sigma_y=0.05, overlap=4, num_samples=3, seed=2,
+                                   batch_size=1, steps=3)
+    torch.testing.assert_close(auto.samples, ref.samples, rtol=1e-9, atol=1e-9)
+    assert max(seen) == 24 and 4 >= min(seen)  # 8 tiles × 3 draws first, then smaller groups
+    with pytest.raises(tiling.OutOfMemory, match="batch_size="):
+        tiling.reconstruct_tiled(y[:1], op, prior, solver, sigma_y=0.05, overlap=4, num_samples=3, batch_size=30)
+
+
+def test_denoising_tiles_share_one_operator_and_options_carry_over():
+    op = O.Inpainting(torch.ones(1, 1, 64, 64), (1, 64, 64), pinv_rtol=1e-3, cg_max_iter=7)
+    r = tiling.Restriction(op)
+    tiles = r.layout((16, 16), 4)
+    groups = r.groups(tiles)
+    assert len(groups) == 1 and len(groups[0][1]) == len(tiles)  # one batched call for all tiles
+    blur = O.Blur(O.MotionKernel(5, 0.5), (1, 64, 64), seed=0, pinv_rtol=1e-3, cg_max_iter=7)
+    for o in (groups[0][0], tiling.tile_operator(blur, tiling.layout(blur, (16, 16), 9)[5])):
+        assert (o.pinv_rtol, o.cg_max_iter) == (1e-3, 7)
+    prior, op2, y = _small_problem("shared")
+    with pytest.raises(ValueError, match="uniquely"):
+        tiling.reconstruct_tiled(y, op2, prior, "ddrm", sigma_y=0.05, overlap=4, ids=["a", "a"], steps=2)
