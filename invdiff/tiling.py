@@ -22,6 +22,10 @@ outside the tile:
 * :class:`operators.Downsampling` by ``f``: tiles on the ``f``-grid; the low-resolution pixels
   whose filter support lies in the tile (an exact SVD).
 
+With ``circular`` padding the measurements whose kernel wraps around the image depend on pixels
+at both borders, so no tile uses them: image borders are then a little less constrained than
+with the other paddings.
+
 Operators that couple all pixels (MRI, CT, phase retrieval, nonlinear models) are refused.
 
 Blending. Along each axis, tile starts spread evenly from 0 to L − T (T the tile size) with
