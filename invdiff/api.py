@@ -114,6 +114,24 @@ class Reconstruction:
     seeds: list[list[int]]
 
 
+def batch_items(B: int, ids, sigma_y) -> tuple[list[str], Tensor]:
+    """The ``B`` items' names (default ``"0"``, ``"1"``, …; unique) and σ_y values (``[B]``,
+    finite, >= 0) from :func:`reconstruct`'s ``ids`` and ``sigma_y`` arguments, checked."""
+    ids = [str(i) for i in range(B)] if ids is None else [str(i) for i in ids]
+    if len(ids) != B or len(set(ids)) != B:
+        raise ValueError(f"ids must name the {B} items of the batch uniquely, got {ids}")
+    try:
+        sig = torch.as_tensor(sigma_y, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"sigma_y must be a float or one value per item, got {sigma_y!r}") from err
+    if sig.ndim > 1 or (sig.ndim == 1 and sig.shape[0] != B):
+        raise ValueError(f"sigma_y must be a float or one value per item ([{B}]), got shape {list(sig.shape)}")
+    sig = sig.expand(B) if sig.ndim == 0 else sig
+    if not bool(torch.isfinite(sig).all()) or bool((sig < 0).any()):
+        raise ValueError(f"sigma_y must be finite and >= 0, got {sigma_y}")
+    return ids, sig
+
+
 def reconstruct(y: Tensor, operator, prior: Prior, solver: str | Callable = "pigdm", *, sigma_y,
                 num_samples: int = 1, seed: int = 0, ids: Sequence[str] | None = None,
                 batch_size: int | None = None, progress=None, **solver_kwargs) -> Reconstruction:
@@ -144,18 +162,7 @@ def reconstruct(y: Tensor, operator, prior: Prior, solver: str | Callable = "pig
     # y and σ_y checked here too, before any solve: a user's callable (or a baseline) may not check them
     check_measurement(solver_name(fn), y, operator)
     B = y.shape[0]
-    ids = [str(i) for i in range(B)] if ids is None else [str(i) for i in ids]
-    if len(ids) != B or len(set(ids)) != B:
-        raise ValueError(f"ids must name the {B} items of the batch uniquely, got {ids}")
-    try:
-        sig = torch.as_tensor(sigma_y, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(f"sigma_y must be a float or one value per item, got {sigma_y!r}") from err
-    if sig.ndim > 1 or (sig.ndim == 1 and sig.shape[0] != B):
-        raise ValueError(f"sigma_y must be a float or one value per item ([{B}]), got shape {list(sig.shape)}")
-    sig = sig.expand(B) if sig.ndim == 0 else sig
-    if not bool(torch.isfinite(sig).all()) or bool((sig < 0).any()):
-        raise ValueError(f"sigma_y must be finite and >= 0, got {sigma_y}")
+    ids, sig = batch_items(B, ids, sigma_y)
     jobs = [(i, k) for i in range(B) for k in range(int(num_samples))]
     auto = batch_size == "auto"
     if not (batch_size is None or auto or (isinstance(batch_size, int) and not isinstance(batch_size, bool))):

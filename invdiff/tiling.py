@@ -57,7 +57,7 @@ from operators._linalg import conv_matrix_1d, conv_padding, pad_index
 from operators.base import LinearOperator
 from operators.blur import separable_factors
 
-from .api import OutOfMemory, Reconstruction, reconstruct
+from .api import OutOfMemory, Reconstruction, batch_items, reconstruct
 
 
 @dataclass(frozen=True)
@@ -343,16 +343,10 @@ def reconstruct_tiled(y: Tensor, operator, prior, solver="pigdm", *, sigma_y, ov
     restriction = Restriction(operator)
     tiles = restriction.layout((th, tw), int(overlap))
     B = y.shape[0]
-    ids = [str(i) for i in range(B)] if ids is None else [str(i) for i in ids]
-    if len(ids) != B or len(set(ids)) != B:
-        raise ValueError(f"ids must name the {B} items of the batch uniquely, got {ids}")
+    ids, sig = batch_items(B, ids, sigma_y)
     if tuple(y.shape[1:]) != tuple(operator.meas_size):
         raise ValueError(f"tiling: y has shape {list(y.shape[1:])} per item, the operator measures {list(operator.meas_size)}")
     t0 = time.perf_counter()
-    sig = torch.as_tensor(sigma_y, dtype=torch.float64)
-    if sig.ndim > 1 or (sig.ndim == 1 and sig.shape[0] != B):
-        raise ValueError(f"sigma_y must be a float or one value per item ([{B}]), got shape {list(sig.shape)}")
-    sig = sig.expand(B) if sig.ndim == 0 else sig
     masked = isinstance(operator, O.Inpainting) and not bool((operator.mask == 1).all())
     groups = None if masked else [(o.to(y.device), idx) for o, idx in restriction.groups(tiles)]
     out, seeds, nfe = [], [], 0
