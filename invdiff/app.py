@@ -265,10 +265,11 @@ def setup(cfg: DictConfig) -> Job:
                 from . import tiling
 
                 try:
-                    first = tiling.layout(op, tuple(prior.shape[1:]), overlap)[0]
+                    restriction = tiling.Restriction(op)
+                    first = restriction.layout(tuple(prior.shape[1:]), overlap)[0]
                 except ValueError as err:
                     raise AppError(_one_paragraph(err)) from err
-                op_checked = tiling.tile_operator(op, first)
+                op_checked = restriction.problem(first.top, first.left, first.height, first.width)[0]
                 probe = tiling.crop_y(probe, first)
             try:
                 check_call(solver, probe, op_checked, prior, sigma_y=sig)
