@@ -126,7 +126,10 @@ def test_tiles_agree_with_the_whole_image_posterior(make, tol):
     clean = op.A(x)
     for t in tiles:  # the tile problems are exact: no tile measurement sees outside its tile
         xt = x[..., t.top:t.top + T, t.left:t.left + T]
-        torch.testing.assert_close(tiling.tile_operator(op, t).A(xt), tiling.crop_y(clean, t), rtol=0, atol=1e-12)
+        o = tiling.tile_operator(op, t)
+        torch.testing.assert_close(o.A(xt), tiling.crop_y(clean, t), rtol=0, atol=1e-12)
+        v = torch.randn(1, *o.meas_size, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+        assert float((o.A(xt) * v).sum()) == pytest.approx(float((xt * o.A_adjoint(v)).sum()), rel=1e-10)  # adjoint
     A = _dense(op, (1, H, H))
     exact = _posterior_mean(A, cov, y[0], 0.02).reshape(H, H)
     K = A @ cov @ A.T + 0.02**2 * torch.eye(A.shape[0], dtype=torch.float64)
