@@ -144,7 +144,8 @@ def reconstruct(y: Tensor, operator, prior: Prior, solver: str | Callable = "pig
         solver call shape (e.g. ``functools.partial(invdiff.solvers.dps, steps=500)``).
     :param sigma_y: measurement noise σ (float or ``[B]``; measurement units).
     :param num_samples: posterior draws per item (mean and per-pixel std from them).
-    :param seed: base seed; draw k of item i uses ``sample_seed(seed, ids[i], f"solver/{k}")``.
+    :param seed: base seed; draw k of item i uses ``sample_seed(seed, ids[i], f"solver/{k}")`` in a
+        generator on y's device (reproducible bit for bit per device type; CPU and CUDA streams differ).
     :param ids: one name per item (default ``"0"``, ``"1"``, …): seeds follow names, not positions.
     :param batch_size: solves per solver call (default all ``B × num_samples`` at once), or
         ``"auto"``: start with all and halve on an out-of-memory error until a batch fits (the
@@ -192,7 +193,9 @@ def reconstruct(y: Tensor, operator, prior: Prior, solver: str | Callable = "pig
         while start < len(jobs):
             part = jobs[start : start + chunk]
             idx = torch.tensor([i for i, _ in part], device=y.device)
-            gens = [torch.Generator().manual_seed(seeds[i][k]) for i, k in part]
+            # noise is drawn where the solver runs (no CPU draws copied to a GPU): the same seed gives
+            # the same draws on one device type, bit for bit, but other draws on another
+            gens = [torch.Generator(device=y.device).manual_seed(seeds[i][k]) for i, k in part]
             before = counting.calls
             try:
                 x = fn(y[idx], operator, counting, sigma_y=sig[idx.cpu()], generator=gens, callback=callback,

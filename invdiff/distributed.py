@@ -127,12 +127,14 @@ def finish(summarize, *args, **kwargs):
 
 
 def device(dev):
-    """``cuda`` (no index) becomes ``cuda:LOCAL_RANK`` under torchrun, and is made current."""
+    """``cuda`` (no index) becomes ``cuda:LOCAL_RANK`` under torchrun, else the current CUDA device
+    (``cuda:0`` by default), and is made current."""
     import torch
 
     ctx = context()
-    if dev.type == "cuda" and dev.index is None and ctx.active:
-        dev = torch.device("cuda", ctx.local_rank % max(torch.cuda.device_count(), 1))
+    if dev.type == "cuda" and dev.index is None:  # an index always: set_device and comparisons need one
+        index = ctx.local_rank % max(torch.cuda.device_count(), 1) if ctx.active else torch.cuda.current_device()
+        dev = torch.device("cuda", index)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     return dev

@@ -17,7 +17,9 @@ measurements (components with s = 0 are ignored) and ``U_adjoint`` its adjoint (
 
 from __future__ import annotations
 
+import functools
 import importlib
+import itertools
 from typing import Any, Iterable
 
 import numpy as np
@@ -81,6 +83,66 @@ def _check_shape(t: Tensor, expected: tuple[int, ...], what: str, op: "LinearOpe
         )
 
 
+def module_device(module: torch.nn.Module, what: str | None = None) -> torch.device | None:
+    """The one device holding all of ``module``'s parameters and buffers (``None`` when it holds
+    none: it then works on any device). A module split over two devices is refused."""
+    devices = {t.device for t in itertools.chain(module.parameters(), module.buffers())}
+    if len(devices) > 1:
+        name = what or type(module).__name__  # not describe(): it may read the misplaced tensors
+        raise ValueError(f"{name} holds tensors on {', '.join(sorted(map(str, devices)))}; an operator or prior "
+                         "lives on one device: move all of it with .to(device)")
+    return next(iter(devices), None)
+
+
+def _tensor_devices(values) -> set:
+    out = set()
+    for v in values:
+        if isinstance(v, Tensor):
+            out.add(v.device)
+        elif isinstance(v, (list, tuple)):
+            out |= _tensor_devices(v)
+    return out
+
+
+def _on_cpu(v: Any) -> Any:
+    if isinstance(v, Tensor):
+        return v.cpu()
+    if isinstance(v, (list, tuple)) and any(isinstance(e, Tensor) for e in v):
+        return type(v)(_on_cpu(e) for e in v)
+    return v
+
+
+def _placed(init):
+    """Wrap an operator's ``__init__``: an operator built from tensors on a device lives on that
+    device. The tensor arguments are taken to the CPU, the operator is built there (SVDs, index maps,
+    float64 set-up), then all of it is moved with ``.to(device)``; tensors on two devices are
+    refused. Inner ``super().__init__`` calls of the same object pass straight through."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        if self.__dict__.get("_placing", False):
+            return init(self, *args, **kwargs)
+        devices = _tensor_devices(args) | _tensor_devices(kwargs.values())
+        if len(devices) > 1:
+            raise ValueError(f"{type(self).__name__}: its tensor arguments are on {', '.join(sorted(map(str, devices)))}; "
+                             "build an operator from tensors on one device")
+        self.__dict__["_placing"] = True
+        try:
+            init(self, *(_on_cpu(a) for a in args), **{k: _on_cpu(v) for k, v in kwargs.items()})
+        finally:
+            self.__dict__["_placing"] = False
+        target = next(iter(devices), None)
+        if target is None:  # no tensor arguments: parameters drawn on a device (its generator) decide
+            drawn = {t.device for t in self.buffers()} - {torch.device("cpu")}
+            if len(drawn) > 1:
+                raise ValueError(f"{type(self).__name__}: built on {sorted(map(str, drawn))}; use one device")
+            target = next(iter(drawn), None)
+        if target is not None and target.type != "cpu":
+            self.to(target)
+
+    return __init__
+
+
 def _to_plain(v: Any) -> Any:
     if isinstance(v, Tensor):
         return v.detach().cpu().numpy()
@@ -90,7 +152,24 @@ def _to_plain(v: Any) -> Any:
 
 
 class OperatorMixin:
-    """What every invdiff operator shares: description, shape checks, simulation, persistence."""
+    """What every invdiff operator shares: description, shape checks, simulation, persistence, and
+    one device: an operator built from tensors on a device lives there (see :func:`_placed`, applied
+    to every subclass's ``__init__``), ``op.to(device)`` moves all of it, ``op.device`` tells where."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _placed(cls.__dict__["__init__"])
+
+    @property
+    def device(self) -> torch.device | None:
+        """The device of the operator's tensors (``None`` for an operator without tensors, which
+        works on any device). Refuses an operator split over two devices."""
+        return module_device(self)
+
+    @device.setter
+    def device(self, value) -> None:
+        self.to(value)
 
     def describe(self) -> str:
         return f"{type(self).__name__}({self._describe_params()})"

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 import operators
 from invdiff import solvers
 from invdiff.priors import CountingPrior, GaussianPrior, Prior
+from invdiff.priors.base import per_sample_sigma
 from invdiff.solvers import SolverDivergedError
 
 from invdiff.priors.analytic import smooth_cov
@@ -290,10 +291,11 @@ class TinyNet(Prior):
         self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
         self.seen = []
 
-    def denoiser(self, x, sigma):
-        h = self.conv(x.float() / (1 + float(sigma)))
+    def denoiser(self, x, sigma):  # σ: a float or [B] (the compiled path passes a tensor)
+        s = per_sample_sigma(sigma, x)
+        h = self.conv(x.float() / (1 + s.float()))
         self.seen.append(h.dtype)
-        return (x / (1 + float(sigma) ** 2) + 0.01 * h).to(x.dtype)
+        return (x / (1 + s**2) + 0.01 * h).to(x.dtype)
 
 
 def test_autocast_flag_runs_the_network_in_bfloat16():

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .base import Prior, per_sample_sigma
-from .schedules import VPSchedule
+from .schedules import VPSchedule, vp_timestep
 
 PARAMETERIZATIONS = ("eps", "x0", "v", "score")
 CONDITIONINGS = ("timestep", "t", "sigma", "log_sigma", "edm")
@@ -74,12 +74,20 @@ class NetworkPrior(Prior):
         if net_dtype is None and isinstance(net, torch.nn.Module):
             net_dtype = next((p.dtype for p in net.parameters()), None)
         self.net_dtype = net_dtype
+        if is_vp:  # the σ → timestep table, moved with the prior (no host round trip per call)
+            self.register_buffer("_log_sigmas", schedule._log_sigmas.clone(), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        if self.is_vp:  # moved with the prior, but kept in float64 whatever dtype the network is cast to
+            self._log_sigmas = self.schedule._log_sigmas.to(self._log_sigmas.device)
+        return out
 
     def _condition(self, sigma: Tensor) -> Tensor:
-        if self.conditioning == "timestep":
-            return self.schedule.t(sigma.cpu(), snap=self.snap).to(sigma.device)
+        if self.conditioning in ("timestep", "t") and self.is_vp:
+            return vp_timestep(self._log_sigmas, sigma, snap=self.snap and self.conditioning == "timestep")
         if self.conditioning == "t":
-            return self.schedule.t(sigma.cpu()).to(sigma.device)
+            return self.schedule.t(sigma)
         if self.conditioning == "sigma":
             return sigma
         if self.conditioning == "log_sigma":
@@ -101,7 +109,9 @@ class NetworkPrior(Prior):
 
     def denoiser(self, x: Tensor, sigma) -> Tensor:
         self.check_input(x)
-        sig = per_sample_sigma(sigma, x)  # [B, 1, ...] in x's dtype
+        return self.raw_denoiser(x, per_sample_sigma(sigma, x))  # σ: [B, 1, ...] in x's dtype
+
+    def raw_denoiser(self, x: Tensor, sig: Tensor) -> Tensor:
         s = 1.0 / torch.sqrt(1.0 + sig**2) if self.is_vp else torch.ones_like(sig)
         dtype = self.net_dtype or x.dtype
         cond = self._condition(sig.flatten().to(torch.float64)).to(dtype)

@@ -94,6 +94,7 @@ class GaussianMixturePrior(Prior):
         self.register_buffer("lam", lam)
         self.register_buffer("Q", Q)
         self.K, self.d = K, d
+        self._isotropic = Q is None and bool((lam == lam[:, :1]).all())  # shared-variance components
 
     # -- moments ------------------------------------------------------------------------------
     def cov_matrices(self) -> Tensor:
@@ -159,9 +160,12 @@ class GaussianMixturePrior(Prior):
 
     def denoiser(self, x: Tensor, sigma) -> Tensor:
         self.check_input(x)
-        sig = per_sample_sigma(sigma, x).reshape(-1, 1).to(torch.float64)
+        return self.raw_denoiser(x, per_sample_sigma(sigma, x))
+
+    def raw_denoiser(self, x: Tensor, sigma: Tensor) -> Tensor:
+        sig = sigma.reshape(-1, 1).to(torch.float64)
         flat = x.reshape(x.shape[0], -1).to(torch.float64)
-        if self.Q is None and bool((self.lam == self.lam[:, :1]).all()):
+        if self._isotropic:
             out = self._isotropic_denoiser(flat, sig**2)
         else:
             log_resp, cond_means = self._log_resp_and_means(flat, sig**2)

@@ -47,6 +47,20 @@ def geometric_sigma_grid(steps: int, sigma_min: float, sigma_max: float) -> Tens
     return torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), steps, dtype=torch.float64))
 
 
+def vp_timestep(log_sigmas: Tensor, sigma: Tensor, snap: bool = False) -> Tensor:
+    """The fractional DDPM timestep of ``sigma`` on a table ``log_sigmas`` ``[T]`` (increasing
+    log σ of the training steps): log σ interpolated linearly between steps, clamped to the table;
+    ``snap`` rounds to the nearest step. Pure tensor code on the table's device (no host sync), so
+    the network call can be compiled with σ as a tensor."""
+    T = log_sigmas.shape[0]
+    log_s = sigma.to(log_sigmas.dtype).log().clamp(log_sigmas[0], log_sigmas[-1])
+    hi = torch.searchsorted(log_sigmas, log_s.contiguous()).clamp(1, T - 1)
+    lo = hi - 1
+    w = (log_s - log_sigmas[lo]) / (log_sigmas[hi] - log_sigmas[lo])
+    t = lo + w
+    return t.round() if snap else t
+
+
 class VPSchedule:
     """Discrete variance-preserving schedule.
 
@@ -99,12 +113,7 @@ class VPSchedule:
     def t(self, sigma, snap: bool = False) -> Tensor:
         """Inverse of :meth:`sigma` (fractional timestep), or the nearest integer step in log σ
         with ``snap=True``. σ outside the schedule's range is clamped to it."""
-        log_s = _as64(sigma).log().clamp(self._log_sigmas[0], self._log_sigmas[-1])
-        hi = torch.searchsorted(self._log_sigmas, log_s).clamp(1, self.T - 1)
-        lo = hi - 1
-        w = (log_s - self._log_sigmas[lo]) / (self._log_sigmas[hi] - self._log_sigmas[lo])
-        t = lo + w
-        return t.round() if snap else t
+        return vp_timestep(self._log_sigmas, _as64(sigma), snap)
 
     @staticmethod
     def alpha_bar(sigma) -> Tensor:

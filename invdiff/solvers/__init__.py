@@ -7,7 +7,7 @@ Gradient-guided family: ``dps``, ``mcg``, ``reddiff``, ``tmpd``. Sampling-based 
 ``baselines.pinv``.
 """
 
-from ._common import SolverDivergedError, check_call
+from ._common import COMPILE_MODES, SolverDivergedError, check_call, runtime
 from .daps import daps
 from .ddnm import ddnm
 from .ddrm import ddrm
@@ -23,4 +23,4 @@ from .tmpd import tmpd
 
 SOLVERS = {f.__name__: f for f in (ddrm, ddnm, pigdm, diffpir, score_sde, dps, mcg, reddiff, tmpd, daps, pnpdm, mcgdiff)}
 
-__all__ = ["SOLVERS", "SolverDivergedError", "check_call", *SOLVERS]
+__all__ = ["SOLVERS", "COMPILE_MODES", "SolverDivergedError", "check_call", "runtime", *SOLVERS]

@@ -20,18 +20,17 @@ import contextlib
 import contextvars
 import functools
 import inspect
-import itertools
 import math
-import weakref
 from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
 
 from operators import require
+from operators.base import module_device
 
 from .._random import GeneratorArg, check_generator, randn
-from ..priors.base import Prior
+from ..priors.base import Prior, per_sample_sigma, raw_call
 from ..priors.schedules import vp_schedule_of, vp_timesteps
 
 Callback = Callable[[int, Tensor, Tensor], None] | None
@@ -139,15 +138,69 @@ def ddim_step(pb: "Problem", x: Tensor, x0_hat: Tensor, sigma: float, sigma_next
 # --------------------------------------------------------------------------------------------
 # the network call
 # --------------------------------------------------------------------------------------------
-_COMPILED: "weakref.WeakKeyDictionary[Prior, Callable]" = weakref.WeakKeyDictionary()
+#: ``torch.compile`` modes: ``default``; ``reduce-overhead`` (CUDA graphs of the network call at each
+#: batch shape: launch-bound small batches); ``max-autotune`` (autotuned kernels and CUDA graphs);
+#: ``max-autotune-no-cudagraphs``. ``compile=True`` is ``default``.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+_torch_compile = torch.compile  # tests swap in a counting backend
 
 
-def _compiled(prior: Prior) -> Callable:
-    fn = _COMPILED.get(prior)
+def compile_mode(compile) -> str | None:
+    """``False``/``None`` → no compilation; ``True`` → ``"default"``; a mode of :data:`COMPILE_MODES`."""
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return "default"
+    if isinstance(compile, str) and compile in COMPILE_MODES:
+        return compile
+    raise ValueError(f"compile must be true, false or one of {list(COMPILE_MODES)}, got {compile!r}")
+
+
+def _compiled(prior: Prior, mode: str) -> Callable:
+    """The prior's :meth:`~invdiff.priors.Prior.raw_denoiser` compiled once per (prior, mode) and
+    reused by every solve: σ reaches it as a ``[B, 1, …]`` tensor, so it is traced once per input
+    shape and dtype, not once per noise level. Held by the prior itself (freed with it)."""
+    cache = prior.__dict__.setdefault("_invdiff_compiled", {})
+    fn = cache.get(mode)
     if fn is None:
-        fn = torch.compile(prior.denoiser, dynamic=False)
-        _COMPILED[prior] = fn
+        fn = _torch_compile(raw_call(prior), dynamic=False, **({} if mode == "default" else {"mode": mode}))
+        cache[mode] = fn
     return fn
+
+
+_RUNTIME: contextvars.ContextVar[dict] = contextvars.ContextVar("invdiff_runtime", default={})
+
+
+@contextlib.contextmanager
+def runtime(*, autocast: bool | None = None, compile=None, checkpoint: bool | None = None,
+            channels_last: bool | None = None):
+    """Run-time settings of every network call made by solvers inside the block (DESIGN.md: they
+    belong to the network call, not to a paper's signature); a solver's own ``autocast=True`` /
+    ``compile=...`` / ``checkpoint=True`` argument still turns a setting on.
+
+    :param autocast: bf16 autocast of the network on the input's device.
+    :param compile: ``True`` or a mode of :data:`COMPILE_MODES` (``"reduce-overhead"``: CUDA graphs).
+    :param checkpoint: gradient checkpointing of the network's blocks in vector–Jacobian products.
+    :param channels_last: 4-D inputs (and the network's 4-D weights, converted in place once) in
+        channels-last memory format: the layout tensor cores want for bf16 convolutions.
+
+    Example::
+
+        with invdiff.solvers.runtime(compile="reduce-overhead", autocast=True, channels_last=True):
+            x = invdiff.solvers.dps(y, op, prior, sigma_y=0.05)
+    """
+    new = dict(_RUNTIME.get())
+    for key, value in (("autocast", autocast), ("compile", compile), ("checkpoint", checkpoint),
+                       ("channels_last", channels_last)):
+        if value is not None:
+            new[key] = value
+    compile_mode(new.get("compile"))  # refuse a bad mode here, before any solve
+    token = _RUNTIME.set(new)
+    try:
+        yield
+    finally:
+        _RUNTIME.reset(token)
 
 
 def _blocks(prior: Prior) -> list[torch.nn.Module]:
@@ -182,31 +235,53 @@ def checkpointed(prior: Prior):
 
 
 class Network:
-    """``D(x, σ)`` of a prior in float64, with the solver's flags.
+    """``D(x, σ)`` of a prior in float64, with the solver's run-time settings.
 
     :param autocast: run the network under ``torch.autocast(bfloat16)`` on the input's device.
-    :param compile: call a ``torch.compile``-d denoiser (compiled once per prior and reused).
+    :param compile: ``True`` or a mode of :data:`COMPILE_MODES`: call the prior's compiled
+        :meth:`~invdiff.priors.Prior.raw_denoiser` (compiled once per prior and mode, reused). The
+        checks (shape, σ > 0) run here, outside the compiled region, and σ enters as a tensor.
     :param checkpoint: gradient checkpointing of the network's blocks in :meth:`with_grad`
         (see :func:`checkpointed`); no effect on no-grad calls.
+    :param channels_last: channels-last memory format for 4-D inputs and the network's weights.
     """
 
-    def __init__(self, prior: Prior, *, autocast: bool = False, compile: bool = False, checkpoint: bool = False):
+    def __init__(self, prior: Prior, *, autocast: bool = False, compile=False, checkpoint: bool = False,
+                 channels_last: bool = False):
         self.prior = prior
         self.autocast = bool(autocast)
         self.checkpoint = bool(checkpoint)
-        self.fn = _compiled(prior) if compile else prior.denoiser
+        self.mode = compile_mode(compile)
+        self.fn = None if self.mode is None else _compiled(prior, self.mode)
+        self.channels_last = bool(channels_last) and len(prior.shape) == 3
+        if self.channels_last and not prior.__dict__.get("_invdiff_channels_last", False):
+            prior.to(memory_format=torch.channels_last)  # 4-D weights only; values unchanged
+            prior.__dict__["_invdiff_channels_last"] = True
 
     def _ctx(self, x: Tensor):
         if not self.autocast:
             return contextlib.nullcontext()
         return torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
 
+    def _call(self, x: Tensor, sigma) -> Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.fn is None:
+            return self.prior.denoiser(x, sigma)
+        self.prior.check_input(x)
+        s = per_sample_sigma(sigma, x)
+        if self.mode in _CUDAGRAPH_MODES and x.is_cuda:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous call's outputs may now be reused
+        out = self.fn(x, s)
+        # a CUDA graph's output lives in memory the next replay overwrites: hand out a copy
+        return out.clone() if self.mode in _CUDAGRAPH_MODES and out.dtype == torch.float64 else out
+
     def __call__(self, x: Tensor, sigma) -> Tensor:
         """No-grad denoiser call, result in float64."""
         if _CHECK_ONLY.get():
             raise _ChecksPassed
         with torch.no_grad(), self._ctx(x):
-            out = self.fn(x, sigma)
+            out = self._call(x, sigma)
         return out.to(torch.float64)
 
     def with_grad(self, x: Tensor, sigma) -> Tensor:
@@ -216,7 +291,7 @@ class Network:
             raise _ChecksPassed
         ckpt = checkpointed(self.prior) if self.checkpoint else contextlib.nullcontext()
         with torch.enable_grad(), self._ctx(x), ckpt:
-            out = self.fn(x, sigma)
+            out = self._call(x, sigma)
         return out.to(torch.float64)
 
 
@@ -383,9 +458,25 @@ def _accepted(fn: Callable, info: dict) -> dict:
     return {k: v for k, v in info.items() if k in names}
 
 
-def _module_device(module: torch.nn.Module) -> torch.device | None:
-    t = next(itertools.chain(module.parameters(), module.buffers()), None)
-    return None if t is None else t.device
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:0`` name one device when 0 is the current one."""
+    def full(d: torch.device) -> torch.device:
+        if d.type == "cuda" and d.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        return d
+
+    return full(torch.device(a)) == full(torch.device(b))
+
+
+def _check_devices(name: str, y: Tensor, prior: Prior, operator) -> None:
+    """Refuse a prior or operator whose tensors are not on y's device (checked once, here)."""
+    for what, module in (("prior", prior), ("operator", operator)):
+        if not isinstance(module, torch.nn.Module):
+            continue
+        dev = module_device(module, f"solver '{name}': the {what}")
+        if dev is not None and not same_device(dev, y.device):
+            raise ValueError(f"solver '{name}': y is on {y.device} but the {what} is on {dev}; move them to one "
+                             f"device (e.g. {what}.to(y.device))")
 
 
 def setup(name: str, y: Tensor, operator, prior: Prior, *, sigma_y, steps: int, generator: GeneratorArg,
@@ -412,13 +503,13 @@ def setup(name: str, y: Tensor, operator, prior: Prior, *, sigma_y, steps: int, 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"solver '{name}': steps must be a positive integer, got {steps!r}")
     check_generator(generator, y.shape[0])
-    for what, module in (("prior", prior), ("operator", operator)):
-        dev = _module_device(module) if isinstance(module, torch.nn.Module) else None
-        if dev is not None and dev != y.device:
-            raise ValueError(f"solver '{name}': y is on {y.device} but the {what} is on {dev}; move them to one device")
+    _check_devices(name, y, prior, operator)
     s = _per_sample_sigma_y(name, sigma_y, y, per_entry_sigma_y)
     linear = "linear" in operator.capabilities
-    net = Network(prior, autocast=autocast, compile=compile, checkpoint=checkpoint)
+    rt = _RUNTIME.get()
+    net = Network(prior, autocast=autocast or rt.get("autocast", False),
+                  compile=compile if compile_mode(compile) else rt.get("compile", False),
+                  checkpoint=checkpoint or rt.get("checkpoint", False), channels_last=rt.get("channels_last", False))
     return Problem(name, y, operator, prior, s, steps, generator, callback, net, linear)
 
 

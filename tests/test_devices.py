@@ -1,0 +1,121 @@
+"""One device per operator and prior: built from tensors on a device, an operator lives there;
+``.to()`` moves all of it; a solver refuses a prior or operator on another device than y, once,
+before any work. The CUDA tests are skipped without a GPU (CI) and must pass with one
+(``benchmarks/results/cuda_tests.md``); the refusals are checked here with the ``meta`` device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import operators as O
+from invdiff import api, app, solvers
+from invdiff.priors import GaussianPrior
+from operator_registry import ALL, BATCH
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+SHAPE = (1, 8, 8)
+
+
+def test_an_operator_split_over_two_devices_is_refused():
+    op = O.Inpainting(torch.ones(SHAPE), SHAPE)
+    assert op.device == torch.device("cpu")
+    assert O.PhaseRetrieval(SHAPE).device is None  # no tensors: any device
+    op.engine.mask = op.engine.mask.to("meta")
+    with pytest.raises(ValueError, match="holds tensors on cpu, meta.*one device"):
+        op.device
+    y = torch.zeros(2, *SHAPE, dtype=torch.float64)
+    prior = GaussianPrior(torch.full(SHAPE, 0.5), 0.1, shape=SHAPE)
+    with pytest.raises(ValueError, match="solver 'ddrm': the operator holds tensors on cpu, meta"):
+        solvers.ddrm(y, op, prior, sigma_y=0.05, steps=2)
+
+
+def test_tensor_arguments_on_two_devices_are_refused_before_building():
+    maps = O.birdcage_maps(4, 16, 16).to("meta")
+    with pytest.raises(ValueError, match="MultiCoilMRI: its tensor arguments are on cpu, meta"):
+        O.MultiCoilMRI(torch.ones(16, 16), maps, (1, 16, 16))
+
+
+def test_a_prior_on_another_device_is_refused_before_any_work():
+    y = torch.zeros(2, *SHAPE, dtype=torch.float64)
+    op = O.Inpainting(torch.ones(SHAPE), SHAPE)
+    prior = GaussianPrior(torch.full(SHAPE, 0.5), 0.1, shape=SHAPE).to("meta")
+    with pytest.raises(ValueError, match="y is on cpu but the prior is on meta"):
+        solvers.ddrm(y, op, prior, sigma_y=0.05, steps=2)
+
+
+# ------------------------------------------------------------------------------------------------
+# on a GPU
+# ------------------------------------------------------------------------------------------------
+def _params_on(op, device):
+    """The operator's saved constructor arguments with every array as a tensor on ``device``."""
+    d = op.to_dict()
+    return {k: torch.from_numpy(np.asarray(v)).to(device) if isinstance(v, np.ndarray) else v
+            for k, v in d["params"].items()}, type(op)
+
+
+@cuda
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_operators_built_from_cuda_tensors_live_on_cuda_and_agree_with_the_cpu(name):
+    ref = ALL[name]()
+    params, cls = _params_on(ref, "cuda")
+    tensor_args = any(isinstance(v, torch.Tensor) for v in params.values())
+    built = cls(**params)
+    moved = ALL[name]().to("cuda")
+    x = torch.randn(BATCH, *ref.img_size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for op in ((built, moved) if tensor_args else (moved,)):
+        assert op.device is None or op.device.type == "cuda", op.device
+        torch.testing.assert_close(op.A(x.cuda()).cpu(), ref.A(x), rtol=1e-9, atol=1e-9)
+        if "linear" in ref.capabilities:
+            y = ref.A(x)
+            torch.testing.assert_close(op.A_adjoint(y.cuda()).cpu(), ref.A_adjoint(y), rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(op.A_dagger(y.cuda()).cpu(), ref.A_dagger(y), rtol=1e-6, atol=1e-6)
+        if "svd" in ref.capabilities:
+            torch.testing.assert_close(op.V_adjoint(x.cuda()).cpu(), ref.V_adjoint(x), rtol=1e-9, atol=1e-9)
+    assert moved.cpu().device in (None, torch.device("cpu"))
+
+
+@cuda
+def test_cuda_without_an_index_is_the_current_device():
+    from invdiff.solvers._common import same_device
+
+    assert same_device(torch.device("cuda"), torch.device("cuda", torch.cuda.current_device()))
+    assert app.resolve_device("cuda").index is not None and app.resolve_device("auto").type == "cuda"
+    prior = GaussianPrior(torch.full(SHAPE, 0.5), 0.1, shape=SHAPE).to("cuda")  # "cuda", no index
+    op = O.Inpainting(torch.ones(SHAPE, device="cuda"), SHAPE)
+    y = op.measure(torch.rand(2, *SHAPE, device="cuda", dtype=torch.float64))
+    assert solvers.ddrm(y, op, prior, sigma_y=0.05, steps=3).device.type == "cuda"
+
+
+@cuda
+def test_noise_is_drawn_on_the_device_and_reproducible_there():
+    prior = GaussianPrior(torch.full(SHAPE, 0.5), 0.1, shape=SHAPE).cuda()
+    op = O.Inpainting(O.masks.RandomPixelMask(0.5), SHAPE, seed=0).cuda()
+    y = op.measure(torch.rand(2, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).cuda())
+    runs = [api.reconstruct(y, op, prior, "ddrm", sigma_y=0.05, num_samples=2, seed=3, steps=5, batch_size=b)
+            for b in (None, None, 1)]
+    assert runs[0].samples.device.type == "cuda"
+    assert torch.equal(runs[0].samples, runs[1].samples)  # same device, same batches: bit for bit
+    torch.testing.assert_close(runs[2].samples, runs[0].samples, rtol=1e-6, atol=1e-6)
+
+
+@cuda
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_and_cuda_graph_network_calls_agree_on_cuda(mode):
+    from test_compile import OP, TinyEps
+    from invdiff.priors import NetworkPrior, VPSchedule
+
+    prior = NetworkPrior(TinyEps(), "eps", VPSchedule(), shape=SHAPE).cuda()
+    op = OP.to("cuda")
+    y = op.measure(torch.rand(2, *SHAPE, dtype=torch.float64, device="cuda"))
+    g = lambda: torch.Generator(device="cuda").manual_seed(0)  # noqa: E731
+    for name in ("ddrm", "dps"):
+        eager = solvers.SOLVERS[name](y, op, prior, sigma_y=0.05, steps=6, generator=g())
+        with solvers.runtime(compile=mode):
+            compiled = solvers.SOLVERS[name](y, op, prior, sigma_y=0.05, steps=6, generator=g())
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    with solvers.runtime(autocast=True, channels_last=True):
+        bf16 = solvers.ddrm(y, op, prior, sigma_y=0.05, steps=6, generator=g())
+    assert float((bf16 - eager).abs().max()) < 0.05  # bf16: 8 mantissa bits
