@@ -207,6 +207,43 @@ def _solver_choices_for(op, prior, sigma_y: float) -> list[str]:
     return ok
 
 
+def _random_parameters(cfg: DictConfig, operator) -> tuple[list[str], object]:
+    """(names, seed): the operator's parameters that its seed draws, found by building it once more
+    with another seed (``operator.seed`` + 1, or again unseeded when it has none) and comparing the
+    saved parameters; and that seed."""
+    from .resume import digest
+
+    node = OmegaConf.to_container(cfg.operator, resolve=True)
+    seed = node.get("seed")
+    if seed is not None:
+        node["seed"] = int(seed) + 1
+    twin = instantiate(node)
+    mine, other = operator.to_dict()["params"], twin.to_dict()["params"]
+    return [k for k in mine if digest(mine[k]) != digest(other.get(k))], seed
+
+
+def _check_measured_operator(cfg: DictConfig, operator) -> None:
+    """Measured data must be solved with the operator they were measured with: its random
+    parameters (mask, kernel, coil maps) from the user's files, never drawn from a seed."""
+    drawn, seed = _random_parameters(cfg, operator)
+    drawn = [n.replace("_", " ") for n in drawn if n != "coil_maps"]
+    coils = cfg.operator.get("coil_maps")
+    synthetic = isinstance(coils, int) and not isinstance(coils, bool)
+    if not drawn and not synthetic:
+        return
+    what = " and ".join(drawn + (["coil maps"] if synthetic else []))
+    how = ([f"draws its {' and '.join(drawn)} from a seed ({'unseeded' if seed is None else f'seed {seed}'})"]
+           if drawn else []) + ([f"uses {coils} synthetic coil maps (operator.coil_maps={coils})"] if synthetic else [])
+    raise AppError(
+        f"data=measurement: the operator {operator.describe()} {' and '.join(how)}, but measured data must be "
+        f"solved with the {what} they were acquired with: any other gives a plausible, wrong image. Give them "
+        "from files: operator=mri_mask_file operator.mask.path=mask.npy (MRI; multi-coil: add "
+        "operator._target_=operators.MultiCoilMRI +operator.coil_maps=maps.npy), operator=mask_file_inpainting "
+        "operator.mask.path=mask.png, operator=kernel_file_blur operator.kernel.path=psf.npy; or use data=fastmri "
+        "for raw fastMRI files (their own mask and coil maps). Operators without random parameters "
+        "(gaussian_blur, sr_bicubic, half_inpainting, …) need no file.")
+
+
 def setup(cfg: DictConfig) -> Job:
     """Build operator, noise, prior, solver and data from ``cfg`` and check every sample against
     them (shapes, ranges, the solver's capability needs) — before any simulation or output."""
@@ -280,6 +317,8 @@ def setup(cfg: DictConfig) -> Job:
                 raise AppError(f"solver config ({cfg.solver.get('_target_')}): {_one_paragraph(err)}") from err
             checked.add(key)
         items.append(Item(s, op, sig))
+    if mode != "synthetic" and any(it.sample.operator is None for it in items):
+        _check_measured_operator(cfg, operator)
     prior = prior.to(device)
     return Job(cfg, operator, noise, prior, solver, data, device, items)
 
@@ -370,9 +409,11 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, metrics_fn=None
     from .api import generator_of, sample_seed, solver_name
     from .data.figures import sample_figure
     from .data.results import write_sample
+    from .resume import sample_key
 
     cfg, s, op, dev = job.cfg, item.sample, item.op, job.device
     mode = getattr(job.data, "mode", "synthetic")
+    resume_key = json.dumps(sample_key(cfg, item, job.prior))  # (before the operator moves to the device)
     noise_seed = sample_seed(int(cfg.seed), s.id, "noise")
     if s.y is None:  # simulated on the CPU (the generator's device), then moved
         op = op.cpu() if isinstance(op, torch.nn.Module) else op
@@ -393,6 +434,8 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, metrics_fn=None
         m = {"nfe": int(rec.nfe), "seconds": float(rec.seconds),
              **metrics_fn(op, job.prior, x_true, rec, base, y, item.sigma_y)}
     m["peak_memory_mb"], memory_kind = peak_memory_mb(dev)
+    if mode != "synthetic":
+        _flag_data_consistency(m, s.id, item.sigma_y)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     saved_op = op.to_dict()
     settings = plain_settings(job.solver)
@@ -407,6 +450,7 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, metrics_fn=None
         "mode": mode, "info": json.dumps(s.info, default=str),
         "metrics": json.dumps(m), "nfe": rec.nfe, "seconds": rec.seconds,
         "config_yaml": resolved, "config_hash": hashlib.sha256(resolved.encode()).hexdigest()[:16],
+        "resume_key": resume_key,
         "baseline_name": base_name, "device": str(dev),
         "versions": json.dumps(_versions()), "memory_kind": memory_kind,
         **(extra or {}),
@@ -431,6 +475,23 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, metrics_fn=None
                       data_range=job.prior.data_range, title=f"{s.id}: {op.describe()}")
     path = write_sample(out_dir / "samples" / f"{s.id}.h5", record, trees={"operator": saved_op})
     return path, m
+
+
+#: A measured sample whose residual ‖A(x̂) − y‖/(σ_y√m) exceeds this is flagged (≈ 1 is expected).
+DC_WARN = 3.0
+
+
+def _flag_data_consistency(m: dict, sid: str, sigma_y: float) -> None:
+    """Warn, and record ``residual_chi_high`` (1/0; its mean in the summary is the fraction
+    flagged), when a measured sample's data consistency is far above what σ_y predicts."""
+    chi = m.get("residual_chi")
+    if chi is None or not math.isfinite(chi):
+        return
+    m["residual_chi_high"] = int(chi > DC_WARN)
+    if chi > DC_WARN:
+        log.warning("%s: the data consistency ‖A(x̂) − y‖/(σ_y√m) = %.3g is far above the ≈1 that σ_y = %g "
+                    "predicts: the operator (mask, kernel, coil maps) may not be the one y was measured with, or "
+                    "σ_y is too small", sid, chi, sigma_y)
 
 
 def _solve(cfg, y, op, prior, solver, **kw):
@@ -481,6 +542,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 
     job = setup(cfg)
     out_dir = Path(out_dir)
+    check_resume(job, out_dir, "hydra.run.dir=<another directory>; hydra.sweep.dir=… for a sweep")
     ctx = distributed.init()
     todo = distributed.pending(job.items, out_dir / "samples", resume=cfg.get("resume", True),
                                id_of=lambda it: it.sample.id, folders=[out_dir / "figures"])
@@ -533,6 +595,18 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     log.info("%s; %.1f s. Results in %s (samples/*.h5, figures/*.png, metrics.json, metrics.csv)",
              msg, elapsed, out_dir.resolve())
     return result
+
+
+def check_resume(job: Job, out_dir: Path, fix: str) -> None:
+    """Refuse, before any work, a run directory holding results computed differently
+    (:func:`invdiff.resume.check`; ``fix`` names how to choose another directory)."""
+    from .resume import check, sample_key
+
+    keys = {it.sample.id: sample_key(job.cfg, it, job.prior) for it in job.items}
+    try:
+        check(out_dir / "samples", keys, resume=bool(job.cfg.get("resume", True)), fix=fix)
+    except ValueError as err:
+        raise AppError(str(err)) from None
 
 
 def rerun(path: str | Path, device: str = "cpu"):

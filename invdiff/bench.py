@@ -52,10 +52,9 @@ from . import app
 from .app import AppError
 from .bench_tables import TABLE_METRICS, collect, efficiency_plot, provenance, report, table  # noqa: F401
 
-log = logging.getLogger("invdiff")
+from .resume import PRESET_TEXT_KEYS, RUNTIME_KEYS  # noqa: F401  (what the run's hash leaves out)
 
-#: Config keys that change how a run executes, not what it computes (excluded from the run's hash).
-RUNTIME_KEYS = ("resume", "progress", "figures", "device", "batch_size", "results_dir", "bench_run")
+log = logging.getLogger("invdiff")
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,11 +123,6 @@ def prepare(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-#: Parts of the preset that do not change a run's results once :func:`prepare` has merged them
-#: (the effective solver settings are in ``solver``), left out of the run's hash.
-PRESET_TEXT_KEYS = ("cpu", "solvers", "tune", "published", "published_source", "task", "requires", "noise_convention")
-
-
 def run_hash(cfg: DictConfig) -> str:
     """Hash of everything that determines the results (not resume/progress/device/..., nor the
     preset's descriptions, other solvers' settings or caps)."""
@@ -140,20 +134,7 @@ def run_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _check_resume(out_dir: Path, digest: str) -> None:
-    from .data.results import is_complete
-
-    for f in sorted((out_dir / "samples").glob("*.h5")):
-        if not is_complete(f):
-            continue
-        import h5py
-
-        with h5py.File(f, "r") as h:
-            other = h.attrs.get("benchmark_hash")
-        if other is not None and str(other) != digest:
-            raise AppError(f"{out_dir} holds results of another configuration ({f.name}: run hash {other}, this run "
-                           f"{digest}); use another results_dir / hydra.run.dir, or delete that folder")
-        return
+RESUME_FIX = "results_dir=<another directory>; runs go to results_dir/<preset>/<solver>/<overrides>"
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,13 +212,13 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     lpips, inception = _perceptual(cfg)
     job = app.setup(cfg)
     digest = run_hash(cfg)
-    if cfg.get("resume", True):
-        _check_resume(out_dir, digest)
+    cap = (cfg.benchmark.get("cpu") or {}).get("max_images") if _on_cpu(cfg) else None
+    job.items = job.items[: int(cap)] if cap else job.items
+    app.check_resume(job, out_dir, RESUME_FIX)  # (every finished file of the directory, before any work)
     from . import distributed
 
     ctx = distributed.init()
-    cap = (cfg.benchmark.get("cpu") or {}).get("max_images") if _on_cpu(cfg) else None
-    items = job.items[: int(cap)] if cap else job.items
+    items = job.items
     todo = distributed.pending(items, out_dir / "samples", resume=cfg.get("resume", True),
                                id_of=lambda it: it.sample.id, folders=[out_dir / "figures"])
     b = cfg.benchmark

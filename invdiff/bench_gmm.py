@@ -34,7 +34,8 @@ def problem_ids(spec) -> list[tuple[str, int, int, int]]:
 
 def run_gmm(cfg: DictConfig, out_dir: Path) -> dict:
     from .api import generator_of, solver_name
-    from .bench import _check_resume, run_hash
+    from .bench import RESUME_FIX, run_hash
+    from .resume import check, config_key
     from . import distributed
     from .data.results import write_sample
     from .exact_posterior import evaluate, mcgdiff_gmm_case
@@ -53,8 +54,11 @@ def run_gmm(cfg: DictConfig, out_dir: Path) -> dict:
     except (ValueError, TypeError) as err:
         raise AppError(f"solver config ({cfg.solver.get('_target_')}): {app._one_paragraph(err)}") from err
     digest = run_hash(cfg)
-    if cfg.get("resume", True):
-        _check_resume(out_dir, digest)
+    key = config_key(cfg)  # (a problem is determined by its id and the config)
+    try:
+        check(out_dir / "samples", {i[0]: key for i in ids}, resume=bool(cfg.get("resume", True)), fix=RESUME_FIX)
+    except ValueError as err:
+        raise AppError(str(err)) from None
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     settings = app.plain_settings(solver)
     todo = distributed.pending(ids, out_dir / "samples", resume=cfg.get("resume", True), id_of=lambda i: i[0])
@@ -76,7 +80,7 @@ def run_gmm(cfg: DictConfig, out_dir: Path) -> dict:
             "seconds": float(secs), "benchmark": str(cfg.benchmark.name), "benchmark_hash": digest,
             "benchmark_node": json.dumps(OmegaConf.to_container(cfg.benchmark, resolve=True), default=str),
             "preset_settings": json.dumps(dict(cfg.bench_run.preset_settings)), "num_samples": n,
-            "config_yaml": resolved, "mode": "gmm"})
+            "config_yaml": resolved, "resume_key": json.dumps(key), "mode": "gmm"})
         log.info("%s: sw %.3f (floor %.3f, prior %.3f), NFE %d, %.1f s", pid, m["sw"], m["sw_floor"], m["sw_prior"],
                  m["nfe"], secs)
     return distributed.finish(gmm_report, out_dir, [i[0] for i in ids])

@@ -160,7 +160,7 @@ Examples:
   invdiff solver=dps solver.steps=500
   invdiff experiment=phantom64_mri8x_dps
   invdiff operator=random_inpainting data=sample_image data.names=[camera,moon] prior=gaussian shape=[1,32,32]
-  invdiff data=measurement data.y=/path/kspace.npy sigma_y=0.01
+  invdiff data=measurement data.y=/path/kspace.npy operator=mri_mask_file operator.mask.path=/path/mask.npy sigma_y=0.01
 Results land in the run directory (outputs/<date>/<time>/; multirun/... for sweeps): samples/*.h5,
 figures/*.png, metrics.json, metrics.csv. `invdiff --cfg job` prints the composed config;
 `invdiff --hydra-help` shows Hydra's own options."""

@@ -261,7 +261,8 @@ def test_own_measurement_with_and_without_ground_truth(tmp_path):
     k = (y[0] + 1j * y[1]).numpy()  # complex k-space, as a scanner would give it
     np.save(tmp_path / "k.npy", k)
     np.save(tmp_path / "x.npy", x[0, 0].numpy())
-    base = ["operator=mri_4x", "shape=[1,16,16]", "prior=gaussian", "data=measurement", f"data.y={tmp_path / 'k.npy'}",
+    np.save(tmp_path / "mask.npy", op.mask.numpy().reshape(-1, 16)[0])  # the scan's own mask, as a file
+    base = ["operator=mri_mask_file", f"operator.mask.path={tmp_path / 'mask.npy'}", "shape=[1,16,16]", "prior=gaussian", "data=measurement", f"data.y={tmp_path / 'k.npy'}",
             "sigma_y=0.02", "solver.steps=20", "num_samples=1", "progress=false"]
     res = run(cfg_of(*base), tmp_path / "no_truth")
     assert "psnr" not in res["summary"] and 0.3 < res["summary"]["residual_chi"]["mean"] < 3

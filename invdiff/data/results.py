@@ -20,7 +20,8 @@ The app's sample layout (``samples/{id}.h5``; :func:`invdiff.app.run`):
 attributes             ``id``, ``seed``, ``noise_seed``, ``solver_seeds``, ``solver``,
                        ``solver_settings``, ``prior``, ``sigma_y``, ``noise``,
                        ``noise_convention``, ``data_range``, ``metrics``, ``nfe``, ``seconds``,
-                       ``config_yaml``, ``config_hash``, ``mode``, ``info``, ``versions``
+                       ``config_yaml``, ``config_hash``, ``mode``, ``info``, ``versions``,
+                       ``resume_key`` (what resume compares: :mod:`invdiff.resume`)
 =====================  =========================================================================
 """
 
