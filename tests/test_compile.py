@@ -35,7 +35,8 @@ class TinyEps(torch.nn.Module):
             p.data = 0.1 * torch.randn(p.shape, generator=g)
 
     def forward(self, x, t):
-        emb = torch.sin(t[:, None, None, None] / 1000.0 * torch.arange(1, 5, dtype=x.dtype)[None, :, None, None])
+        freqs = torch.arange(1, 5, dtype=x.dtype, device=x.device)[None, :, None, None]
+        emb = torch.sin(t[:, None, None, None] / 1000.0 * freqs)
         return self.out(torch.tanh(self.conv(x) + emb))
 
 

@@ -6,6 +6,8 @@ before any work. The CUDA tests are skipped without a GPU (CI) and must pass wit
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -71,7 +73,11 @@ def test_operators_built_from_cuda_tensors_live_on_cuda_and_agree_with_the_cpu(n
         if "linear" in ref.capabilities:
             y = ref.A(x)
             torch.testing.assert_close(op.A_adjoint(y.cuda()).cpu(), ref.A_adjoint(y), rtol=1e-9, atol=1e-9)
-            torch.testing.assert_close(op.A_dagger(y.cuda()).cpu(), ref.A_dagger(y), rtol=1e-6, atol=1e-6)
+            got, want = op.A_dagger(y.cuda()).cpu(), ref.A_dagger(y)
+            if "pinv" in ref.closed_form:
+                torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+            else:  # conjugate gradients to rtol 1e-6: other summation orders end elsewhere within it
+                assert float((got - want).norm() / want.norm()) < 1e-4
         if "svd" in ref.capabilities:
             torch.testing.assert_close(op.V_adjoint(x.cuda()).cpu(), ref.V_adjoint(x), rtol=1e-9, atol=1e-9)
     assert moved.cpu().device in (None, torch.device("cpu"))
@@ -108,7 +114,7 @@ def test_compiled_and_cuda_graph_network_calls_agree_on_cuda(mode):
     from invdiff.priors import NetworkPrior, VPSchedule
 
     prior = NetworkPrior(TinyEps(), "eps", VPSchedule(), shape=SHAPE).cuda()
-    op = OP.to("cuda")
+    op = copy.deepcopy(OP).to("cuda")  # the CPU tests share OP
     y = op.measure(torch.rand(2, *SHAPE, dtype=torch.float64, device="cuda"))
     g = lambda: torch.Generator(device="cuda").manual_seed(0)  # noqa: E731
     for name in ("ddrm", "dps"):
