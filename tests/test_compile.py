@@ -15,7 +15,7 @@ import torch
 from torch._dynamo.testing import CompileCounter
 
 import operators as O
-from invdiff import solvers
+from invdiff import reconstruct, solvers
 from invdiff.priors import CountingPrior, GaussianPrior, NetworkPrior, VESchedule, VPSchedule
 from invdiff.solvers import _common
 
@@ -139,3 +139,13 @@ def test_channels_last_keeps_values():
         cl = solvers.ddrm(y, OP, prior, sigma_y=0.05, steps=5, generator=gens())
     assert prior.net.conv.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(cl, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_reconstruct_calls_share_one_compilation(counter):
+    """``invdiff.reconstruct`` wraps the prior in a new counting wrapper per call (one per image in
+    the app): the wrapped prior's compilation is reused and the network calls are still counted."""
+    prior, y = vp_prior(), measurement()
+    runs = [reconstruct(y, OP, prior, "ddrm", sigma_y=0.05, seed=s, steps=5, compile=True) for s in range(3)]
+    assert counter.frame_count == 1 and all(r.nfe == 5 for r in runs)
+    eager = reconstruct(y, OP, prior, "ddrm", sigma_y=0.05, seed=2, steps=5)
+    torch.testing.assert_close(runs[2].samples, eager.samples, rtol=1e-5, atol=1e-6)

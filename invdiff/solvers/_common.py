@@ -30,7 +30,7 @@ from operators import require
 from operators.base import module_device
 
 from .._random import GeneratorArg, check_generator, randn
-from ..priors.base import Prior, per_sample_sigma, raw_call
+from ..priors.base import CountingPrior, Prior, per_sample_sigma, raw_call
 from ..priors.schedules import vp_schedule_of, vp_timesteps
 
 Callback = Callable[[int, Tensor, Tensor], None] | None
@@ -160,7 +160,24 @@ def compile_mode(compile) -> str | None:
 def _compiled(prior: Prior, mode: str) -> Callable:
     """The prior's :meth:`~invdiff.priors.Prior.raw_denoiser` compiled once per (prior, mode) and
     reused by every solve: σ reaches it as a ``[B, 1, …]`` tensor, so it is traced once per input
-    shape and dtype, not once per noise level. Held by the prior itself (freed with it)."""
+    shape and dtype, not once per noise level. Held by the prior itself (freed with it).
+
+    Plain :class:`~invdiff.priors.CountingPrior` wrappers (``invdiff.reconstruct`` makes a new one
+    per call) are counted here, outside the compiled code, around the wrapped prior's compiled
+    call: a new wrapper is not a new function to compile."""
+    counters = []
+    while isinstance(prior, CountingPrior) and raw_call(prior) == prior.raw_denoiser:
+        counters.append(prior)
+        prior = prior.inner
+    if counters:
+        inner = _compiled(prior, mode)
+
+        def counted(x: Tensor, sigma: Tensor) -> Tensor:
+            for c in counters:
+                c.calls += 1
+            return inner(x, sigma)
+
+        return counted
     cache = prior.__dict__.setdefault("_invdiff_compiled", {})
     fn = cache.get(mode)
     if fn is None:
