@@ -1,12 +1,14 @@
 """Every checkpoint and array load path is safe: nothing in a file the user points at is unpickled as
-arbitrary Python objects, except an EDM ``.pkl`` behind the explicit ``trust=True`` flag.
+arbitrary Python objects. The one unpickler in the package is the EDM converter's restricted one
+(``invdiff.priors.convert``: a fixed table of globals, tested with malicious pickles in
+tests/test_edm_pickle.py).
 
 An audit of the package source (AST, so strings and comments do not count), then a malicious pickle
 (its ``__reduce__`` would create a marker file) fed to each loader.
 
 Already covered in tests/test_checkpoints.py (not repeated here): ``invdiff.priors.load`` refusing
-a malicious ``.pt`` (raw pickle and ``torch.save`` zip) and an EDM ``.pkl`` without ``trust=True``
-(and with it, while EDM's ``torch_utils`` is not importable), without creating the marker.
+a malicious ``.pt`` (raw pickle and ``torch.save`` zip) and a malicious ``.pkl`` (with and without
+``trust=True``, which is refused), without creating the marker.
 """
 
 from __future__ import annotations
@@ -153,21 +155,36 @@ def test_the_audit_sees_violations():
 
 def test_every_torch_load_passes_weights_only_true(calls):
     assert unsafe_torch_loads(calls) == []
-    # torch.load appears once, in the shared reader every loader goes through
-    assert [f for f, _ in torch_loads(calls)] == ["operators/_checkpoints.py"]
+    # torch.load appears in the shared reader every loader goes through, and in the EDM converter
+    # (the storage bytes EDM's pickles embed)
+    assert sorted(f for f, _ in torch_loads(calls)) == ["invdiff/priors/convert.py", "operators/_checkpoints.py"]
 
 
-def test_no_pickle_load_except_the_trusted_edm_path(calls):
-    found = unpicklers(calls)
-    assert [(f, name) for f, name, _, _ in found] == [("invdiff/priors/formats.py", "pickle.load")], found
-    f, _, node, stack = found[0]
-    fn = stack[-1]
-    assert isinstance(fn, ast.FunctionDef) and fn.name == "load_edm_pickle"
-    assert "trust" in [a.arg for a in fn.args.args]
-    # the function's first statement refuses when not trusted, before anything else can run
-    guard = next(s for s in fn.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)))
-    assert isinstance(guard, ast.If) and ast.unparse(guard.test) == "not trust"
-    assert isinstance(guard.body[-1], ast.Raise) and guard.lineno < node.lineno
+def unpickler_classes(sources: dict[str, str]) -> list[tuple[str, ast.ClassDef]]:
+    """Classes deriving from an unpickler (``pickle.Unpickler``, ``_pickle.Unpickler``, ...)."""
+    out = []
+    for name, text in sources.items():
+        for node in ast.walk(ast.parse(text, name)):
+            if isinstance(node, ast.ClassDef) and any((dotted(b) or "").endswith("Unpickler") for b in node.bases):
+                out.append((name, node))
+    return out
+
+
+def test_the_only_unpickler_is_the_restricted_edm_converter(calls):
+    """No pickle.load anywhere; one Unpickler subclass, whose find_class only looks names up in a
+    table and raises otherwise (never super().find_class, never an import)."""
+    assert unpicklers(calls) == []
+    found = unpickler_classes({p.relative_to(ROOT).as_posix(): p.read_text() for p in python_files()})
+    assert [(f, c.name) for f, c in found] == [("invdiff/priors/convert.py", "RestrictedEDMUnpickler")]
+    find_class = next(n for n in found[0][1].body if isinstance(n, ast.FunctionDef) and n.name == "find_class")
+    assert isinstance(find_class.body[-1], ast.Raise)
+    text = ast.unparse(find_class)
+    assert "super" not in text and "import" not in text and "sys.modules" not in text
+
+
+def test_the_unpickler_audit_sees_violations():
+    snippet = "import pickle\nclass U(pickle.Unpickler):\n    pass\nclass V(Unpickler):\n    pass\n"
+    assert [c.name for _, c in unpickler_classes({"s.py": snippet})] == ["U", "V"]
 
 
 def test_arrays_and_networks_are_never_loaded_unsafely(calls):
@@ -225,7 +242,8 @@ def test_the_app_refuses_malicious_checkpoints_and_writes_nothing(tmp_path, mark
         (["operator=nonlinear_blur", f"operator.checkpoint={tmp_path / 'evil_zip.pt'}", "prior=gaussian", "solver=dps"],
          r"operator config .*refusing to load .*evil_zip\.pt"),
         (["prior=edm_checkpoint", f"prior.path={tmp_path / 'evil_raw.pt'}"], r"prior config .*refusing to load"),
-        (["prior=edm_checkpoint", f"prior.path={tmp_path / 'network-snapshot.pkl'}"], r"refusing to unpickle .*\.pkl"),
+        (["prior=edm_checkpoint", f"prior.path={tmp_path / 'network-snapshot.pkl'}"],
+         r"refusing to load .*network-snapshot\.pkl: it contains pickled Python objects beyond tensors"),
     ]
     for i, (overrides, pattern) in enumerate(cases):
         out = tmp_path / f"run{i}"
@@ -286,7 +304,7 @@ def test_training_resume_refuses_a_malicious_checkpoint(tmp_path, marker):
     evil_files(out, marker)
     # the resume path reads <out>/checkpoint.safetensors only: a pickle there is refused ...
     (out / "checkpoint.safetensors").write_bytes((out / "evil_zip.pt").read_bytes())
-    with pytest.raises(CheckpointError, match="checkpoint.safetensors.*truncated or corrupted"):
+    with pytest.raises(CheckpointError, match="checkpoint.safetensors is not a safetensors file: it holds a torch.save zip"):
         tiny_trainer(out)
     # ... and so is one handed to load_checkpoint directly, in either pickle format
     (out / "checkpoint.safetensors").unlink()
@@ -310,6 +328,6 @@ def test_train_app_refuses_a_malicious_checkpoint(tmp_path, marker):
         cfg = compose("config", overrides=[f"out={out}", "settings.steps=2", "settings.batch=2", "data.size=16",
                                            "sample_grid=0", "settings.arch={width: 8, mults: [1, 2], blocks: 1, "
                                            "emb: 32, patch: 2}"])
-    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+    with pytest.raises(CheckpointError, match="checkpoint.safetensors is not a safetensors file: it holds a plain Python"):
         run(cfg)
     assert not (out / "prior.safetensors").exists()

@@ -14,5 +14,14 @@ __all__ = [
     "Prior", "CountingPrior", "NetworkPrior", "load", "load_checkpoint", "save", "CheckpointError", "ARCHITECTURES",
     "register_architecture", "GaussianPrior", "GaussianMixturePrior",
     "SAMPLERS", "ddpm", "ddim", "annealed_langevin", "reverse_sde", "pf_ode", "edm_heun",
-    "VPSchedule", "VESchedule", "EDMSchedule", "edm_sigma_grid", "geometric_sigma_grid",
+    "VPSchedule", "VESchedule", "EDMSchedule", "edm_sigma_grid", "geometric_sigma_grid", "convert_edm_pickle",
 ]
+
+
+def __getattr__(name: str):
+    # imported on first use, so that `python -m invdiff.priors.convert` finds its module unimported
+    if name == "convert_edm_pickle":
+        from .convert import convert_edm_pickle
+
+        return convert_edm_pickle
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

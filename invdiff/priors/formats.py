@@ -221,25 +221,14 @@ def _load_edm_dict(obj: dict, source: str, overrides: dict) -> NetworkPrior:
 
 
 @register_architecture("edm.precond")
-def build_edm_precond(unet: str, unet_kwargs: dict, precond: str = "edm", sigma_data: float = 0.5) -> torch.nn.Module:
-    """An EDM UNet (``deepinv.NCSNpp`` or ``deepinv.ADMUNet``) inside EDM's preconditioning."""
+def build_edm_precond(unet: str, unet_kwargs: dict, precond: str = "edm", sigma_data: float = 0.5, M: int = 1000,
+                      beta_d: float = 19.9, beta_min: float = 0.1) -> torch.nn.Module:
+    """An EDM UNet (``deepinv.NCSNpp`` or ``deepinv.ADMUNet``) inside EDM's preconditioning
+    (``M``, ``beta_d``, ``beta_min``: VPPrecond's constants; EDM's defaults)."""
     builders = {"deepinv.NCSNpp": build_ncsnpp, "deepinv.ADMUNet": build_admunet}
     if unet not in builders:
         raise CheckpointError(f"edm.precond: unknown unet {unet!r}; known: {sorted(builders)}")
-    return EDMPreconditioned(builders[unet](**unet_kwargs), precond, sigma_data)
-
-
-_PRECOND_CLASSES = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve"}
-
-
-def _wrap_edm_module(net: torch.nn.Module, source: str, overrides: dict) -> NetworkPrior:
-    """A trusted, unpickled EDM preconditioner module: read its type and σ_data, then load its
-    state dict through the same strict path as the state-dict files."""
-    name = type(net).__name__
-    if name not in _PRECOND_CLASSES:
-        raise CheckpointError(f"{source}: unpickled a {name}, expected one of {sorted(_PRECOND_CLASSES)}")
-    overrides = {"precond": _PRECOND_CLASSES[name], "sigma_data": getattr(net, "sigma_data", 0.5), **overrides}
-    return _load_edm_dict({"ema": dict(net.state_dict())}, source, overrides)
+    return EDMPreconditioned(builders[unet](**unet_kwargs), precond, sigma_data, M=M, beta_d=beta_d, beta_min=beta_min)
 
 
 # -- score_sde ----------------------------------------------------------------------------------------
@@ -273,25 +262,6 @@ def load_torch_file(path: Path, overrides: dict) -> tuple[NetworkPrior, str]:
         f"{source}: unrecognised checkpoint layout (top-level keys: {keys}). Known: guided-diffusion "
         "state dicts, EDM/InverseBench dicts with 'ema' or 'net', score_sde dicts {model, ema, step}, "
         "invdiff .safetensors files and diffusers folders.")
-
-
-def load_edm_pickle(path: Path, trust: bool, overrides: dict) -> NetworkPrior:
-    if not trust:
-        raise CheckpointError(
-            f"refusing to unpickle {path}: EDM .pkl files are Python pickles and run code when loaded. "
-            "Convert it once, in an environment with EDM's code, to a state dict: "
-            "`net = pickle.load(open(path, 'rb'))['ema']; torch.save({'ema': net.state_dict()}, 'net.pt')`, "
-            "then load 'net.pt'; or pass trust=True if you trust the file and EDM's torch_utils is importable.")
-    try:
-        import torch_utils  # noqa: F401  (EDM's persistence module)
-    except ImportError as err:
-        raise CheckpointError(f"{path}: trust=True needs EDM's `torch_utils` package on the Python path") from err
-    import pickle
-
-    with open(path, "rb") as f:
-        data = pickle.load(f)  # the caller trusts this file
-    net = data["ema"] if isinstance(data, dict) else data
-    return _wrap_edm_module(net, str(path), overrides)
 
 
 def weights_file(folder: Path) -> Path:
