@@ -139,3 +139,16 @@ def test_a_mistyped_shipped_name_lists_the_shipped_priors(tmp_path, monkeypatch)
         load(tmp_path / "models" / "x.pt")
     with pytest.raises(AppError, match=r"checkpoint not found: phantom65\..*Did you mean 'phantom64'\?"):
         setup(config("prior=invdiff_file", "prior.path=phantom65"))
+
+
+def test_operator_checkpoints_are_identified_the_same_way(tmp_path):
+    """The blur-network checkpoints of ``operators`` share the reader (``operators._checkpoints``):
+    a random or truncated file is "not a checkpoint file", never a pickle to unlock."""
+    import operators as O
+
+    for name, (path, pattern) in _write_cases(tmp_path).items():
+        if path.suffix != ".pt":
+            continue
+        with pytest.raises(CheckpointError, match=pattern) as err:
+            O.NonlinearBlur(str(path), (1, 8, 8), seed=0, arch_kwargs=dict(channels=1, features=4, latent_dim=4))
+        assert "weights_only" not in str(err.value), name
