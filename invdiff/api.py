@@ -137,7 +137,8 @@ def reconstruct(y: Tensor, operator, prior: Prior, solver: str | Callable = "pig
                 batch_size: int | None = None, progress=None, **solver_kwargs) -> Reconstruction:
     """Draw ``num_samples`` posterior samples for each measurement of a batch.
 
-    :param y: ``[B, *meas]`` measurements (measurement units; float).
+    :param y: ``[B, *meas]`` measurements (measurement units; float). float16/bfloat16 y is
+        converted to float64 (exactly) with a logged warning that states its rounding error.
     :param operator: an ``operators`` operator (noiseless, the one that produced y).
     :param prior: a :class:`invdiff.priors.Prior` (e.g. ``invdiff.priors.load("phantom64")``).
     :param solver: a solver name (``"dps"``, ``"pigdm"``, …, ``"pinv"``) or a callable with the
@@ -162,6 +163,12 @@ def reconstruct(y: Tensor, operator, prior: Prior, solver: str | Callable = "pig
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
     # y and σ_y checked here too, before any solve: a user's callable (or a baseline) may not check them
     check_measurement(solver_name(fn), y, operator)
+    if y.dtype in (torch.float16, torch.bfloat16):  # (a stated conversion, not a silent one)
+        step = 2.0 ** -(11 if y.dtype == torch.float16 else 8)
+        log.warning("y is %s: converted to float64 (exact) before solving; its stored rounding errors, up to %.2g "
+                    "at its largest value, are part of y: use a σ_y at least that large", str(y.dtype)[6:],
+                    float(y.abs().max()) * step)
+        y = y.to(torch.float64)
     B = y.shape[0]
     ids, sig = batch_items(B, ids, sigma_y)
     jobs = [(i, k) for i in range(B) for k in range(int(num_samples))]
@@ -171,6 +178,14 @@ def reconstruct(y: Tensor, operator, prior: Prior, solver: str | Callable = "pig
     chunk = len(jobs) if batch_size is None or auto else int(batch_size)
     if chunk < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    img = tuple(int(s) for s in getattr(operator, "img_size", ()) or ())
+    if img:  # the draws, mean and std of every item, and the solver's state: refused before any work if they cannot fit
+        from .memory import refusal
+
+        msg = refusal(img, int(num_samples), 1 if auto else min(chunk, len(jobs)), device=y.device, items=B,
+                      what=f"{B} item(s) of images {list(img)} with {num_samples} draw(s) each", can_tile=False)
+        if msg:
+            raise OutOfMemory(msg.replace("batch_size=1 (", "batch_size=1 or batch_size='auto' ("))
     seeds = [[sample_seed(seed, ids[i], f"solver/{k}") for k in range(int(num_samples))] for i in range(B)]
     counting = CountingPrior(prior)
     bar, own_bar = progress, False

@@ -8,6 +8,9 @@ multirun summary callback.
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -80,10 +83,101 @@ def _as_written(o, values: list[str]) -> list[str]:
     return ["null" if e is None else str(e).lower() if isinstance(e, bool) else v for e, v in zip(elems, values)]
 
 
-def explain_overrides(overrides: list[str], config_fn=config, groups=GROUPS) -> str | None:
+def _first_variant(overrides: list[str]) -> list[str]:
+    """The overrides of a sweep's first run (``a=1,2`` → ``a=1``); others as given."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else text
+            for o, text in zip(parsed, overrides)]
+
+
+_WHY = {errno.ENOTDIR: "{at} is a file, not a directory", errno.EEXIST: "{at} exists and is not a directory",
+        errno.EACCES: "permission denied: {at} is not writable by this user",
+        errno.EPERM: "permission denied: {at} is not writable by this user",
+        errno.EROFS: "{at} is on a read-only file system",
+        errno.ENAMETOOLONG: "a name in the path is longer than the file system allows (255 bytes)",
+        errno.ENOSPC: "no space left on the device of {at}", errno.EDQUOT: "the disk quota of {at} is exhausted",
+        errno.ENOENT: "the file system of {at} does not allow new directories there"}
+
+
+def make_output_dir(path: str | Path) -> str | None:
+    """Create ``path`` (what Hydra would do next) and return ``None``, or leave nothing behind and
+    return why it cannot be created, in words."""
+    p = Path(os.path.abspath(os.path.expanduser(str(path))))
+    long = next((part for part in p.parts if len(os.fsencode(part)) > 255), None)
+    if long is not None:
+        return f"the name '{long[:40]}…' in it is {len(os.fsencode(long))} bytes long; a file system allows 255"
+    missing, at = [], p
+    while not os.path.lexists(at):
+        missing.append(at)
+        at = at.parent
+    if not at.is_dir():
+        return _WHY[errno.ENOTDIR if missing else errno.EEXIST].format(at=at)
+    if not missing:
+        return None if os.access(at, os.W_OK | os.X_OK) else _WHY[errno.EACCES].format(at=at)
+    made = []
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+            made.append(d)
+    except OSError as err:
+        for d in reversed(made):  # nothing left behind
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        return _WHY.get(err.errno, "{at}: " + (err.strerror or str(err))).format(at=made[-1] if made else at)
+    return None
+
+
+def check_output_dir(argv: list[str], config_name: str, fix: str, inside: str | None = None) -> tuple[str | None, list]:
+    """Before Hydra runs: create the run directory (the sweep directory with ``-m``) that ``argv``
+    gives and return ``(None, pin)``, or ``(paragraph, [])`` saying which directory cannot be created
+    and why. ``pin`` is an override fixing a time-stamped directory name (``${now:...}``) to the one
+    created, for Hydra to use. With ``inside`` (a config key, e.g. ``results_dir``) and no
+    ``hydra.run.dir``/``hydra.sweep.dir`` of the user's, the directory must also lie inside that one."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.hydra_config import HydraConfig
+
+    multirun = "-m" in argv or "--multirun" in argv
+    overrides = [a for a in argv if not a.startswith("-")]
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        with initialize_config_module("invdiff.configs", version_base=None):
+            cfg = compose(config_name, overrides=_first_variant(overrides), return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        target = str(OmegaConf.select(cfg, key))
+        root = str(OmegaConf.select(cfg, inside)) if inside else None
+        pattern = str(OmegaConf.to_container(cfg.hydra, resolve=False)[key.split(".")[1]]["dir"])
+    except Exception:  # noqa: BLE001  (a config Hydra itself will report)
+        return None, []
+    finally:
+        HydraConfig.instance().cfg = None
+    given = any(o.lstrip("+").split("=", 1)[0] == key for o in overrides)
+    if root is not None and not given:
+        real, base = os.path.realpath(target), os.path.realpath(root)
+        if os.path.commonpath([real, base]) != base:
+            return (f"the run directory {target} would lie outside {inside}={root} ({real}): a value used in its name "
+                    f"leaves the folder; use plain names (no '/' or '..') in overrides"), []
+    why = make_output_dir(target)
+    if why is None:
+        return None, ([f"{key}={target}"] if "${now:" in pattern and not given else [])
+    return f"cannot create the output directory {target} ({key}): {why}. {fix}", []
+
+
+def log_to_files(msg: str) -> None:
+    """Write an error into the run's log file(s) (Hydra's ``<job>.log``) without printing it again."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, msg, None, None)
+    for h in logging.getLogger().handlers + log.handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(record)
+
+
+def explain_overrides(overrides: list[str], config_fn=config, groups=GROUPS, check=None) -> str | None:
     """Check command-line overrides before Hydra runs: ``None`` when they compose, otherwise one
     paragraph saying what is wrong and listing the valid choices. Sweeps (``a=1,2``) are checked
-    value by value."""
+    value by value; ``check(cfg)`` (raising ``ValueError``) runs on each composed variant."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
@@ -112,7 +206,7 @@ def explain_overrides(overrides: list[str], config_fn=config, groups=GROUPS) -> 
     for n, variant in enumerate(variants):
         where = "" if n == 0 else f"with {', '.join(p for p in variant if p not in plain)}: "
         try:
-            config_fn(*variant)
+            composed = config_fn(*variant)
         except Exception as err:  # noqa: BLE001  (Hydra raises several types; all are the user's input)
             text = str(err)
             m = re.search(r"full_key: (\S+)", text) or re.search(r"Could not override '([^']+)'", text)
@@ -120,6 +214,11 @@ def explain_overrides(overrides: list[str], config_fn=config, groups=GROUPS) -> 
                 bad = next((p for p in variant if p.lstrip("+~").split("=")[0] == m.group(1)), m.group(1))
                 return where + _explain_key(m.group(1), variant, bad, config_fn)
             return where + _one_paragraph(text.split("\n\n")[0])
+        if check is not None:
+            try:
+                check(composed)
+            except ValueError as err:
+                return where + _one_paragraph(err)
     return None
 
 
@@ -138,7 +237,11 @@ def _hydra_main(cfg: DictConfig) -> None:
             log.error(msg)
             Path(hc.runtime.output_dir, "error.txt").write_text(msg + "\n")
             return
+        log_to_files(msg)  # (the console gets it once, from SystemExit)
         raise SystemExit(msg) from None
+    except Exception as err:  # not the user's input: the traceback goes to the console, the log says so too
+        log_to_files(f"invdiff: the run failed with {type(err).__name__}: {_one_paragraph(err)}")
+        raise
 
 
 HELP = """invdiff — imaging inverse problems with diffusion-model priors.
@@ -184,6 +287,13 @@ def main() -> None:
 
     # under torchrun: one run directory for all ranks (rank 0's start time)
     sys.argv += hydra_overrides(args, {"hydra.run.dir": "outputs/{time}", "hydra.sweep.dir": "multirun/{time}"})
+    if "--cfg" not in args and "-c" not in args and "--info" not in args and "--hydra-help" not in args:
+        problem, pin = check_output_dir(sys.argv[1:], "config",
+                                        "Choose a writable directory with hydra.run.dir=<dir> (hydra.sweep.dir=<dir> "
+                                        "for a sweep with -m).")
+        if problem:
+            raise SystemExit(f"invdiff: {problem}")
+        sys.argv += pin  # (Hydra uses the directory just created, not one named a second later)
     _hydra_main()
 
 

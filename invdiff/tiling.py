@@ -346,6 +346,14 @@ def reconstruct_tiled(y: Tensor, operator, prior, solver="pigdm", *, sigma_y, ov
     ids, sig = batch_items(B, ids, sigma_y)
     if tuple(y.shape[1:]) != tuple(operator.meas_size):
         raise ValueError(f"tiling: y has shape {list(y.shape[1:])} per item, the operator measures {list(operator.meas_size)}")
+    from .memory import refusal
+
+    n_at_once = (len(tiles) * int(num_samples) if batch_size is None else  # (a bad batch_size: reconstruct says so)
+                 batch_size if isinstance(batch_size, int) and not isinstance(batch_size, bool) else 1)
+    msg = refusal(img, int(num_samples), max(1, n_at_once), tile_shape=(C, th, tw), device=y.device, items=B,
+                  what=f"tiled reconstruction of {B} image(s) {list(img)}", can_tile=False)
+    if msg:  # (before any tile is solved: every tile's draws are kept until they are blended)
+        raise OutOfMemory(msg)
     t0 = time.perf_counter()
     masked = isinstance(operator, O.Inpainting) and not bool((operator.mask == 1).all())
     groups = None if masked else [(o.to(y.device), idx) for o, idx in restriction.groups(tiles)]

@@ -8,8 +8,39 @@ import numpy as np
 import torch
 from torch import Tensor
 
-#: Images bundled in the scikit-image wheel that never need a download.
-SAMPLE_IMAGES = ("shepp_logan", "camera", "moon", "astronaut", "coins", "brain_slice")
+#: Images bundled in the scikit-image wheel that never need a download. (``brain_slice``, a slice of
+#: ``skimage.data.brain()``, was listed once; that volume is fetched from the internet on first use,
+#: so it is refused with :func:`unknown_image_message`.)
+SAMPLE_IMAGES = ("shepp_logan", "camera", "moon", "astronaut", "coins")
+
+
+def bundled_skimage_images() -> list[str]:
+    """Names of ``skimage.data`` functions whose image file ships inside the scikit-image wheel
+    (so loading them never downloads)."""
+    import os
+
+    from skimage import data
+
+    stems = {os.path.splitext(f)[0] for f in os.listdir(data.data_dir)}
+    return sorted(n for n in stems if callable(getattr(data, n, None)) and not n.startswith("_") and n != "lfw_subset")
+
+
+def unknown_image_message(name: str, choices) -> str:
+    """One paragraph for an image name that is not among ``choices``: images scikit-image would
+    have to download are named as such (invdiff never downloads)."""
+    import difflib
+
+    from skimage import data
+
+    fn = "brain" if name == "brain_slice" else name
+    if callable(getattr(data, fn, None)) and fn not in bundled_skimage_images():
+        why = (f"'{name}' is not bundled with scikit-image: skimage.data.{fn}() downloads its file on first use, "
+               "and invdiff never downloads anything")
+    else:
+        close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+        why = f"unknown sample image '{name}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+    return (f"data.names: {why}. Choose from {', '.join(choices)}, or give your own image file with "
+            "data=files data.path=<image, folder, .npy or file.h5:dataset>")
 
 
 def _load(name: str) -> np.ndarray:
@@ -17,8 +48,6 @@ def _load(name: str) -> np.ndarray:
 
     if name == "shepp_logan":
         return data.shepp_logan_phantom()
-    if name == "brain_slice":
-        return data.brain()[5].astype(np.float64)
     return getattr(data, name)()
 
 
@@ -37,7 +66,7 @@ def _sample_image(name: str, shape: tuple) -> Tensor:
     from skimage.transform import resize
 
     if name not in SAMPLE_IMAGES:
-        raise ValueError(f"unknown sample image {name!r}; choose one of {SAMPLE_IMAGES}")
+        raise ValueError(unknown_image_message(name, SAMPLE_IMAGES))
     C, H, W = (int(s) for s in shape)
     if C not in (1, 3):
         raise ValueError(f"sample images have 1 or 3 channels, got shape {tuple(shape)}")

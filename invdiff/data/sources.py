@@ -16,6 +16,7 @@ operator and the prior before any sampling.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +25,10 @@ import torch
 from torch import Tensor
 
 from ..phantoms import EVAL_SEEDS, phantoms, shepp_logan
-from .images import SAMPLE_IMAGES, sample_image
+from .images import SAMPLE_IMAGES, bundled_skimage_images, sample_image, unknown_image_message
 from .training_data import _as_chw, _resize, load_array, read_arrays
+
+log = logging.getLogger("invdiff")
 
 
 @dataclass
@@ -69,8 +72,15 @@ class Phantoms:
         if split not in ("test", "val"):
             raise ValueError(f"data.split must be 'test' or 'val', got {split!r}")
         size = self.VAL_OFFSET if split == "test" else len(EVAL_SEEDS) - self.VAL_OFFSET
-        if not 1 <= int(n) or int(first) < 0 or int(first) + int(n) > size:
-            raise ValueError(f"data: n = {n}, first = {first}: the {split} split has {size} held-out phantoms")
+        for key, v in (("n", n), ("first", first)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"data.{key} must be a whole number, got {v!r}")
+        if n < 1:
+            raise ValueError(f"data.n must be at least 1 (phantoms to reconstruct), got {n}; the {split} split has "
+                             f"{size} held-out phantoms (data.n=1 to {size})")
+        if first < 0 or first + n > size:
+            raise ValueError(f"data: n = {n}, first = {first}: the {split} split has {size} held-out phantoms, so "
+                             f"data.first must be >= 0 and data.first + data.n <= {size}")
         self.n, self.size, self.first, self.split = int(n), H, int(first), split
 
     def samples(self, operator=None) -> list[Sample]:
@@ -107,6 +117,11 @@ class ImageViews:
         self.crops, self.seed, self.shape, self.split = int(crops), int(seed), _shape(shape), split
         if self.shape[0] != 1:
             raise ValueError(f"data: image views are gray; got shape {list(self.shape)}")
+        if not self.names:
+            raise ValueError(f"data.names is empty; name at least one of {', '.join(bundled_skimage_images())}")
+        for name in self.names:
+            if str(name) not in bundled_skimage_images():
+                raise ValueError(unknown_image_message(str(name), bundled_skimage_images()))
 
     def samples(self, operator=None) -> list[Sample]:
         from skimage import data as skdata
@@ -116,8 +131,6 @@ class ImageViews:
         _, H, W = self.shape
         out = []
         for name in self.names:
-            if not hasattr(skdata, name):
-                raise ValueError(f"data: scikit-image has no sample image {name!r}")
             img = np.asarray(getattr(skdata, name)())
             img = rgb2gray(img[..., :3]) if img.ndim == 3 else img.astype(np.float64) / np.iinfo(img.dtype).max \
                 if np.issubdtype(img.dtype, np.integer) else img.astype(np.float64)
@@ -144,9 +157,11 @@ class SampleImages:
 
     def __init__(self, names=("camera",), shape=(1, 64, 64)):
         names = [names] if isinstance(names, str) else list(names)
-        bad = [n for n in names if n not in SAMPLE_IMAGES]
-        if bad or not names:
-            raise ValueError(f"data: unknown sample image(s) {bad or names}; choose from {list(SAMPLE_IMAGES)}")
+        if not names:
+            raise ValueError(f"data.names is empty; name at least one of {', '.join(SAMPLE_IMAGES)}")
+        for n in names:
+            if n not in SAMPLE_IMAGES:
+                raise ValueError(unknown_image_message(str(n), SAMPLE_IMAGES))
         self.names, self.shape = names, _shape(shape)
 
     def samples(self, operator=None) -> list[Sample]:
@@ -260,8 +275,15 @@ class Measurements:
         else:
             raise ValueError(f"measurement {self.y_path} has shape {list(raw.shape)}, but {operator.describe()} "
                              f"measures {list(meas)} (or a stack [N, {', '.join(map(str, meas))}])")
-        if not np.issubdtype(np.asarray(ys[0]).dtype, np.floating):
-            raise ValueError(f"measurement {self.y_path} has dtype {np.asarray(ys[0]).dtype}; expected floating point data")
+        stored = np.asarray(ys[0]).dtype
+        if not np.issubdtype(stored, np.floating):
+            raise ValueError(f"measurement {self.y_path} has dtype {stored}; expected floating point data")
+        if stored == np.float16:  # accepted, converted exactly to float64; its rounding is stated
+            peak = max(float(np.abs(np.asarray(y, np.float64)).max()) for y in ys)
+            log.warning(
+                "measurement %s is float16: converted to float64 (exact), but float16 kept only ~3 significant "
+                "digits: rounding errors up to %.2g (half a float16 step at the largest value, %.3g) are part of "
+                "y; use a σ_y at least that large or store y as float32", self.y_path, peak * 2.0 ** -11, peak)
         xs = [None] * len(ys)
         if self.x_path is not None:
             xs = []
@@ -277,7 +299,7 @@ class Measurements:
                 raise ValueError(f"{len(xs)} ground truth image(s) for {len(ys)} measurement(s)")
         stem = Path(self.y_path.split(":")[0]).stem
         return [Sample(f"{stem}_{i}" if len(ys) > 1 else stem, x, torch.from_numpy(np.ascontiguousarray(y)).double(),
-                       sigma_y=self.sigma_y, info={"source": self.y_path})
+                       sigma_y=self.sigma_y, info={"source": self.y_path, "stored_dtype": str(stored)})
                 for i, (x, y) in enumerate(zip(xs, ys))]
 
     def describe(self) -> str:
