@@ -64,25 +64,27 @@ def run_gmm(cfg: DictConfig, out_dir: Path) -> dict:
     todo = distributed.pending(ids, out_dir / "samples", resume=cfg.get("resume", True), id_of=lambda i: i[0])
     log.info("benchmark %s: solver %s %s; %d problem(s), %d to do, %d samples each", cfg.benchmark.name,
              cfg.bench_run.solver, settings, len(ids), len(todo), n)
-    for pid, d, dy, k in todo:
-        case = mcgdiff_gmm_case(d, dy, k)
-        prior = CountingPrior(case.prior)
-        y = case.y.expand(n, *case.y.shape[1:]).clone()
-        t0 = time.perf_counter()
-        x = solver(y, case.op, prior, sigma_y=case.sigma_y, generator=generator_of(int(cfg.seed), pid, "solver/0"))
-        secs = time.perf_counter() - t0
-        m = evaluate(case, x, seed=int(hashlib.sha256(pid.encode()).hexdigest()[:8], 16))
-        m.update(nfe=int(prior.calls), seconds=float(secs), d=d, dy=dy, sigma_y=float(case.sigma_y))
-        write_sample(out_dir / "samples" / f"{pid}.h5", {
-            "x_hat": x[: min(n, 64)].reshape(min(n, 64), -1), "id": pid, "seed": int(cfg.seed), "problem_seed": k,
-            "solver": solver_name(solver), "solver_choice": str(cfg.bench_run.solver),
-            "solver_settings": json.dumps(settings), "metrics": json.dumps(m), "nfe": int(prior.calls),
-            "seconds": float(secs), "benchmark": str(cfg.benchmark.name), "benchmark_hash": digest,
-            "benchmark_node": json.dumps(OmegaConf.to_container(cfg.benchmark, resolve=True), default=str),
-            "preset_settings": json.dumps(dict(cfg.bench_run.preset_settings)), "num_samples": n,
-            "config_yaml": resolved, "resume_key": json.dumps(key), "mode": "gmm"})
-        log.info("%s: sw %.3f (floor %.3f, prior %.3f), NFE %d, %.1f s", pid, m["sw"], m["sw_floor"], m["sw_prior"],
-                 m["nfe"], secs)
+    # claimed one at a time: other jobs in this directory skip them (and this one waits for theirs at the end)
+    with distributed.claimed(todo, out_dir / "samples", resume=cfg.get("resume", True), id_of=lambda i: i[0]) as work:
+        for pid, d, dy, k in work:
+            case = mcgdiff_gmm_case(d, dy, k)
+            prior = CountingPrior(case.prior)
+            y = case.y.expand(n, *case.y.shape[1:]).clone()
+            t0 = time.perf_counter()
+            x = solver(y, case.op, prior, sigma_y=case.sigma_y, generator=generator_of(int(cfg.seed), pid, "solver/0"))
+            secs = time.perf_counter() - t0
+            m = evaluate(case, x, seed=int(hashlib.sha256(pid.encode()).hexdigest()[:8], 16))
+            m.update(nfe=int(prior.calls), seconds=float(secs), d=d, dy=dy, sigma_y=float(case.sigma_y))
+            write_sample(out_dir / "samples" / f"{pid}.h5", {
+                "x_hat": x[: min(n, 64)].reshape(min(n, 64), -1), "id": pid, "seed": int(cfg.seed), "problem_seed": k,
+                "solver": solver_name(solver), "solver_choice": str(cfg.bench_run.solver),
+                "solver_settings": json.dumps(settings), "metrics": json.dumps(m), "nfe": int(prior.calls),
+                "seconds": float(secs), "benchmark": str(cfg.benchmark.name), "benchmark_hash": digest,
+                "benchmark_node": json.dumps(OmegaConf.to_container(cfg.benchmark, resolve=True), default=str),
+                "preset_settings": json.dumps(dict(cfg.bench_run.preset_settings)), "num_samples": n,
+                "config_yaml": resolved, "resume_key": json.dumps(key), "mode": "gmm"})
+            log.info("%s: sw %.3f (floor %.3f, prior %.3f), NFE %d, %.1f s", pid, m["sw"], m["sw_floor"], m["sw_prior"],
+                     m["nfe"], secs)
     return distributed.finish(gmm_report, out_dir, [i[0] for i in ids])
 
 

@@ -100,11 +100,13 @@ def shard(items: Sequence, ctx: Context | None = None) -> list:
 def pending(items: Sequence, folder: str | Path, *, resume: bool, id_of=lambda it: it, folders=()) -> list:
     """The items this process should solve in a run writing ``folder/{id}.h5``.
 
-    Rank 0 first deletes temporaries a killed run left in ``folder`` (and in ``folders``), and
-    every rank waits for that before starting (so no rank's file in progress is deleted). Then the
+    Rank 0 first deletes the temporaries and claims that dead processes left in ``folder`` (and in
+    ``folders``; only provably abandoned ones, so another job's file in progress is never touched:
+    :func:`invdiff.data.results.remove_stale_temporaries`), and every rank waits for that. Then the
     items are sharded by position and, with ``resume``, those whose file is complete are dropped.
     Sharding before filtering keeps the assignment independent of what is already done or of
-    which rank looks first."""
+    which rank looks first. Iterate over :func:`claimed` of the result to share the work with other
+    jobs in the same directory."""
     from .data.results import is_complete, remove_stale_temporaries
 
     ctx = init()
@@ -115,6 +117,17 @@ def pending(items: Sequence, folder: str | Path, *, resume: bool, id_of=lambda i
     barrier()
     mine = shard(items, ctx)
     return [it for it in mine if not (resume and is_complete(folder / f"{id_of(it)}.h5"))]
+
+
+def claimed(items: Sequence, folder: str | Path, *, resume: bool, id_of=lambda it: it):
+    """This process's items one at a time, each claimed so that no other process in the directory
+    computes it meanwhile; items other jobs hold are skipped and waited for at the end, so the
+    iteration ends when all are finished (:class:`invdiff.data.claims.Claimed`; ``close()`` it
+    after the loop). Under torchrun each rank claims within its own shard: the ranks still
+    partition the ids, and the claims only coordinate separate jobs sharing the directory."""
+    from .data.claims import Claimed
+
+    return Claimed(items, folder, resume=resume, id_of=id_of)
 
 
 def finish(summarize, *args, **kwargs):

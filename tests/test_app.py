@@ -4,6 +4,7 @@ contract allows, the promised error messages, result files, resume after a kill,
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from invdiff.api import reconstruct, sample_seed
 from invdiff.app import AppError, choices, rerun, run
 from invdiff.cli import explain_overrides, main
 from crash import kill_and_resume
+from invdiff.data.claims import host_tag
 from invdiff.data.results import is_complete, read_sample
 from invdiff.priors.analytic import smooth_gaussian
 
@@ -82,7 +84,10 @@ def test_resume_skips_finished_samples_and_clears_temporaries(default_run, tmp_p
         (tmp_path / name).mkdir()
     src = out / "samples" / "shepp_logan.h5"
     (tmp_path / "samples" / "shepp_logan.h5").write_bytes(src.read_bytes())
-    (tmp_path / "samples" / ".phantom_2147483648.h5.abc.tmp").write_bytes(b"half a file")
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a killed run's temporary: its writer's pid is gone
+    (tmp_path / "samples" / ".invdiff-tmp").mkdir()
+    (tmp_path / "samples" / ".invdiff-tmp" / f"{dead.pid}@{host_tag()}@abc@phantom_2147483648.h5.tmp").write_bytes(b"half")
     before = (tmp_path / "samples" / "shepp_logan.h5").stat().st_mtime_ns
     run(cfg_of("data.n=2", "num_samples=2", "solver.steps=12", "batch_size=2", "progress=false"), tmp_path)
     assert (tmp_path / "samples" / "shepp_logan.h5").stat().st_mtime_ns == before  # not recomputed

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from invdiff import app, bench, distributed
+from invdiff.data.claims import host_tag
 from invdiff.data.results import write_sample
 from crash import kill_and_resume
 
@@ -65,10 +67,15 @@ def test_pending_shards_before_dropping_finished(tmp_path, monkeypatch):
     folder = tmp_path / "samples"
     for i in ("a", "c"):
         write_sample(folder / f"{i}.h5", {"x_hat": np.zeros(2), "metrics": "{}"})
-    (folder / ".b.h5.tmp123").write_bytes(b"half")
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a killed run's temporary (its writer's pid is gone) and an old version's, 7 hours old
+    (folder / ".invdiff-tmp").mkdir()
+    (folder / ".invdiff-tmp" / f"{dead.pid}@{host_tag()}@abc@b.h5.tmp").write_bytes(b"half")
+    (folder / ".b.h5.abc.tmp").write_bytes(b"half")
+    os.utime(folder / ".b.h5.abc.tmp", (time.time() - 7 * 3600,) * 2)
     ids = ["a", "b", "c", "d"]
     assert distributed.pending(ids, folder, resume=True) == ["b", "d"]
-    assert not list(folder.glob(".*"))  # the killed run's temporary is gone
+    assert not list(folder.glob(".*"))  # the killed runs' temporaries are gone
     assert distributed.pending(ids, folder, resume=False) == ids
     # as rank 1 of 2 (no process group needed for the part under test): the assignment ignores what is done
     monkeypatch.setattr(distributed, "init", lambda: distributed.Context(1, 2, 1))

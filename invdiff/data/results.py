@@ -1,7 +1,9 @@
 """Result files: one HDF5 file per sample, written atomically, and summaries rebuilt from them.
 
-Each sample is written to a temporary name (``.{name}.*.tmp``) and moved into place with
-``os.replace``, so a crash never leaves a partial ``.h5`` and finished samples are never lost.
+Each sample is written to a temporary name (``.invdiff-tmp/{pid}@{host}@{random}@{name}.tmp`` beside
+it) and moved into place with ``os.replace``, so a crash never leaves a partial ``.h5`` and
+finished samples are never lost; several processes may share a run directory
+(:mod:`invdiff.data.claims`).
 :func:`write_sample` maps a dict onto HDF5: tensors/arrays → datasets, nested dicts → groups,
 scalars → attributes, lists → JSON attributes. :func:`write_tree` / :func:`read_tree` store a
 nested structure with arrays (an operator's parameters) so that it reads back *exactly*: arrays as
@@ -33,6 +35,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -106,14 +109,44 @@ def write_sample(path: str | Path, data: dict[str, Any], trees: dict[str, dict] 
     return path
 
 
+#: Folder (beside a target) that holds its temporaries: no result name can be a folder of that name.
+TEMPORARIES = ".invdiff-tmp"
+
+
+def _temporary(path: Path, suffix: str) -> str:
+    """A new, empty temporary ``.invdiff-tmp/{pid}@{host}@{random}@{name}{suffix}`` beside ``path``."""
+    from .claims import host_tag
+
+    folder = path.parent / TEMPORARIES
+    for _ in range(20):  # (another process removes the folder when it is empty)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f"{os.getpid()}@{host_tag()}@", suffix=f"@{path.name[:100]}{suffix}",
+                                       dir=folder)
+        except FileNotFoundError:
+            continue
+        os.close(fd)
+        return tmp
+    raise OSError(f"cannot create a temporary file in {folder}")
+
+
+def _rmdir(folder: Path) -> None:
+    try:
+        os.rmdir(folder)
+    except OSError:  # not empty (another process's temporary) or gone
+        pass
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path, suffix: str = ".tmp"):
-    """A temporary name ``.{name}.*{suffix}`` beside ``path`` to write to; it replaces ``path``
-    (``os.replace``) when the block ends without error and is removed otherwise. The file gets the
-    mode a plain ``open`` would give (0666 & ~umask), not ``mkstemp``'s 0600."""
+    """A temporary name to write to, ``.invdiff-tmp/{pid}@{host}@{random}@{name}{suffix}`` beside
+    ``path`` (same file system); it replaces ``path`` (``os.replace``) when the block ends without
+    error and is removed otherwise. No input can produce such a name, and its owner is in it
+    (:func:`remove_stale_temporaries`). The file gets the mode a plain ``open`` would give
+    (0666 & ~umask), not ``mkstemp``'s 0600."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    tmp = _temporary(path, suffix)
     try:
         mask = os.umask(0)
         os.umask(mask)
@@ -123,6 +156,7 @@ def atomic_path(path: Path, suffix: str = ".tmp"):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+        _rmdir(Path(tmp).parent)
 
 
 def _attr(value):
@@ -166,13 +200,38 @@ def is_complete(path: str | Path) -> bool:
         return False
 
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete ``.*.tmp`` files left in ``folder`` by a killed run; returns what was removed."""
+def remove_stale_temporaries(folder: str | Path, max_age: float | None = None) -> list[Path]:
+    """Delete the temporaries in ``folder`` whose writer is provably gone — a dead process on this
+    host, or untouched for ``max_age`` seconds (:data:`invdiff.data.claims.STALE_TEMPORARY_AGE`) —
+    so that another process's file in progress is never touched; returns what was removed. Also
+    removes temporaries of older versions (``.{name}.*.tmp`` beside their target; no result file
+    ends in ``.tmp``) once that old, and the claims of dead processes."""
+    from .claims import STALE_TEMPORARY_AGE, remove_stale_claims, temporary_abandoned
+
     folder = Path(folder)
-    stale = sorted(folder.glob(".*.tmp*")) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    max_age = STALE_TEMPORARY_AGE if max_age is None else max_age
+    tmp = folder / TEMPORARIES
+    try:  # (another process removes the folder when it is empty)
+        stale = [tmp / n for n in sorted(os.listdir(tmp)) if temporary_abandoned(tmp / n, max_age)]
+    except (FileNotFoundError, NotADirectoryError):
+        stale = []
+    stale += [p for p in sorted(folder.glob(".*.tmp")) if _age(p) > max_age]  # (written before .invdiff-tmp/)
     for p in stale:
         p.unlink(missing_ok=True)
+    _rmdir(tmp)
+    remove_stale_claims(folder)
     return stale
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` (a file) was modified; 0 when it is not a file (or gone)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return 0.0
+    return time.time() - st.st_mtime if path.is_file() else 0.0
 
 
 def _fmt(v) -> str:
