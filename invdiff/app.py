@@ -68,13 +68,32 @@ def build(node: DictConfig, what: str):
 
     try:
         return instantiate(node)
+    except (InstantiationException, MemoryError, RuntimeError) as err:
+        cause = err.__cause__ or err if isinstance(err, InstantiationException) else err
+        from .api import is_out_of_memory
+
+        if not is_out_of_memory(cause):
+            if isinstance(err, InstantiationException):
+                raise AppError(f"{what} config ({node.get('_target_', '?')}): {_one_paragraph(cause)}") from err
+            raise
+        text = str(cause)
+        in_bytes, in_words = re.search(r"allocate (\d+) bytes", text), re.search(r"allocate ([\d.]+ [KMGTP]i?B)", text)
+        size = (f" ({_human(int(in_bytes.group(1)))} in one array)" if in_bytes else
+                f" ({in_words.group(1)} in one array)" if in_words else "")
+        raise AppError(f"{what} config ({node.get('_target_', '?')}) ran out of memory while being built{size}: its "
+                       "arrays (masks, kernels, factors) grow with the image size. Use a smaller shape, or solve a "
+                       "large image in prior-sized tiles (tile_overlap=16) with an operator that can be tiled "
+                       "(inpainting, blur, downsampling)") from None
     except MissingMandatoryValue as err:
         key = getattr(err, "full_key", None) or "a value"
         raise AppError(f"{what} config ({node.get('_target_', '?')}) needs {key}: give it on the command line, "
                        f"e.g. {key}=<value> (see the comment at the top of its config file)") from err
-    except InstantiationException as err:
-        cause = err.__cause__ or err
-        raise AppError(f"{what} config ({node.get('_target_', '?')}): {_one_paragraph(cause)}") from err
+
+
+def _human(n: int) -> str:
+    from .memory import human
+
+    return human(n)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -244,6 +263,46 @@ def _check_measured_operator(cfg: DictConfig, operator) -> None:
         "(gaussian_blur, sr_bicubic, half_inpainting, …) need no file.")
 
 
+def _check_settings(cfg: DictConfig) -> None:
+    """The top-level switches and seeds: whole numbers and booleans, as the config file states."""
+    for key in ("seed", "operator_seed"):
+        v = cfg.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise AppError(f"{key} must be a whole number >= 0, got {v!r}")
+    for key in ("figures", "progress", "resume"):
+        v = cfg.get(key, True)
+        if not isinstance(v, bool):
+            raise AppError(f"{key} must be true or false, got {v!r}")
+
+
+def _check_shape(cfg: DictConfig) -> tuple[int, ...]:
+    """``shape``: [C, H, W] (or [C, D, H, W]) of positive whole numbers."""
+    from omegaconf import ListConfig
+
+    v = cfg.get("shape")
+    ok = isinstance(v, (list, tuple, ListConfig)) and len(v) in (3, 4) and all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in v)
+    if not ok:
+        shown = list(v) if isinstance(v, (list, tuple, ListConfig)) else v
+        raise AppError(f"shape must be [C,H,W] (or [C,D,H,W] for volumes) of whole numbers >= 1, e.g. "
+                       f"shape=[1,64,64]; got {shown!r}")
+    return tuple(int(s) for s in v)
+
+
+def _check_memory(cfg: DictConfig, shape: tuple, device: torch.device) -> None:
+    """Refuse, before anything image-sized is allocated, a run whose arrays cannot fit
+    (:mod:`invdiff.memory`: a lower bound against the memory available on the run's device)."""
+    from .memory import refusal
+
+    n = int(cfg.num_samples)
+    b = 1 if str(cfg.batch_size) == "auto" else min(int(cfg.batch_size), n)  # (auto halves down to 1)
+    tiled = _tile_overlap(cfg) is not None
+    msg = refusal(shape, n, b, tile_shape=() if tiled else None, device=device, what=f"shape={list(shape)}".replace(" ", ""),
+                  can_tile=not tiled)
+    if msg:
+        raise AppError(msg)
+
+
 def setup(cfg: DictConfig) -> Job:
     """Build operator, noise, prior, solver and data from ``cfg`` and check every sample against
     them (shapes, ranges, the solver's capability needs) — before any simulation or output."""
@@ -258,6 +317,9 @@ def setup(cfg: DictConfig) -> Job:
             raise AppError(f"{key} must be a positive integer{' or auto' if key == 'batch_size' else ''}, got {v!r}")
     if cfg.get("baseline", "auto") not in ("auto", "pinv", "adjoint", "none"):
         raise AppError(f"baseline must be auto, pinv, adjoint or none, got {cfg.baseline!r}")
+    _check_settings(cfg)
+    shape = _check_shape(cfg)
+    _check_memory(cfg, shape, device)  # (before the operator: its masks and factors are image-sized)
     operator = build(cfg.operator, "operator") if cfg.get("operator") is not None else None
     noise = build(cfg.noise, "noise") if cfg.get("noise") is not None else None
     prior = build(cfg.prior, "prior")
@@ -266,7 +328,6 @@ def setup(cfg: DictConfig) -> Job:
     if prior is None or not hasattr(prior, "denoiser"):
         raise AppError(f"prior config did not give a prior (got {type(prior).__name__})")
     overlap = _tile_overlap(cfg)
-    shape = tuple(int(s) for s in cfg.shape)
     if overlap is None and tuple(prior.shape) != shape:
         raise AppError(f"the prior models images {list(prior.shape)} but shape={list(cfg.shape)}; "
                        f"add shape={list(prior.shape).__str__().replace(' ', '')} to the command line, or solve "
@@ -282,6 +343,10 @@ def setup(cfg: DictConfig) -> Job:
     if not samples:
         raise AppError(f"data ({data.describe()}) gave no samples")
     ids = [s.id for s in samples]
+    for i in ids:  # ids name the result files: samples/{id}.h5, figures/{id}.png
+        if not isinstance(i, str) or i in ("", ".", "..") or any(c in i for c in "/\\\0"):
+            raise AppError(f"data gave the sample id {i!r}, which cannot name a result file (samples/<id>.h5): ids "
+                           "must be non-empty names without '/', '\\' or NUL; rename the input file or dataset")
     if len(set(ids)) != len(ids):
         raise AppError(f"data gave duplicate sample ids {sorted({i for i in ids if ids.count(i) > 1})}")
     items, checked = [], set()
@@ -538,6 +603,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     (``metrics.json``'s content). Samples whose file already exists are skipped (``resume``)."""
     from . import distributed
     from .api import solver_name, solver_settings
+    from .data.claims import whoami
     from .data.results import summarize
 
     job = setup(cfg)
@@ -560,13 +626,16 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 
     show = bool(cfg.get("progress", True))
     # bars on a terminal only (disable=None), so logs and CI output stay clean
-    outer = tqdm(todo, desc="samples", unit="sample", disable=None if show else True)
+    # claimed one at a time: other jobs in this directory skip them (and this one waits for theirs at the end)
+    work = distributed.claimed(todo, out_dir / "samples", resume=cfg.get("resume", True), id_of=lambda it: it.sample.id)
+    outer = tqdm(work, total=len(todo), desc="samples", unit="sample", disable=None if show else True)
     inner = tqdm(desc="solver steps", unit="step", leave=False, mininterval=0.5, disable=None if show else True)
     t0 = time.perf_counter()
+    extra = {"rank": ctx.rank, "world_size": ctx.world_size, "process": whoami()}
     try:
         for k, it in enumerate(outer):
             inner.reset()
-            _, m = solve_item(job, it, out_dir, bar=inner, extra={"rank": ctx.rank, "world_size": ctx.world_size})
+            _, m = solve_item(job, it, out_dir, bar=inner, extra=extra)
             if k == 0:
                 log.info("NFE per sample: %d", m["nfe"])
             if "psnr" in m:
@@ -574,6 +643,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     finally:
         inner.close()
         outer.close()
+        work.close()
     result = distributed.finish(summarize, out_dir)  # rank 0 merges every rank's sample files
     if not ctx.main:
         return result

@@ -42,6 +42,7 @@ import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -55,6 +56,30 @@ from .bench_tables import TABLE_METRICS, collect, efficiency_plot, provenance, r
 from .resume import PRESET_TEXT_KEYS, RUNTIME_KEYS  # noqa: F401  (what the run's hash leaves out)
 
 log = logging.getLogger("invdiff")
+
+#: What a name that becomes one folder of a path may hold (``benchmark.name``).
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*")
+
+
+def path_part(text) -> str:
+    """``text`` as one folder name: '%', '/' and '\\' written %25, %2F and %5C (reversibly), so an
+    override value such as ``../../x`` names a folder instead of leaving its parent; registered as the
+    ``invdiff_path`` resolver of ``configs/bench.yaml``'s run directories."""
+    return str(text).replace("%", "%25").replace("/", "%2F").replace("\\", "%5C").replace("\0", "%00")
+
+
+OmegaConf.register_new_resolver("invdiff_path", path_part, replace=True)
+
+
+def check_names(cfg: DictConfig) -> None:
+    """Names used in result paths must be plain names (no folder separators, no '..')."""
+    name = (cfg.get("benchmark") or {}).get("name")
+    if name in (None, "???"):
+        return
+    if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name) or len(name) > 100:
+        raise AppError(f"benchmark.name {name!r} names the folder of the runs (results_dir/<name>/...), so it must be "
+                       "a plain name of letters, digits and . _ + = - (at most 100 characters, no '/' or '..'), "
+                       f"like the presets' own ({', '.join(app.choices('benchmark')[:4])}, …)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,6 +123,7 @@ def prepare(cfg: DictConfig) -> DictConfig:
     if b is None or b.get("name") in (None, "???"):
         raise AppError("no benchmark preset: choose one with benchmark=<name> "
                        f"({', '.join(app.choices('benchmark'))})")
+    check_names(cfg)
     for need in b.get("requires", None) or []:
         value = OmegaConf.select(cfg, need.key, default=None)
         if value in (None, "", "???") and not os.environ.get(need.get("env") or "", ""):
@@ -240,14 +266,17 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 
     show = bool(cfg.get("progress", True))
     inner = tqdm(desc="solver steps", unit="step", leave=False, mininterval=0.5, disable=None if show else True)
+    # claimed one at a time: other jobs in this directory skip them (and this one waits for theirs at the end)
+    work = distributed.claimed(todo, out_dir / "samples", resume=cfg.get("resume", True), id_of=lambda it: it.sample.id)
     try:
-        for k, it in enumerate(tqdm(todo, desc=str(b.name), unit="image", disable=None if show else True)):
+        for k, it in enumerate(tqdm(work, total=len(todo), desc=str(b.name), unit="image", disable=None if show else True)):
             inner.reset()
             _, m = app.solve_item(job, it, out_dir, bar=inner, metrics_fn=metrics_fn, extra=extra)
             log.info("%s: %s", it.sample.id, ", ".join(f"{k_} {m[k_]:.4g}" for k_ in ("psnr", "ssim", "nfe", "seconds")
                                                          if k_ in m))
     finally:
         inner.close()
+        work.close()
     return distributed.finish(report, out_dir, inception=inception, ids=[it.sample.id for it in items])
 
 
@@ -272,6 +301,9 @@ def _hydra_main(cfg: DictConfig) -> None:
             log.error(msg)
             Path(hc.runtime.output_dir, "error.txt").write_text(msg + "\n")
             return
+        from .cli import log_to_files
+
+        log_to_files(msg)  # (the console gets it once, from SystemExit)
         raise SystemExit(msg) from None
 
 
@@ -318,12 +350,20 @@ def main() -> None:
     from .cli import explain_overrides
 
     problem = explain_overrides([a for a in argv if not a.startswith("-")], config_fn=config,
-                                groups=app.GROUPS + ("benchmark",))
+                                groups=app.GROUPS + ("benchmark",), check=check_names)
     if problem:
         raise SystemExit(f"invdiff-bench: {problem}")
     from .distributed import hydra_overrides
 
     sys.argv += hydra_overrides(argv, {})  # run directories are named by the config: same on all ranks
+    if not any(a in argv for a in ("--cfg", "-c", "--info", "--hydra-help", "--help", "-h")):
+        from .cli import check_output_dir
+
+        problem, pin = check_output_dir(sys.argv[1:], "bench", "Choose a writable results_dir=<dir>.",
+                                        inside="results_dir")
+        if problem:
+            raise SystemExit(f"invdiff-bench: {problem}")
+        sys.argv += pin
     hydra.main(version_base=None, config_path="configs", config_name="bench")(_hydra_main)()
 
 

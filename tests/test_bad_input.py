@@ -6,7 +6,16 @@ operator the solver cannot use, a prior of another shape, ground truth out of th
 NaN in a measurement, a measurement of the wrong shape, a missing data path or file, measured data
 without a noise level, σ_y=auto with Poisson noise, ``solver.steps=0`` (ΠGDM) and a missing
 checkpoint; ``test_bad_overrides_are_explained_in_one_paragraph`` unknown operator/solver/data
-names and unknown solver/top-level keys. This file covers the rest of the issue's list.
+names and unknown solver/top-level keys. This file covers the rest of the issue's list, and issue
+31's: values that say what is allowed (``data.n=0``, shapes, seeds, switches), sample images that
+scikit-image would download, float16 y (accepted with a stated conversion), shapes that cannot fit
+in memory (refused from their size before anything is allocated), output directories that cannot
+be created, and override values that would move a benchmark out of ``results_dir``.
+
+Counting for the README's "Reliability" section: each parametrized case or separate refused call
+with another input is one bad input (the 12 API inputs of
+``test_reconstruct_refuses_bad_input_before_any_work`` count once each, not once per solver; the
+memory tests that vary only the memory available count once).
 """
 
 from __future__ import annotations
@@ -407,3 +416,318 @@ def test_the_apps_solver_check_does_no_work_for_the_baselines(problem):
     assert counting.calls == 0 and iterations == []
     with pytest.raises(ValueError, match="y contains NaN"):
         check_call(baselines.dpir, y * float("nan"), op, counting, sigma_y=0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 31: what is allowed (item 5), sample images that need a download, settings and shapes
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, pattern", [
+    (["data=phantoms", "data.n=0"], r"data\.n must be at least 1 \(phantoms to reconstruct\), got 0; the test split "
+                                    r"has 32 held-out phantoms \(data\.n=1 to 32\)"),
+    (["data=phantoms", "data.n=40"], r"n = 40, first = 0: the test split has 32 held-out phantoms, so data\.first must "
+                                     r"be >= 0 and data\.first \+ data\.n <= 32"),
+    (["data=phantoms", "data.first=-1"], r"data\.first must be >= 0"),
+    (["data=phantoms", "data.n=1.5"], r"data\.n must be a whole number, got 1\.5"),
+    (["data=sample_image", "data.names=[brain_slice]"],
+     r"'brain_slice' is not bundled with scikit-image: skimage\.data\.brain\(\) downloads its file on first use, and "
+     r"invdiff never downloads anything\. Choose from shepp_logan, camera.*data=files data\.path="),
+    (["data=image_views", "data.names=[brain]"], r"'brain' is not bundled with scikit-image.*Choose from astronaut"),
+    (["data=sample_image", "data.names=[camra]"], r"unknown sample image 'camra' \(did you mean 'camera'\?\)"),
+    (["data=image_views", "data.names=[kodim01]"], r"unknown sample image 'kodim01'.*Choose from astronaut"),
+    (["data=sample_image", "data.names=[]"], r"data\.names is empty; name at least one of shepp_logan"),
+    (["data=sample_image", "shape=[64,64]"], r"shape must be \[C,H,W\] \(or \[C,D,H,W\] for volumes\) of whole numbers "
+                                             r">= 1, e\.g\. shape=\[1,64,64\]; got \[64, 64\]"),
+    (["data=sample_image", "shape=[1,0,8]"], r"shape must be \[C,H,W\].*got \[1, 0, 8\]"),
+    (["data=sample_image", "shape=[1,-8,8]"], r"shape must be \[C,H,W\].*got \[1, -8, 8\]"),
+    (["data=sample_image", "shape=[1,8.5,8]"], r"shape must be \[C,H,W\].*got \[1, 8\.5, 8\]"),
+    (["data=sample_image", "shape=64"], r"shape must be \[C,H,W\].*got 64"),
+    (["data=sample_image", "seed=-1"], r"seed must be a whole number >= 0, got -1"),
+    (["data=sample_image", "seed=abc"], r"seed must be a whole number >= 0, got 'abc'"),
+    (["data=sample_image", "operator_seed=1.5"], r"operator_seed must be a whole number >= 0, got 1\.5"),
+    (["data=sample_image", "resume=maybe"], r"resume must be true or false, got 'maybe'"),
+    (["data=sample_image", "figures=yes"], r"figures must be true or false, got 'yes'"),
+    (["data=sample_image", "num_samples=2.5"], r"num_samples must be a positive integer, got 2\.5"),
+    (["data=sample_image", "batch_size=all"], r"batch_size must be a positive integer or auto, got 'all'"),
+    (["data=sample_image", "tile_overlap=-4"], r"tile_overlap must be null \(no tiling\) or a number of pixels >= 0, "
+                                               r"got -4"),
+])
+def test_settings_and_data_that_say_what_is_allowed(overrides, pattern, tmp_path):
+    refused([*TINY, *overrides], pattern, tmp_path)
+
+
+def test_a_float16_measurement_is_accepted_with_a_stated_conversion(tmp_path, caplog):
+    """float16 y: accepted, converted exactly to float64, and the log states the conversion and the
+    size of float16's rounding (so the user can compare it with σ_y)."""
+    y = npy(tmp_path / "y.npy", np.full((1, 8, 8), 0.75, np.float16))
+    job = setup(config(*MEASURED, f"data.y={y}"))
+    s = job.items[0].sample
+    assert s.y.dtype == torch.float64 and s.info["stored_dtype"] == "float16"
+    assert torch.equal(s.y, torch.full((1, 8, 8), 0.75, dtype=torch.float64))  # 0.75 is exact in float16
+    assert re.search(r"is float16: converted to float64 \(exact\).*rounding errors up to 0\.00037", caplog.text)
+
+
+def test_the_python_api_states_a_float16_conversion(problem, caplog):
+    op, y = problem
+    rec = reconstruct(y.half(), op, smooth_gaussian(SHAPE), "ddrm", sigma_y=0.05, steps=2)
+    assert rec.mean.dtype == torch.float64 and "y is float16: converted to float64" in caplog.text
+
+
+def test_sources_say_what_is_allowed_directly():
+    from invdiff.data.images import sample_image
+    from invdiff.data.sources import ImageViews, Phantoms, SampleImages
+
+    for make, pattern in [(lambda: Phantoms(n=0), r"data\.n must be at least 1"),
+                          (lambda: Phantoms(n=3, first=31), r"data\.first \+ data\.n <= 32"),
+                          (lambda: Phantoms(n=2, split="val", first=-2), r"data\.first must be >= 0"),
+                          (lambda: SampleImages(["brain_slice"]), r"'brain_slice' is not bundled"),
+                          (lambda: ImageViews(["brain"]), r"'brain' is not bundled"),
+                          (lambda: sample_image("brain_slice"), r"never downloads anything")]:
+        with pytest.raises(ValueError, match=pattern) as err:
+            make()
+        assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 31, item 4: shapes that cannot fit in memory, refused before anything is allocated
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, pattern", [
+    (["data=sample_image", "operator=gaussian_blur", "shape=[1,100000,100000]"],
+     r"^shape=\[1,100000,100000\] \(10,000,000,000 values\) needs at least 320 GB of memory before the network's own "
+     r"\(posterior mean 80 GB, 1 posterior draw\(s\) 80 GB, the solver's state for 1 draw\(s\) at once 160 GB; "
+     r"float64\), but 64 GB is available RAM\. Use a smaller shape \(with these settings at most about 44721×44721 "
+     r"pixels per channel fit\) or the image cut into pieces solved one run each\.$"),
+    (["data=sample_image", "shape=[1,100000,100000]", "num_samples=4", "batch_size=4"],
+     r"needs at least 1\.12 TB .*posterior mean and std 160 GB, 4 posterior draw\(s\) 320 GB, the solver's state for "
+     r"4 draw\(s\) at once 640 GB; float64\), but 64 GB is available RAM\. Use a smaller shape \(with "
+     r"these settings at most about \d+×\d+ pixels per channel fit\)"),
+    (["data=sample_image", "operator=cloud_inpainting", "prior=patches64", "shape=[1,200000,200000]",
+      "tile_overlap=16", "solver=ddnm"],
+     r"shape=\[1,200000,200000\] \(40,000,000,000 values\) needs at least 960 GB.*1 draw\(s\) of every tile before "
+     r"blending 320 GB"),
+    (["data=sample_image", "shape=[3,50000,50000]", "operator=gaussian_blur"], r"needs at least .* of memory"),
+])
+def test_shapes_that_cannot_fit_are_refused_at_once(overrides, pattern, tmp_path, monkeypatch):
+    """With 64 GB available (a fixed figure, so the test does not depend on the machine) each is
+    refused from its size alone, in well under a second, before any array is allocated."""
+    import time
+
+    import invdiff.memory as M
+
+    monkeypatch.setattr(M, "available_bytes", lambda device=None: (64 * 10**9, "available RAM"))
+    t0 = time.perf_counter()
+    msg = refused([*TINY, *overrides], pattern, tmp_path)
+    assert time.perf_counter() - t0 < 20 and "alloc_cpu" not in msg and "enforce fail" not in msg
+
+
+def test_the_memory_available_is_measured():
+    from invdiff.memory import available_bytes
+
+    n, kind = available_bytes("cpu")
+    assert n is None or (n > 0 and kind in ("available RAM", "physical RAM"))
+
+
+@pytest.mark.parametrize("available, fix", [
+    (8 * 64 * (2 + 4 + 2) + 100, r"Use batch_size=1 \(the solver then holds one draw at a time; the draws do not change\)"),
+    (8 * 64 * (1 + 1 + 2) + 100, r"Use fewer draws and a smaller batch \(num_samples=1 batch_size=1\)"),
+    (1000, r"Use a smaller shape \(with these settings at most about 2×2 pixels"),
+])
+def test_the_memory_refusal_names_the_fix_that_fits(available, fix, tmp_path, monkeypatch):
+    import invdiff.memory as M
+
+    monkeypatch.setattr(M, "available_bytes", lambda device=None: (available, "available RAM"))
+    refused([*TINY, "data=sample_image", "num_samples=4", "batch_size=4"], fix, tmp_path)
+
+
+def test_an_operator_that_runs_out_of_memory_while_built(tmp_path, monkeypatch):
+    """The safety net behind the estimate: an allocator error in a constructor becomes the size and the fix."""
+    def huge(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 80000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(O.Blur, "__init__", huge)
+    msg = refused([*TINY, "data=sample_image", "operator=gaussian_blur"],
+                  r"operator config \(operators\.Blur\) ran out of memory while being built \(80 GB in one array\): its "
+                  r"arrays .* grow with the image size\. Use a smaller shape, or solve a large image in prior-sized tiles",
+                  tmp_path)
+    assert "enforce fail" not in msg
+
+
+@pytest.mark.parametrize("batch_size, pattern", [
+    (None, r"1 item\(s\) of images \[1, 8, 8\] with 4 draw\(s\) each \(64 values\) needs at least 7\.17 kB"),
+    (4, r"the solver's state for 4 draw\(s\) at once.*Use batch_size=1 or batch_size='auto'"),
+    ("auto", r"the solver's state for 1 draw\(s\) at once.*a smaller shape"),
+])
+def test_reconstruct_refuses_a_problem_that_cannot_fit_before_any_work(problem, batch_size, pattern, monkeypatch):
+    import invdiff.memory as M
+    from invdiff.api import OutOfMemory
+
+    op, y = problem
+    room = 4200 if batch_size == 4 else 1000  # batch 1 fits 4200 bytes; nothing fits 1000
+    monkeypatch.setattr(M, "available_bytes", lambda device=None: (room, "available RAM"))
+    counting = CountingPrior(smooth_gaussian(SHAPE))
+    with pytest.raises(OutOfMemory, match=pattern) as err:
+        reconstruct(y[:1], op, counting, "dps", sigma_y=0.05, steps=2, num_samples=4, batch_size=batch_size)
+    assert counting.calls == 0 and "\n" not in str(err.value)
+
+
+def test_reconstruct_tiled_refuses_a_scene_that_cannot_fit_before_any_tile(monkeypatch):
+    import invdiff.memory as M
+    from invdiff.api import OutOfMemory
+    from invdiff.tiling import reconstruct_tiled
+
+    op = O.Inpainting(O.RandomPixelMask(0.5), (1, 16, 16), seed=0)
+    y = op.A(torch.full((1, 1, 16, 16), 0.5, dtype=torch.float64))
+    monkeypatch.setattr(M, "available_bytes", lambda device=None: (4096, "available RAM"))
+    counting = CountingPrior(smooth_gaussian(SHAPE))
+    with pytest.raises(OutOfMemory, match=r"tiled reconstruction of 1 image\(s\) \[1, 16, 16\] .* needs at least .*"
+                                          r"draw\(s\) of every tile before blending"):
+        reconstruct_tiled(y, op, counting, "ddnm", sigma_y=0.05, overlap=4, steps=2, num_samples=2)
+    assert counting.calls == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 31, items 3 and 8: output directories that cannot be created, names that leave results_dir
+# ---------------------------------------------------------------------------------------------
+def cli_refuses(monkeypatch, entry, argv, pattern, tmp_path):
+    """The console entry point exits with one paragraph before Hydra starts; nothing new under tmp_path."""
+    import sys
+
+    before = sorted(tmp_path.rglob("*"))
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as err:
+        entry()
+    msg = str(err.value)
+    assert re.search(pattern, msg), msg
+    assert "\n" not in msg and "Traceback" not in msg
+    assert sorted(tmp_path.rglob("*")) == before
+    return msg
+
+
+@pytest.fixture
+def a_file(tmp_path):
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    return tmp_path / "notes.txt"
+
+
+@pytest.mark.parametrize("where, pattern", [
+    ("/proc/x", r"cannot create the output directory /proc/x \(hydra\.run\.dir\): the file system of /proc does not "
+                r"allow new directories there\. Choose a writable directory with hydra\.run\.dir=<dir>"),
+    ("FILE/run", r"cannot create the output directory .*notes\.txt/run \(hydra\.run\.dir\): .*notes\.txt is a file, "
+                 r"not a directory"),
+    ("FILE", r"cannot create the output directory .*notes\.txt \(hydra\.run\.dir\): .*notes\.txt exists and is not a "
+             r"directory"),
+    ("LONG", r"the name 'xxxx.*' in it is 300 bytes long; a file system allows 255"),
+])
+def test_an_output_directory_that_cannot_be_created(where, pattern, a_file, tmp_path, monkeypatch):
+    from invdiff.cli import main
+
+    if where == "/proc/x" and not __import__("os").path.isdir("/proc/self"):
+        pytest.skip("no /proc")
+    where = where.replace("FILE", str(a_file)).replace("LONG", str(tmp_path / ("x" * 300) / "run"))
+    cli_refuses(monkeypatch, main, ["invdiff", *TINY, "data=sample_image", f"hydra.run.dir={where}"], pattern, tmp_path)
+
+
+def test_a_sweep_directory_that_cannot_be_created(a_file, tmp_path, monkeypatch):
+    from invdiff.cli import main
+
+    cli_refuses(monkeypatch, main, ["invdiff", "-m", *TINY, "data=sample_image", "seed=0,1",
+                                    f"hydra.sweep.dir={a_file}/sweep"],
+                r"cannot create the output directory .*notes\.txt/sweep \(hydra\.sweep\.dir\): .*is a file, not a "
+                r"directory\. .*hydra\.sweep\.dir=<dir> for a sweep", tmp_path)
+
+
+def test_an_output_directory_is_made_without_leftovers(a_file, tmp_path):
+    """make_output_dir creates what Hydra would, or leaves nothing behind when a level fails."""
+    from invdiff.cli import make_output_dir
+
+    assert make_output_dir(tmp_path / "a" / "b") is None and (tmp_path / "a" / "b").is_dir()
+    assert "is a file" in make_output_dir(a_file / "c" / "d")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "notes.txt"]
+
+
+BENCH_FAST = ["benchmark=smoke", "data.n=1", "solver.steps=2", "progress=false"]
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["results_dir=FILE/x"], r"^invdiff-bench: cannot create the output directory .*notes\.txt/x/smoke/ddrm/data\.n=1,solver\.steps=2 "
+                             r"\(hydra\.run\.dir\): .*notes\.txt is a file, not a directory\. Choose a writable "
+                             r"results_dir=<dir>\.$"),
+    (["results_dir=/proc/bench"], r"cannot create the output directory /proc/bench/smoke/ddrm/data\.n=1,solver\.steps=2 .*the file system of "
+                                  r"/proc does not allow new directories"),
+    (["benchmark.name=../../escaped"], r"^invdiff-bench: benchmark\.name '\.\./\.\./escaped' names the folder of the "
+                                       r"runs \(results_dir/<name>/\.\.\.\), so it must be a plain name"),
+    (["benchmark.name=a/b"], r"benchmark\.name 'a/b' names the folder of the runs"),
+    (["-m", "benchmark.name=fine,..", "solver=ddrm"], r"^invdiff-bench: with benchmark\.name=\.\.: benchmark\.name "
+                                                      r"'\.\.' names the folder"),
+])
+def test_bench_refuses_names_and_directories_before_hydra(argv, pattern, a_file, tmp_path, monkeypatch):
+    from invdiff import bench
+
+    argv = [a.replace("FILE", str(a_file)) for a in argv]
+    if not any(a.startswith("results_dir=") for a in argv):
+        argv.append(f"results_dir={tmp_path / 'res'}")
+    cli_refuses(monkeypatch, bench.main, ["invdiff-bench", *BENCH_FAST, *argv], pattern, tmp_path)
+
+
+@pytest.mark.parametrize("override", ["benchmark.task=../../../../escaped_bench", "+solver.note=../../../../../escaped",
+                                      "+solver.note=..\\..\\escaped", "benchmark.noise_convention=/etc/passwd"])
+def test_override_values_cannot_move_a_benchmark_out_of_results_dir(override, tmp_path):
+    """The run directory Hydra will use is created under results_dir: '/' and '\\' in override
+    values are written %2F/%5C, and the preset's description texts do not name directories."""
+    from invdiff import bench  # noqa: F401  (registers the invdiff_path resolver)
+    from invdiff.cli import check_output_dir
+
+    res = tmp_path / "res"
+    problem, _ = check_output_dir([*BENCH_FAST, override, f"results_dir={res}"], "bench", "", inside="results_dir")
+    assert problem is None
+    made = [p for p in tmp_path.rglob("*") if p.is_dir()]
+    assert made and all(p == res or res in p.parents for p in made), made
+    leaf = max(made, key=lambda p: len(p.parts))
+    assert leaf.parent == res / "smoke" / "ddrm"
+
+
+def test_the_results_dir_guard_holds_without_the_escaping(tmp_path, monkeypatch):
+    """Belt and braces: were a value to reach the path verbatim, the directory outside results_dir is refused."""
+    from omegaconf import OmegaConf
+
+    from invdiff.cli import check_output_dir
+
+    monkeypatch.setattr("invdiff.bench.path_part", str)
+    OmegaConf.register_new_resolver("invdiff_path", str, replace=True)
+    try:
+        problem, _ = check_output_dir([*BENCH_FAST, "+solver.note=../../../../../escaped", f"results_dir={tmp_path / 'res'}"],
+                                      "bench", "", inside="results_dir")
+    finally:
+        from invdiff.bench import path_part as real
+
+        OmegaConf.register_new_resolver("invdiff_path", real, replace=True)
+    assert re.search(r"would lie outside results_dir=.*res .*use plain names \(no '/' or '\.\.'\) in overrides", problem)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_failed_run_logs_its_error_in_cli_log(tmp_path, monkeypatch):
+    """Inside Hydra (the run directory exists), a refused run writes its paragraph into cli.log too."""
+    import logging
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from invdiff.cli import main
+
+    GlobalHydra.instance().clear()
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    monkeypatch.setattr(sys, "argv", ["invdiff", *TINY, "data=sample_image", "data.names=[brain_slice]",
+                                      f"hydra.run.dir={tmp_path / 'run'}"])
+    try:
+        with pytest.raises(SystemExit, match=r"'brain_slice' is not bundled with scikit-image"):
+            main()
+    finally:
+        for h in root.handlers:
+            if h not in handlers:
+                h.close()
+                root.removeHandler(h)
+        GlobalHydra.instance().clear()
+    text = (tmp_path / "run" / "cli.log").read_text()
+    assert "[ERROR]" in text and "'brain_slice' is not bundled with scikit-image" in text
+    assert not (tmp_path / "run" / "samples").exists()
