@@ -91,8 +91,9 @@ def solver_kwargs(name: str, steps: int) -> dict:
 
 
 def deepinv_runner(name: str, prior, y, mask, sigma_y: float, steps: int, dev):
-    """deepinv 0.5's sampler on the same network (its denoiser interface, float32), same NFE, and
-    its number of steps (at least 2: deepinv's DPS needs two)."""
+    """deepinv 0.5's sampler on the same network (its denoiser interface, float32) with about the
+    same number of steps (at least 2: deepinv's DPS needs two), and its denoiser (which counts its
+    calls: deepinv's samplers may take one call fewer than their ``num_steps``)."""
     import deepinv as dinv
     import numpy as np
 
@@ -104,13 +105,16 @@ def deepinv_runner(name: str, prior, y, mask, sigma_y: float, steps: int, dev):
             self.prior = prior
 
         def forward(self, x, sigma, *args, **kwargs):
+            self.calls += 1
             s = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
             s = (s if s.numel() == x.shape[0] else s[:1].expand(x.shape[0])) * prior.scale
             return prior.to_physical(prior.denoiser(prior.to_model(x), s)).to(x.dtype)
 
     den = Denoiser()
+    den.calls = 0
     steps = max(2, steps)
-    phys = dinv.physics.Inpainting(img_size=tuple(y.shape[1:]), mask=mask.to(dev, torch.float32),
+    full_mask = mask.expand(1, *y.shape[1:])[0]  # [C, H, W]: deepinv's DDRM indexes the mask like the image
+    phys = dinv.physics.Inpainting(img_size=tuple(y.shape[1:]), mask=full_mask.to(dev, torch.float32),
                                    noise_model=dinv.physics.GaussianNoise(sigma_y)).to(dev)
     y32 = y.to(torch.float32)
     if name == "dps":
@@ -121,7 +125,7 @@ def deepinv_runner(name: str, prior, y, mask, sigma_y: float, steps: int, dev):
     else:
         grid = [s / 2 for s in vp_sigmas(prior, steps)[:-1]]
         algo = dinv.sampling.DDRM(den, sigmas=np.array(grid), eta=0.85, etab=1.0)
-    return (lambda: algo(y32, phys, seed=1)), steps
+    return (lambda: algo(y32, phys, seed=1)), den
 
 
 def main(argv=None):
@@ -186,9 +190,10 @@ def main(argv=None):
                       f"{PAPER_NFE[name]} NFE  overhead {rows[-1][7]:.3f}", flush=True)
         if not args.no_deepinv:
             for name in (n for n in DEEPINV if n in names):
-                run, n = deepinv_runner(name, prior, y, mask, sigma_y, args.steps, dev)
+                run, den = deepinv_runner(name, prior, y, mask, sigma_y, args.steps, dev)
                 with torch.no_grad() if name != "dps" else contextlib.nullcontext():
                     run()
+                    n = den.calls  # network calls (= steps) of one solve
                     wall = timed(run, dev, args.repeats)
                 unit = units.get((B, "fp32"), (float("nan"), float("nan")))[1 if name in VJP else 0]
                 rows.append((name, "deepinv 0.5", "fp32", B, wall / n, 1.0, wall / n * PAPER_NFE[name] / B,
