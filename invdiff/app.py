@@ -679,13 +679,20 @@ def check_resume(job: Job, out_dir: Path, fix: str) -> None:
         raise AppError(str(err)) from None
 
 
-def rerun(path: str | Path, device: str = "cpu"):
+def rerun(path: str | Path, device: str | None = None):
     """Re-run a stored sample from its file alone (y, operator parameters, seeds, config):
-    returns the :class:`invdiff.api.Reconstruction`; with the same batch size and device its
-    samples equal the stored ones bit for bit."""
+    returns the :class:`invdiff.api.Reconstruction`; with the same batch size and device type its
+    samples equal the stored ones bit for bit. ``device``: by default the one the sample was
+    computed on (the draws depend on the device type: CPU and CUDA generators differ)."""
     from .data.results import read_sample
 
     rec = read_sample(path)
+    if device is None:
+        device = str(rec.get("device", "cpu"))
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise AppError(f"{path} was computed on {device}, and torch sees no CUDA device here: its draws came "
+                           "from CUDA generators. Re-run it on a GPU, or pass device='cpu' to re-run it on the CPU "
+                           "(other draws, the same distribution)")
     cfg = OmegaConf.create(rec["config_yaml"])
     op = operators.from_dict(rec["operator"])
     prior = build(cfg.prior, "prior").to(device)

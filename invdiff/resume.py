@@ -12,7 +12,9 @@ finished file in its directory with its own before any work:
   (``data.n``, ``data.first``) only choose *which* samples run: the sample itself is keyed by content;
 * ``sample.x`` / ``sample.y``: sha256 of the ground truth and of the measured ``y`` (``None`` when
   absent), ``sample.sigma_y`` (the solver's σ_y for it), ``sample.operator`` (sha256 of the
-  operator's saved parameters: mask, kernel, coil maps) and ``prior.checkpoint_sha256`` (the checkpoint file's).
+  operator's saved parameters: mask, kernel, coil maps), ``prior.checkpoint_sha256`` (the
+  checkpoint file's) and ``run.device_type`` (``cpu``/``cuda``: the generators of the solver's
+  noise live there, and the two kinds give other draws for one seed).
 
 A file of a sample of this run is compared in full; a file of another sample (a run with fewer
 samples, or other ids) by its config part only, since it would be summarised with this run's
@@ -37,10 +39,11 @@ PRESET_TEXT_KEYS = ("cpu", "solvers", "tune", "published", "published_source", "
 #: Keys that belong to one sample (compared only between files of the same sample id).
 SAMPLE_KEYS = ("sample.x", "sample.y", "sample.sigma_y", "sample.operator")
 #: Keys that files written before resume keys existed cannot give (their config and attributes give the rest).
-LEGACY_UNKNOWN = ("sample.x", "sample.y", "sample.operator")
+LEGACY_UNKNOWN = ("sample.x", "sample.y", "sample.operator", "run.device_type")
 _LABELS = {"sample.x": "the ground truth (sha256)", "sample.y": "the measurement y (sha256)",
            "sample.sigma_y": "the solver's σ_y for the sample", "prior.checkpoint_sha256": "the prior checkpoint (sha256)",
-           "sample.operator": "the operator's parameters (mask, kernel, coil maps; sha256)"}
+           "sample.operator": "the operator's parameters (mask, kernel, coil maps; sha256)",
+           "run.device_type": "the device type the draws were made on (CPU and CUDA generators differ)"}
 _ABSENT = "(absent)"
 
 
@@ -117,8 +120,18 @@ def sample_key(cfg, item, prior) -> dict[str, str]:
     ck = getattr(prior, "checkpoint", None) or {}
     key.update({"sample.x": _value(digest(s.x)), "sample.y": _value(digest(s.y)),
                 "sample.sigma_y": _value(float(item.sigma_y)), "sample.operator": _value(operator_digest(item.op)),
-                "prior.checkpoint_sha256": _value(ck.get("sha256"))})
+                "prior.checkpoint_sha256": _value(ck.get("sha256")),
+                "run.device_type": _value(_device_type(prior))})
     return key
+
+
+def _device_type(prior) -> str:
+    """``cpu`` or ``cuda``: the solver's noise is drawn by generators on the prior's device, and the two
+    kinds of generator give other draws for one seed (``device`` itself is a run-time key)."""
+    from operators.base import module_device
+
+    dev = module_device(prior) if hasattr(prior, "parameters") else None
+    return "cpu" if dev is None else dev.type
 
 
 def stored_key(path: Path, own_operator: bool, measured: bool) -> tuple[dict[str, str], bool]:

@@ -131,12 +131,7 @@ def _placed(init):
             init(self, *(_on_cpu(a) for a in args), **{k: _on_cpu(v) for k, v in kwargs.items()})
         finally:
             self.__dict__["_placing"] = False
-        target = next(iter(devices), None)
-        if target is None:  # no tensor arguments: parameters drawn on a device (its generator) decide
-            drawn = {t.device for t in self.buffers()} - {torch.device("cpu")}
-            if len(drawn) > 1:
-                raise ValueError(f"{type(self).__name__}: built on {sorted(map(str, drawn))}; use one device")
-            target = next(iter(drawn), None)
+        target = next(iter(devices), None)  # (random parameters are drawn with CPU generators only)
         if target is not None and target.type != "cpu":
             self.to(target)
 

@@ -23,7 +23,13 @@ def numpy_rng(generator: torch.Generator | None) -> np.random.Generator:
 
 
 def seeded(generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:
-    """``generator`` if given, else a fresh one seeded with ``seed`` (None: torch's default)."""
+    """``generator`` if given, else a fresh one seeded with ``seed`` (None: torch's default).
+    Random parameters (masks, kernels) are drawn on the CPU, so that a seed gives the same
+    operator on every machine; move the built operator with ``.to(device)``."""
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(f"operators draw their random parameters (masks, kernels) with a CPU generator, so that a "
+                         f"seed gives the same operator on every machine; got a generator on {generator.device}. "
+                         "Pass a CPU torch.Generator (or seed=) and move the operator with op.to(device)")
     if generator is None and seed is not None:
         return torch.Generator().manual_seed(int(seed))
     return generator

@@ -74,8 +74,8 @@ def test_default_run_writes_samples_figures_and_metrics(default_run):
 def test_a_stored_sample_reruns_bit_for_bit(default_run):
     out, _ = default_run
     path = out / "samples" / "phantom_2147483648.h5"
-    again = rerun(path)
-    assert torch.equal(again.samples[0].float(), torch.from_numpy(read_sample(path)["samples"]).float())
+    again = rerun(path)  # on the device the sample was computed on
+    assert torch.equal(again.samples[0].float().cpu(), torch.from_numpy(read_sample(path)["samples"]).float())
 
 
 def test_resume_skips_finished_samples_and_clears_temporaries(default_run, tmp_path):
@@ -349,9 +349,10 @@ def test_reconstruct_is_exported_and_mirrors_the_app(default_run):
     out, _ = default_run
     job = setup(config("data.n=2", "num_samples=2", "solver.steps=12", "batch_size=2"))
     rec = read_sample(out / "samples" / "shepp_logan.h5")
-    res = reconstruct(torch.from_numpy(rec["y"])[None], job.items[0].op, job.prior, job.solver, sigma_y=0.01,
+    y = torch.from_numpy(rec["y"])[None].to(job.device)  # the app ran on job.device (cuda with a GPU)
+    res = reconstruct(y, job.items[0].op.to(job.device), job.prior, job.solver, sigma_y=0.01,
                       num_samples=2, ids=["shepp_logan"], batch_size=2)
-    assert torch.equal(res.samples[0].float(), torch.from_numpy(rec["samples"]).float())
+    assert torch.equal(res.samples[0].float().cpu(), torch.from_numpy(rec["samples"]).float())
 
 
 # ---------------------------------------------------------------------------------------------

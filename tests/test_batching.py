@@ -95,6 +95,6 @@ def test_app_takes_batch_size_auto_and_reruns_it(tmp_path):
     rec = read_sample(path)
     assert rec["batch_size"] == "auto"
     again = app.rerun(path)
-    torch.testing.assert_close(again.samples[0].float(), torch.from_numpy(rec["samples"]).float())
+    torch.testing.assert_close(again.samples[0].float().cpu(), torch.from_numpy(rec["samples"]).float())
     with pytest.raises(app.AppError, match="positive integer or auto"):
         app.setup(app.config("batch_size=0"))

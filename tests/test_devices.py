@@ -7,6 +7,7 @@ before any work. The CUDA tests are skipped without a GPU (CI) and must pass wit
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -109,10 +110,14 @@ def test_noise_is_drawn_on_the_device_and_reproducible_there():
 
 @cuda
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_compiled_and_cuda_graph_network_calls_agree_on_cuda(mode):
+def test_compiled_and_cuda_graph_network_calls_agree_on_cuda(mode, monkeypatch):
     from test_compile import OP, TinyEps
     from invdiff.priors import NetworkPrior, VPSchedule
+    from invdiff.solvers._common import Network
 
+    # IEEE float32 in both paths: TF32 (on by default for cuDNN convolutions) differs by ~5e-4
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     prior = NetworkPrior(TinyEps(), "eps", VPSchedule(), shape=SHAPE).cuda()
     op = copy.deepcopy(OP).to("cuda")  # the CPU tests share OP
     y = op.measure(torch.rand(2, *SHAPE, dtype=torch.float64, device="cuda"))
@@ -122,6 +127,27 @@ def test_compiled_and_cuda_graph_network_calls_agree_on_cuda(mode):
         with solvers.runtime(compile=mode):
             compiled = solvers.SOLVERS[name](y, op, prior, sigma_y=0.05, steps=6, generator=g())
         torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    # bf16 + channels-last: one network call against fp32 (8 mantissa bits: ~0.4 % of the ε output)
+    x = torch.randn(2, *SHAPE, dtype=torch.float64, device="cuda", generator=g())
+    ref = Network(prior)(x, 0.5)
     with solvers.runtime(autocast=True, channels_last=True):
-        bf16 = solvers.ddrm(y, op, prior, sigma_y=0.05, steps=6, generator=g())
-    assert float((bf16 - eager).abs().max()) < 0.05  # bf16: 8 mantissa bits
+        solvers.ddrm(y, op, prior, sigma_y=0.05, steps=6, generator=g())  # the whole path runs
+    low = Network(prior, autocast=True, channels_last=True)(x, 0.5)
+    assert float((low - ref).abs().max()) < 0.02 * (1 + float(ref.abs().max()))
+
+
+def test_operators_draw_their_parameters_with_cpu_generators():
+    """A seed gives the same mask on every machine: a generator on another device is refused."""
+    with pytest.raises(ValueError, match="CPU generator.*op.to\\(device\\)"):
+        O.Inpainting(O.masks.RandomPixelMask(0.5), SHAPE, generator=SimpleNamespace(device=torch.device("meta")))
+
+
+def test_a_network_prior_lives_on_its_networks_device():
+    """Wrapping a network that is already on a device puts the σ → timestep table there too."""
+    from test_compile import TinyEps
+    from invdiff.priors import NetworkPrior, VPSchedule
+
+    prior = NetworkPrior(TinyEps().to("meta"), "eps", VPSchedule(), shape=SHAPE)
+    assert prior._log_sigmas.device.type == "meta" and O.base.module_device(prior).type == "meta"
+    cast = NetworkPrior(TinyEps(), "eps", VPSchedule(), shape=SHAPE).to(torch.float32)  # the network in float32
+    assert cast._log_sigmas.dtype == torch.float64  # the table keeps its precision

@@ -194,7 +194,7 @@ def test_app_solves_larger_images_in_tiles(tmp_path):
     rec = read_sample(path)
     assert rec["samples"].shape == (2, 1, 128, 128)
     again = app.rerun(path)
-    torch.testing.assert_close(again.samples[0], torch.from_numpy(rec["samples"]))
+    torch.testing.assert_close(again.samples[0].cpu(), torch.from_numpy(rec["samples"]))  # (rerun: the record's device)
     with pytest.raises(app.AppError, match="tile_overlap=16"):
         app.setup(app.config("prior=patches64", "shape=[1,128,128]", "data=sample_image"))
     with pytest.raises(app.AppError, match="couples distant pixels"):

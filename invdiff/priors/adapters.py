@@ -33,6 +33,12 @@ PARAMETERIZATIONS = ("eps", "x0", "v", "score")
 CONDITIONINGS = ("timestep", "t", "sigma", "log_sigma", "edm")
 
 
+def _tensors(net):
+    if isinstance(net, torch.nn.Module):
+        yield from net.parameters()
+        yield from net.buffers()
+
+
 class NetworkPrior(Prior):
     """A pretrained network behind the :class:`Prior` interface.
 
@@ -74,8 +80,9 @@ class NetworkPrior(Prior):
         if net_dtype is None and isinstance(net, torch.nn.Module):
             net_dtype = next((p.dtype for p in net.parameters()), None)
         self.net_dtype = net_dtype
-        if is_vp:  # the σ → timestep table, moved with the prior (no host round trip per call)
-            self.register_buffer("_log_sigmas", schedule._log_sigmas.clone(), persistent=False)
+        if is_vp:  # the σ → timestep table, on the network's device and moved with the prior
+            where = next((t.device for t in _tensors(net)), torch.device("cpu"))
+            self.register_buffer("_log_sigmas", schedule._log_sigmas.to(where), persistent=False)
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
