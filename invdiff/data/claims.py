@@ -244,15 +244,23 @@ def try_claim(folder: str | Path, sid: str, timeout: float | None = None) -> Cla
     """Claim sample ``sid`` of ``folder`` for this process (taking over a stale claim), or ``None``
     when another live process holds it."""
     path = claim_path(folder, sid)
+    key = os.path.abspath(path)
     timeout = claim_timeout() if timeout is None else timeout
     for _ in range(20):
+        # held from the moment it exists: a cleanup in another thread of this process would otherwise
+        # judge the new (still empty, or not yet registered) claim "left by this process" and delete it
+        with _HELD_LOCK:
+            already = key in _HELD  # (a claim this process holds now: left as it is)
+            _HELD.add(key)
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        except FileNotFoundError:  # (the folder is removed when empty)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            continue
-        except FileExistsError:
-            if not _break(path, timeout):
+        except (FileNotFoundError, FileExistsError) as err:
+            if not already:
+                with _HELD_LOCK:
+                    _HELD.discard(key)
+            if isinstance(err, FileNotFoundError):  # (the folder is removed when empty)
+                path.parent.mkdir(parents=True, exist_ok=True)
+            elif not _break(path, timeout):
                 return None
             continue
         with os.fdopen(fd, "w") as f:
