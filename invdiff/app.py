@@ -36,6 +36,8 @@ from omegaconf import DictConfig, OmegaConf
 import operators
 from operators import CapabilityError
 
+from .memory import human, refusal
+
 log = logging.getLogger("invdiff")
 
 GROUPS = ("operator", "noise", "prior", "solver", "data", "experiment")
@@ -78,7 +80,7 @@ def build(node: DictConfig, what: str):
             raise
         text = str(cause)
         in_bytes, in_words = re.search(r"allocate (\d+) bytes", text), re.search(r"allocate ([\d.]+ [KMGTP]i?B)", text)
-        size = (f" ({_human(int(in_bytes.group(1)))} in one array)" if in_bytes else
+        size = (f" ({human(int(in_bytes.group(1)))} in one array)" if in_bytes else
                 f" ({in_words.group(1)} in one array)" if in_words else "")
         raise AppError(f"{what} config ({node.get('_target_', '?')}) ran out of memory while being built{size}: its "
                        "arrays (masks, kernels, factors) grow with the image size. Use a smaller shape, or solve a "
@@ -88,12 +90,6 @@ def build(node: DictConfig, what: str):
         key = getattr(err, "full_key", None) or "a value"
         raise AppError(f"{what} config ({node.get('_target_', '?')}) needs {key}: give it on the command line, "
                        f"e.g. {key}=<value> (see the comment at the top of its config file)") from err
-
-
-def _human(n: int) -> str:
-    from .memory import human
-
-    return human(n)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -292,8 +288,6 @@ def _check_shape(cfg: DictConfig) -> tuple[int, ...]:
 def _check_memory(cfg: DictConfig, shape: tuple, device: torch.device) -> None:
     """Refuse, before anything image-sized is allocated, a run whose arrays cannot fit
     (:mod:`invdiff.memory`: a lower bound against the memory available on the run's device)."""
-    from .memory import refusal
-
     n = int(cfg.num_samples)
     b = 1 if str(cfg.batch_size) == "auto" else min(int(cfg.batch_size), n)  # (auto halves down to 1)
     tiled = _tile_overlap(cfg) is not None

@@ -26,17 +26,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from operators.base import module_device
+
 from .base import Prior, per_sample_sigma
 from .schedules import VPSchedule, vp_timestep
 
 PARAMETERIZATIONS = ("eps", "x0", "v", "score")
 CONDITIONINGS = ("timestep", "t", "sigma", "log_sigma", "edm")
-
-
-def _tensors(net):
-    if isinstance(net, torch.nn.Module):
-        yield from net.parameters()
-        yield from net.buffers()
 
 
 class NetworkPrior(Prior):
@@ -81,7 +77,7 @@ class NetworkPrior(Prior):
             net_dtype = next((p.dtype for p in net.parameters()), None)
         self.net_dtype = net_dtype
         if is_vp:  # the σ → timestep table, on the network's device and moved with the prior
-            where = next((t.device for t in _tensors(net)), torch.device("cpu"))
+            where = (module_device(net) if isinstance(net, torch.nn.Module) else None) or torch.device("cpu")
             self.register_buffer("_log_sigmas", schedule._log_sigmas.to(where), persistent=False)
 
     def _apply(self, fn, recurse=True):
