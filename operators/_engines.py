@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._linalg import RealFourierBasis, conv_padding, pad_index
+from .linalg import RealFourierBasis, conv_padding, pad_index
 
 
 class SeparableEngine(torch.nn.Module):

@@ -27,7 +27,7 @@ import torch
 from deepinv.physics import LinearPhysics
 from torch import Tensor
 
-from ._linalg import _per_sample, conjugate_gradient
+from .linalg import per_sample, conjugate_gradient
 
 CAPABILITIES = {
     "linear": "a linear forward map",
@@ -328,7 +328,7 @@ class LinearOperator(OperatorMixin, LinearPhysics):
         gamma_t = torch.as_tensor(gamma, dtype=z.dtype, device=z.device)
         if not bool((gamma_t > 0).all()):
             raise ValueError(f"{self.describe()}.prox_l2: gamma must be > 0, got {gamma}")
-        rho = _per_sample(1.0 / gamma_t, z)
+        rho = per_sample(1.0 / gamma_t, z)
         if hasattr(self.engine, "prox_l2"):
             return self.engine.prox_l2(z, y, rho)
         if self.has_svd:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ._engines import ConvEngine, FourierEngine, SeparableEngine
-from ._linalg import PADDINGS, conv_matrix_1d
+from .linalg import PADDINGS, conv_matrix_1d
 from .base import LinearOperator
 from .kernels import seeded
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ._checkpoints import (require_file, safe_safetensors_load, safe_torch_load, save_safetensors, sha256_file,
-                           strict_load)
+from .checkpoints import (require_file, safe_safetensors_load, safe_torch_load, save_safetensors, sha256_file,
+                          strict_load)
 from .kernels import seeded
 from .nonlinear import NonlinearOperator
 

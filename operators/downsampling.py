@@ -18,7 +18,7 @@ import math
 import torch
 
 from ._engines import SeparableEngine
-from ._linalg import PADDINGS, conv_matrix_1d
+from .linalg import PADDINGS, conv_matrix_1d
 from .base import LinearOperator
 from .kernels import gaussian_1d
 

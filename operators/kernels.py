@@ -170,7 +170,7 @@ class KernelFile:
             raise ValueError(f"kernel file must be a .npy array, got {p}")
         if not p.is_file():
             raise FileNotFoundError(f"kernel file not found: {p}")
-        from ._files import load_npy
+        from .files import load_npy
 
         arr = load_npy(p, "kernel file")
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) or np.iscomplexobj(arr):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._files import load_npy, read_image
+from .files import load_npy, read_image
 from .kernels import numpy_rng
 
 

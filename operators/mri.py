@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._linalg import RealFourierBasis
+from .linalg import RealFourierBasis
 from .base import LinearOperator
 
 DIMS = (-2, -1)
@@ -261,7 +261,7 @@ class MultiCoilMRI(_CartesianMRI):
         if isinstance(coil_maps, int):  # synthetic smooth sensitivities, for simulation studies
             coil_maps = birdcage_maps(coil_maps, H, W)
         elif isinstance(coil_maps, str):
-            from ._files import load_npy
+            from .files import load_npy
 
             coil_maps = torch.from_numpy(load_npy(coil_maps, "coil-map file"))
         coil_maps = torch.as_tensor(coil_maps)

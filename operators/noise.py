@@ -14,10 +14,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._linalg import _per_sample
+from .linalg import per_sample
 
 
-def _check_finite(y: Tensor, who: str) -> None:
+def check_finite(y: Tensor, who: str) -> None:
     if not bool(torch.isfinite(y).all()):
         raise ValueError(f"{who}: measurements contain NaN or Inf")
 
@@ -33,12 +33,12 @@ class GaussianNoise(torch.nn.Module):
         self.register_buffer("sigma", sigma)
 
     def forward(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        _check_finite(y, "GaussianNoise")
+        check_finite(y, "GaussianNoise")
         n = torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
-        return y + _per_sample(self.sigma.to(y), y) * n
+        return y + per_sample(self.sigma.to(y), y) * n
 
     def variance(self, y: Tensor) -> Tensor:
-        return (_per_sample(self.sigma.to(y), y) ** 2).expand_as(y)
+        return (per_sample(self.sigma.to(y), y) ** 2).expand_as(y)
 
     def extra_repr(self) -> str:
         return f"sigma={self.sigma.tolist()}"
@@ -55,7 +55,7 @@ class PoissonNoise(torch.nn.Module):
         self.gain = float(gain)
 
     def forward(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        _check_finite(y, "PoissonNoise")
+        check_finite(y, "PoissonNoise")
         if bool((y < 0).any()):
             raise ValueError("PoissonNoise: the noiseless measurement has negative entries; a Poisson "
                              "rate must be >= 0 (shift the image range, e.g. map [-1, 1] to [0, 1])")
@@ -79,7 +79,7 @@ class RicianNoise(torch.nn.Module):
         self.gaussian = GaussianNoise(sigma)
 
     def forward(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        _check_finite(y, "RicianNoise")
+        check_finite(y, "RicianNoise")
         re = self.gaussian(y, generator=generator)
         im = self.gaussian(torch.zeros_like(y), generator=generator)
         return torch.sqrt(re**2 + im**2)

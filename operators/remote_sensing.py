@@ -14,7 +14,7 @@ from ._engines import SeparableEngine
 from .base import LinearOperator
 from .downsampling import gaussian_matrix
 from .kernels import numpy_rng
-from .noise import _check_finite
+from .noise import check_finite
 
 
 class CloudMask:
@@ -131,7 +131,7 @@ class SplitGaussianNoise(torch.nn.Module):
         self.n_first, self.sigma_first, self.sigma_rest = int(n_first), float(sigma_first), float(sigma_rest)
 
     def forward(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        _check_finite(y, "SplitGaussianNoise")
+        check_finite(y, "SplitGaussianNoise")
         s = torch.full_like(y, self.sigma_rest)
         s[:, : self.n_first] = self.sigma_first
         return y + s * torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)

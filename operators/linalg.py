@@ -20,7 +20,7 @@ from torch import Tensor
 PADDINGS = ("reflect", "symmetric", "replicate", "circular", "zeros", "valid")
 
 
-def _per_sample(v: Tensor | float, like: Tensor) -> Tensor:
+def per_sample(v: Tensor | float, like: Tensor) -> Tensor:
     """Broadcast a float or a ``[B]`` tensor against ``like`` of shape ``[B, ...]``."""
     v = torch.as_tensor(v, dtype=like.dtype, device=like.device)
     if v.ndim == 0:
