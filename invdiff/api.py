@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .checks import check_measurement, check_sigma_y, whole_number
 from .priors.base import CountingPrior, Prior
 
 log = logging.getLogger("invdiff")
@@ -120,15 +121,7 @@ def batch_items(B: int, ids, sigma_y) -> tuple[list[str], Tensor]:
     ids = [str(i) for i in range(B)] if ids is None else [str(i) for i in ids]
     if len(ids) != B or len(set(ids)) != B:
         raise ValueError(f"ids must name the {B} items of the batch uniquely, got {ids}")
-    try:
-        sig = torch.as_tensor(sigma_y, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(f"sigma_y must be a float or one value per item, got {sigma_y!r}") from err
-    if sig.ndim > 1 or (sig.ndim == 1 and sig.shape[0] != B):
-        raise ValueError(f"sigma_y must be a float or one value per item ([{B}]), got shape {list(sig.shape)}")
-    sig = sig.expand(B) if sig.ndim == 0 else sig
-    if not bool(torch.isfinite(sig).all()) or bool((sig < 0).any()):
-        raise ValueError(f"sigma_y must be finite and >= 0, got {sigma_y}")
+    sig = check_sigma_y(sigma_y, B)
     return ids, sig
 
 
@@ -156,8 +149,6 @@ def reconstruct(y: Tensor, operator, prior: Prior, solver: str | Callable = "pig
     :param progress: a ``tqdm`` bar to advance once per solver step, ``True`` for a new one, or None.
     :param solver_kwargs: settings passed to the solver (override a partial's).
     """
-    from .solvers._common import check_measurement
-
     fn = solver_of(solver)
     if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -173,11 +164,9 @@ def reconstruct(y: Tensor, operator, prior: Prior, solver: str | Callable = "pig
     ids, sig = batch_items(B, ids, sigma_y)
     jobs = [(i, k) for i in range(B) for k in range(int(num_samples))]
     auto = batch_size == "auto"
-    if not (batch_size is None or auto or (isinstance(batch_size, int) and not isinstance(batch_size, bool))):
+    if not (batch_size is None or auto or whole_number(batch_size)):
         raise ValueError(f"batch_size must be a positive integer, 'auto' or None, got {batch_size!r}")
-    chunk = len(jobs) if batch_size is None or auto else int(batch_size)
-    if chunk < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    chunk = len(jobs) if batch_size is None or auto else batch_size
     img = tuple(int(s) for s in getattr(operator, "img_size", ()) or ())
     if img:  # the draws, mean and std of every item, and the solver's state: refused before any work if they cannot fit
         from .memory import refusal

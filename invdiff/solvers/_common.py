@@ -30,6 +30,7 @@ from operators import require
 from operators.base import module_device
 
 from .._random import GeneratorArg, check_generator, randn
+from ..checks import check_measurement, check_sigma_y, whole_number
 from ..priors.base import CountingPrior, Prior, per_sample_sigma, raw_call
 from ..priors.schedules import vp_schedule_of, vp_timesteps
 
@@ -316,44 +317,19 @@ class Network:
 # the problem: checked inputs + helpers used inside every loop
 # --------------------------------------------------------------------------------------------
 def _per_sample_sigma_y(name: str, sigma_y, y: Tensor, per_entry: bool) -> Tensor:
-    """σ_y as ``[B]`` (or, with ``per_entry``, as y's shape) float64 on y's device, checked."""
-    s = torch.as_tensor(sigma_y, dtype=torch.float64, device=y.device)
-    B = y.shape[0]
-    if s.ndim == 0:
-        s = s.expand(B).clone()
-    elif s.shape == y.shape and s.ndim > 1:
-        flat = s.reshape(B, -1)
+    """σ_y as ``[B]`` (or, with ``per_entry``, as y's shape) float64 on y's device, checked
+    (:func:`invdiff.checks.check_sigma_y`); a y-shaped σ_y that is constant within each sample is
+    taken as ``[B]``."""
+    s = check_sigma_y(sigma_y, y.shape[0], y_shape=y.shape, name=name, device=y.device)
+    if s.shape == y.shape and s.ndim > 1:
+        flat = s.reshape(y.shape[0], -1)
         if bool((flat == flat[:, :1]).all()):
             s = flat[:, 0].clone()
         elif not per_entry:
             raise ValueError(f"solver '{name}' takes one σ_y per sample (a float or a [B] tensor); it got "
                              "a per-entry σ_y that varies within a sample (e.g. pansharpening). Use a "
                              "solver with a per-entry Gaussian likelihood (dps, daps) or one σ_y.")
-    elif s.ndim != 1 or s.shape[0] != B:
-        raise ValueError(f"sigma_y must be a float, a [B] tensor with B={B} or a tensor shaped like y "
-                         f"{list(y.shape)}; got shape {list(s.shape)}")
-    if not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
-        raise ValueError(f"solver '{name}': sigma_y must be finite and >= 0, got {sigma_y}")
     return s
-
-
-def check_measurement(name: str, y: Tensor, operator) -> None:
-    """Refuse a measurement that is not a real floating tensor ``[B, *meas]`` (the operator's
-    ``meas_size`` when it states one) of finite values — :func:`setup`'s check of y, shared with the
-    baselines and :func:`invdiff.reconstruct`."""
-    if not isinstance(y, Tensor):
-        raise TypeError(f"solver '{name}': y must be a torch.Tensor, got {type(y).__name__}")
-    if y.is_complex() or not y.is_floating_point():
-        raise ValueError(f"solver '{name}': y must be a real floating tensor (complex data as 2 real "
-                         f"channels), got dtype {y.dtype}")
-    meas = tuple(getattr(operator, "meas_size", ()))
-    if (meas and (y.ndim != len(meas) + 1 or tuple(y.shape[1:]) != meas)) or y.ndim < 1:
-        want = f"[B, {', '.join(map(str, meas))}]" if meas else "[B, ...] (a batch)"
-        raise ValueError(f"solver '{name}': y must have shape {want} for "
-                         f"{operator.describe() if hasattr(operator, 'describe') else type(operator).__name__}, "
-                         f"got {list(y.shape)}")
-    if not bool(torch.isfinite(y).all()):
-        raise ValueError(f"solver '{name}': y contains NaN or Inf")
 
 
 class Problem:
@@ -517,7 +493,7 @@ def setup(name: str, y: Tensor, operator, prior: Prior, *, sigma_y, steps: int, 
     if prior_grad and not prior.differentiable:
         raise ValueError(f"solver '{name}' takes vector–Jacobian products through the denoiser, but "
                          f"{type(prior).__name__} is not differentiable")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if not whole_number(steps):
         raise ValueError(f"solver '{name}': steps must be a positive integer, got {steps!r}")
     check_generator(generator, y.shape[0])
     _check_devices(name, y, prior, operator)

@@ -9,7 +9,8 @@ from torch import Tensor
 
 from operators import require
 
-from ._common import _per_sample_sigma_y, check_measurement, checks_done, svd_condition
+from ..checks import check_measurement, check_sigma_y, whole_number
+from ._common import checks_done, svd_condition
 
 
 def pinv(y: Tensor, operator, prior=None, *, sigma_y=0.0, steps: int = 1, generator=None, callback=None) -> Tensor:
@@ -19,7 +20,7 @@ def pinv(y: Tensor, operator, prior=None, *, sigma_y=0.0, steps: int = 1, genera
     like every solver's). NFE = 0."""
     require(operator, "pinv", ["pinv"])
     check_measurement("pinv", y, operator)
-    _per_sample_sigma_y("pinv", sigma_y, y, per_entry=True)
+    check_sigma_y(sigma_y, y.shape[0], y_shape=y.shape, name="pinv")
     checks_done()
     return operator.A_dagger(y)
 
@@ -67,8 +68,8 @@ def tv(y: Tensor, operator, prior=None, *, sigma_y=0.0, steps: int = 300, genera
     validation images). NFE = 0."""
     require(operator, "tv", ["linear", "adjoint", "prox_l2"])
     check_measurement("tv", y, operator)
-    _per_sample_sigma_y("tv", sigma_y, y, per_entry=True)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    check_sigma_y(sigma_y, y.shape[0], y_shape=y.shape, name="tv")
+    if not whole_number(steps):
         raise ValueError(f"tv: steps must be a positive integer, got {steps!r}")
     lam_t = torch.as_tensor(lam, dtype=torch.float64, device=y.device)
     if bool((lam_t < 0).any()):
@@ -104,8 +105,8 @@ def dpir(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 8, generator=N
 
     require(operator, "dpir", ["linear", "prox_l2"])
     check_measurement("dpir", y, operator)
-    _per_sample_sigma_y("dpir", sigma_y, y, per_entry=True)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    check_sigma_y(sigma_y, y.shape[0], y_shape=y.shape, name="dpir")
+    if not whole_number(steps):
         raise ValueError(f"dpir: steps must be a positive integer, got {steps!r}")
     s_y = torch.as_tensor(sigma_y, dtype=torch.float64).reshape(-1)
     if bool((s_y != s_y[0]).any()):
