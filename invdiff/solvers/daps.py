@@ -49,6 +49,7 @@ import math
 
 from torch import Tensor
 
+from ..checks import whole_number
 from ..priors.schedules import edm_sigma_grid
 from ._common import Callback, setup
 
@@ -97,7 +98,7 @@ def daps(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 200, generator
     if mc not in ("langevin", "hmc"):
         raise ValueError(f"daps: mc must be 'langevin' or 'hmc', got {mc!r}")
     for name, v in (("ode_steps", ode_steps), ("langevin_steps", langevin_steps)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "ode_steps" else 0):
+        if not whole_number(v, 1 if name == "ode_steps" else 0):
             raise ValueError(f"daps: {name} must be an integer >= {1 if name == 'ode_steps' else 0}, got {v!r}")
     if not (lr > 0 and lr_min_ratio > 0 and 0 <= momentum < 1 and rho > 0):
         raise ValueError(f"daps: need lr > 0, lr_min_ratio > 0, 0 <= momentum < 1, rho > 0; got "

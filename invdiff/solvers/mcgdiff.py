@@ -52,6 +52,7 @@ import torch
 from torch import Tensor
 
 from .._random import rand
+from ..checks import whole_number
 from ._common import Callback, Spectral, setup, vp_sigmas
 
 
@@ -106,13 +107,13 @@ def mcgdiff(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, genera
     """
     if not 0 < eta <= 1:
         raise ValueError(f"mcgdiff: eta must lie in (0, 1] (the weights need a stochastic kernel), got {eta}")
-    if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
+    if not whole_number(particles):
         raise ValueError(f"mcgdiff: particles must be a positive integer, got {particles!r}")
     if resample not in ("multinomial", "systematic"):
         raise ValueError(f"mcgdiff: resample must be 'multinomial' or 'systematic', got {resample!r}")
     if not 0 < resample_threshold <= 1:
         raise ValueError(f"mcgdiff: resample_threshold must lie in (0, 1], got {resample_threshold}")
-    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+    if chunk is not None and not whole_number(chunk):
         raise ValueError(f"mcgdiff: chunk must be a positive integer or None, got {chunk!r}")
     pb = setup("mcgdiff", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
                needs=["linear", "svd"], autocast=autocast, compile=compile)

@@ -52,6 +52,7 @@ from torch import Tensor
 
 from operators import require
 
+from ..checks import whole_number
 from ..priors.schedules import edm_sigma_grid
 from ._common import Callback, setup
 
@@ -101,7 +102,7 @@ def pnpdm(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generato
     if not (rho > 0 and rho_min > 0 and 0 < rho_decay <= 1 and langevin_lr > 0):
         raise ValueError(f"pnpdm: need rho > 0, rho_min > 0, 0 < rho_decay <= 1, langevin_lr > 0; got "
                          f"{rho}, {rho_min}, {rho_decay}, {langevin_lr}")
-    if isinstance(prior_steps, bool) or not isinstance(prior_steps, int) or prior_steps < 2:
+    if not whole_number(prior_steps, 2):
         raise ValueError(f"pnpdm: prior_steps must be an integer >= 2, got {prior_steps!r}")
     if rho > prior.sigma_max:
         raise ValueError(f"pnpdm: rho = {rho} exceeds the prior's sigma_max = {prior.sigma_max}")
