@@ -72,17 +72,20 @@ def generator_of(seed: int, sample_id: str, stream: str) -> torch.Generator:
 
 
 def solver_of(solver: str | Callable) -> Callable:
-    """A solver function from its name (``invdiff.solvers.SOLVERS`` or ``"pinv"``) or a callable
-    (e.g. a ``functools.partial`` with settings)."""
-    from . import solvers
-    from .solvers import baselines
+    """A solver function from its name in the registry ``invdiff.solvers.SOLVERS`` (the posterior
+    samplers and the baselines ``pinv``, ``tv``, ``dpir``) or a callable (e.g. a
+    ``functools.partial`` with settings), returned as is."""
+    import difflib
+
+    from .solvers import SOLVERS
 
     if callable(solver):
         return solver
-    table = {**solvers.SOLVERS, "pinv": baselines.pinv}
-    if solver not in table:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(table)}")
-    return table[solver]
+    if solver not in SOLVERS:
+        close = difflib.get_close_matches(str(solver), list(SOLVERS), n=1)
+        raise ValueError(f"unknown solver {solver!r}. Choose one of: {', '.join(sorted(SOLVERS))}, or pass a "
+                         f"callable with the solver call shape." + (f" Did you mean '{close[0]}'?" if close else ""))
+    return SOLVERS[solver]
 
 
 def solver_name(solver: Callable) -> str:
@@ -134,8 +137,9 @@ def reconstruct(y: Tensor, operator, prior: Prior, solver: str | Callable = "pig
         converted to float64 (exactly) with a logged warning that states its rounding error.
     :param operator: an ``operators`` operator (noiseless, the one that produced y).
     :param prior: a :class:`invdiff.priors.Prior` (e.g. ``invdiff.priors.load("phantom64")``).
-    :param solver: a solver name (``"dps"``, ``"pigdm"``, …, ``"pinv"``) or a callable with the
-        solver call shape (e.g. ``functools.partial(invdiff.solvers.dps, steps=500)``).
+    :param solver: a name in ``invdiff.solvers.SOLVERS`` (``"dps"``, ``"pigdm"``, …, ``"pinv"``,
+        ``"tv"``) or a callable with the solver call shape (e.g.
+        ``functools.partial(invdiff.solvers.dps, steps=500)``).
     :param sigma_y: measurement noise σ (float or ``[B]``; measurement units).
     :param num_samples: posterior draws per item (mean and per-pixel std from them).
     :param seed: base seed; draw k of item i uses ``sample_seed(seed, ids[i], f"solver/{k}")`` in a

@@ -3,11 +3,21 @@ callback=None, **paper_params) -> x`` (one posterior sample per batch item, phys
 
 SVD / pseudo-inverse / prox family: ``ddrm``, ``ddnm``, ``pigdm``, ``diffpir``, ``score_sde``.
 Gradient-guided family: ``dps``, ``mcg``, ``reddiff``, ``tmpd``. Sampling-based family: ``daps``
-(annealed Langevin), ``pnpdm`` (split Gibbs), ``mcgdiff`` (sequential Monte Carlo). Baseline:
-``baselines.pinv``.
+(annealed Langevin), ``pnpdm`` (split Gibbs), ``mcgdiff`` (sequential Monte Carlo). Baselines
+(:mod:`~invdiff.solvers.baselines`, same call shape, no posterior sampling): ``pinv``, ``tv``, ``dpir``.
+
+:data:`SOLVERS` is the one registry of solvers by name: ``invdiff.reconstruct(..., "tv")`` looks
+names up there, and every ``configs/solver/<name>.yaml`` targets the solver registered as
+``<name>`` (``tests/test_solver_registry.py``). A new solver is added to :data:`SOLVERS` and gets
+a config of the same name.
+
+Run-time settings of the network call (bf16 autocast, ``torch.compile``, gradient checkpointing,
+channels-last) are not solver parameters: set them with :func:`runtime` (or the keyword
+arguments of ``invdiff.reconstruct``).
 """
 
 from ._common import COMPILE_MODES, SolverDivergedError, check_call, runtime
+from .baselines import dpir, pinv, tv
 from .daps import daps
 from .ddnm import ddnm
 from .ddrm import ddrm
@@ -21,6 +31,11 @@ from .reddiff import reddiff
 from .score_sde import score_sde
 from .tmpd import tmpd
 
-SOLVERS = {f.__name__: f for f in (ddrm, ddnm, pigdm, diffpir, score_sde, dps, mcg, reddiff, tmpd, daps, pnpdm, mcgdiff)}
+#: Every solver by name (its function's ``__name__``): the posterior samplers, then the baselines.
+SOLVERS = {f.__name__: f for f in (ddrm, ddnm, pigdm, diffpir, score_sde, dps, mcg, reddiff, tmpd, daps, pnpdm,
+                                    mcgdiff, pinv, tv, dpir)}
+#: The names in :data:`SOLVERS` of the classical baselines (no posterior sampling: ``pinv`` and
+#: ``tv`` use no prior, ``dpir`` plugs the prior's denoiser into half-quadratic splitting).
+BASELINES = frozenset({"pinv", "tv", "dpir"})
 
-__all__ = ["SOLVERS", "COMPILE_MODES", "SolverDivergedError", "check_call", "runtime", *SOLVERS]
+__all__ = ["SOLVERS", "BASELINES", "COMPILE_MODES", "SolverDivergedError", "check_call", "runtime", *SOLVERS]
