@@ -7,26 +7,14 @@ weights that fall smoothly to (nearly) zero at tile edges inside the image:
 
     out = invdiff.tiling.reconstruct_tiled(y, op, prior, "ddnm", sigma_y=0.01, overlap=16, num_samples=4)
 
-Which operators can be tiled (:func:`tile_problem`), and how each tile's problem is built — in
-every case *exactly*: a tile's measurement is the part of y that depends only on the tile's pixels
-(the image's own padding included where the tile touches the image border), and the tile's
-operator is the full operator restricted to it, so no pixel of a tile's y is explained by pixels
-outside the tile:
-
-* :class:`operators.Inpainting` (masks, clouds, denoising with an all-ones mask): the crop of the
-  mask; y cropped to the tile.
-* :class:`operators.Blur`: y cropped to the outputs whose kernel support lies in the tile (a
-  kernel radius inside inner tile edges, up to the image border at outer ones). Separable kernels
-  keep an exact SVD per tile (DDRM, DDNM, ... work); other kernels give a gather + valid
-  convolution (gradient-based solvers).
-* :class:`operators.Downsampling` by ``f``: tiles on the ``f``-grid; the low-resolution pixels
-  whose filter support lies in the tile (an exact SVD).
-
-With ``circular`` padding the measurements whose kernel wraps around the image depend on pixels
-at both borders, so no tile uses them: image borders are then a little less constrained than
-with the other paddings.
-
-Operators that couple all pixels (MRI, CT, phase retrieval, nonlinear models) are refused.
+Which operators can be tiled, and how each tile's problem is built, is the operators' own
+knowledge (:mod:`operators.restriction`): a tile's measurement is the part of y that depends only
+on the tile's pixels and its operator the full operator restricted to it — exactly — for
+:class:`operators.Inpainting` (masks, clouds, denoising), :class:`operators.Blur` and
+:class:`operators.Downsampling` (tiles on its factor's grid). Operators that couple all pixels
+(MRI, CT, phase retrieval, nonlinear models) are refused before any work. This module lays the
+tiles out, solves them and blends them; it asks the operator's restriction what a layout needs
+(the grid step, the kernel a tile must exceed, the measurements and margin of each tile).
 
 Blending. Along each axis, tile starts spread evenly from 0 to L − T (T the tile size) with
 overlaps of at least ``overlap`` pixels. Each tile's weight is separable; along an axis it is 1
@@ -43,7 +31,6 @@ per-pixel spread is slightly lower there).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -51,11 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-import operators as O
-from operators._engines import ConvEngine, SeparableEngine
-from operators._linalg import conv_matrix_1d, conv_padding, pad_index
-from operators.base import LinearOperator
-from operators.blur import separable_factors
+from operators.restriction import restriction_of
 
 from .api import OutOfMemory, Reconstruction, batch_items, reconstruct
 
@@ -148,143 +131,31 @@ def blend(parts: list[Tensor], tiles: list[Tile], image_shape: tuple[int, ...], 
 # --------------------------------------------------------------------------------------------
 # the tile problems
 # --------------------------------------------------------------------------------------------
-class TileOperator(LinearOperator):
-    """The exact restriction of a blur or downsampling to a tile: the measurements that see only
-    the tile's pixels (image-border padding included), as a function of the tile."""
-
-    def __init__(self, engine: torch.nn.Module, img_size, meas_size, what: str, **solver_options):
-        super().__init__(engine, img_size, meas_size, **solver_options)
-        self.what = what
-
-    def _describe_params(self) -> str:
-        return f"tile of {self.what}, img_size={list(self.img_size)}, meas_size={list(self.meas_size)}"
-
-    def config(self) -> dict:
-        raise NotImplementedError("tile operators are built by invdiff.tiling and not saved; save the full operator")
-
-
-def _factors(op) -> tuple[Tensor, Tensor] | None:
-    """The full 1-D matrices of a separable operator (``None`` for a non-separable blur)."""
-    if isinstance(op.engine, SeparableEngine):
-        return op.engine.A_h.cpu(), op.engine.A_w.cpu()
-    if isinstance(op, O.Blur):
-        f = separable_factors(op.kernel.cpu())
-        if f is not None:
-            _, H, W = op.img_size
-            return conv_matrix_1d(f[0], H, op.padding), conv_matrix_1d(f[1], W, op.padding)
-    return None
-
-
-def _contiguous(ok: Tensor, size: int) -> tuple[int, int]:
-    rows = ok.nonzero().flatten().tolist()
-    if not rows or rows != list(range(rows[0], rows[0] + len(rows))):
-        raise ValueError(f"tiling: no contiguous block of measurements lies inside a {size}-px tile; use larger tiles")
-    return rows[0], len(rows)
-
-
-def _axis(D: Tensor, start: int, size: int) -> tuple[int, int, int]:
-    """Along one axis, with ``D[i, j]`` = measurement i depends on pixel j: (first, count) of the
-    measurements that depend only on pixels of [start, start + size), and the tile's margin (the
-    most pixels at an end of the tile that some measurement outside that block also depends on)."""
-    outside = torch.ones(D.shape[1], dtype=torch.bool)
-    outside[start:start + size] = False
-    first, count = _contiguous(~D[:, outside].any(1) & D.any(1), size)
-    unseen = D[:, start:start + size].clone()
-    unseen[first:first + count] = False
-    partial = unseen.any(0).tolist()  # pixels some of whose measurements the tile lacks
-    lead = next((k for k, v in enumerate(partial) if not v), size)
-    trail = next((k for k, v in enumerate(reversed(partial)) if not v), size)
-    return first, count, max(lead, trail)
-
-
-def _conv_support(idx: Tensor, K: int, n: int) -> Tensor:
-    """``D[i, j]``: output i of a convolution reading padded samples ``idx[i : i + K]`` (image
-    indices, -1 for zeros) depends on pixel j."""
-    win = idx.unfold(0, K, 1)
-    D = torch.zeros(win.shape[0], n + 1, dtype=torch.bool)
-    D.scatter_(1, torch.where(win < 0, n, win), True)
-    return D[:, :n]
-
-
 class Restriction:
-    """The tile problems of one operator (module docstring). Each axis's restriction is computed
-    once per tile start and tile operators once per distinct restriction, so the interior tiles
-    of a large image share one operator (and its SVD)."""
+    """The tiles of one operator's image: the operator's own restriction
+    (:func:`operators.restriction.restriction_of`, which refuses operators that cannot be tiled),
+    laid out and grouped. Tile problems are computed once per distinct restriction, so the interior
+    tiles of a large image share one operator (and its SVD)."""
 
     def __init__(self, op):
-        self.op, self.C = op, int(op.img_size[0])
-        self.options = {k: getattr(op, k) for k in ("pinv_rtol", "cg_tol", "cg_max_iter") if hasattr(op, k)}
-        self._axes: dict = {}
-        self._ops: dict = {}
-        if isinstance(op, O.Inpainting):
-            self.kind = "mask"
-            return
-        factors = _factors(op) if isinstance(op, (O.Blur, O.Downsampling)) else None
-        if factors is not None:  # the rows of the 1-D matrices that see only the tile
-            self.kind, self.M, self.D = "separable", factors, (factors[0] != 0, factors[1] != 0)
-        elif isinstance(op, O.Blur):  # a non-separable kernel: the convolution's own index maps, restricted
-            _, H, W = op.img_size
-            self.K = tuple(int(k) for k in op.kernel.shape)
-            mode = "zeros" if op.padding == "valid" else op.padding
-            self.idx = tuple(pad_index(n, *conv_padding(k, op.padding), mode) for n, k in zip((H, W), self.K))
-            self.kind = "conv"
-            self.D = tuple(_conv_support(i, k, n) for i, k, n in zip(self.idx, self.K, (H, W)))
-        else:
-            raise ValueError(f"tiling: {type(op).__name__} couples distant pixels and cannot be tiled; tiling works "
-                             "for Inpainting (masks, clouds, denoising), Blur and Downsampling")
-
-    def _axis(self, k: int, start: int, size: int) -> tuple[int, int, int]:
-        key = (k, start, size)
-        if key not in self._axes:
-            self._axes[key] = _axis(self.D[k], start, size)
-        return self._axes[key]
+        self.op = op
+        self.problems = restriction_of(op)
 
     def problem(self, top: int, left: int, th: int, tw: int, *, item: int = 0):
         """(operator, y box, margin, key) of the tile ``[top : top + th, left : left + tw]``; tiles
         with equal keys have the same operator. ``item`` picks the mask of an inpainting operator
         that holds one mask per image."""
-        C = self.C
-        if self.kind == "mask":
-            mask = self.op.mask[item:item + 1] if self.op.mask.shape[0] > 1 else self.op.mask
-            sub = mask[..., top:top + th, left:left + tw].cpu()
-            key = ("mask", _digest(sub))  # equal masks (denoising: all ones) share one operator
-            if key not in self._ops:
-                self._ops[key] = O.Inpainting(sub, (C, th, tw), **self.options)
-            return self._ops[key], (top, left, th, tw), 0, key
-        (r0, nr, mh), (c0, nc, mw) = self._axis(0, top, th), self._axis(1, left, tw)
-        if self.kind == "separable":
-            A_h, A_w = self.M[0][r0:r0 + nr, top:top + th], self.M[1][c0:c0 + nc, left:left + tw]
-            key = (_digest(A_h), _digest(A_w))
-            make = lambda: TileOperator(SeparableEngine(A_h, A_w), (C, th, tw), (C, nr, nc), type(self.op).__name__,  # noqa: E731
-                                        **self.options)
-        else:
-            (Kh, Kw), (idx_h, idx_w) = self.K, self.idx
-            ih, iw = idx_h[r0:r0 + nr + Kh - 1], idx_w[c0:c0 + nc + Kw - 1]
-            ih, iw = torch.where(ih < 0, ih, ih - top), torch.where(iw < 0, iw, iw - left)
-            key = (tuple(ih.tolist()), tuple(iw.tolist()))
-            make = lambda: TileOperator(ConvEngine(self.op.kernel.cpu(), th, tw, self.op.padding, index=(ih, iw)),  # noqa: E731
-                                        (C, th, tw), (C, nr, nc), "Blur", **self.options)
-        if key not in self._ops:
-            self._ops[key] = make()
-        return self._ops[key], (r0, c0, nr, nc), max(mh, mw), key
+        return self.problems.restrict(top, left, th, tw, item=item)
 
     def layout(self, tile_hw: tuple[int, int], overlap: int) -> list[Tile]:
-        op = self.op
-        _, H, W = (int(s) for s in op.img_size)
+        _, H, W = (int(s) for s in self.op.img_size)
         th, tw = (int(s) for s in tile_hw)
         if th > H or tw > W:
             raise ValueError(f"tiling: the prior's {th}×{tw} tiles are larger than the {H}×{W} image")
-        step = op.factor if isinstance(op, O.Downsampling) else 1
-        if th % step or tw % step or H % step or W % step:
-            raise ValueError(f"tiling: ×{step} downsampling needs tile and image sizes divisible by {step}")
-        if isinstance(op, O.Blur) and max(op.kernel.shape) >= min(th, tw):
-            raise ValueError(f"tiling: a {tuple(op.kernel.shape)} kernel leaves no measurement inside a {th}×{tw} "
-                             "tile; tiles must be larger than the kernel")
+        self.problems.check(th, tw)
+        step = self.problems.step
         rows, cols = starts(H, th, overlap, step), starts(W, tw, overlap, step)
-        if self.kind == "mask":
-            boxes = {(t, l): ((t, l, th, tw), 0) for t in rows for l in cols}  # noqa: E741
-        else:
-            boxes = {(t, l): self.problem(t, l, th, tw)[1:3] for t in rows for l in cols}  # noqa: E741
+        boxes = {(t, l): self.problems.box(t, l, th, tw) for t in rows for l in cols}  # noqa: E741
         # pixels whose measurements the tile lacks in part: the outer half of that band gets weight 0
         margin = math.ceil(max(m for _, m in boxes.values()) / 2)
         ramp(th, overlap, True, True, margin)  # raises when the overlap is too small for the margins
@@ -299,14 +170,10 @@ class Restriction:
         return list(out.values())
 
 
-def _digest(t: Tensor) -> str:
-    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest() + str(tuple(t.shape))
-
-
 def tile_problem(op, top: int, left: int, th: int, tw: int, *, item: int = 0):
-    """(operator, y box, margin) of the tile ``[top : top + th, left : left + tw]`` (module docstring);
-    ``item`` picks the mask of an inpainting operator that holds one mask per image."""
-    return Restriction(op).problem(top, left, th, tw, item=item)[:3]
+    """(operator, y box, margin) of the tile ``[top : top + th, left : left + tw]``
+    (:mod:`operators.restriction`); ``item`` picks the mask of an inpainting operator that holds one mask per image."""
+    return restriction_of(op).restrict(top, left, th, tw, item=item)[:3]
 
 
 def layout(op, tile_hw: tuple[int, int], overlap: int) -> list[Tile]:
@@ -355,7 +222,7 @@ def reconstruct_tiled(y: Tensor, operator, prior, solver="pigdm", *, sigma_y, ov
     if msg:  # (before any tile is solved: every tile's draws are kept until they are blended)
         raise OutOfMemory(msg)
     t0 = time.perf_counter()
-    masked = isinstance(operator, O.Inpainting) and not bool((operator.mask == 1).all())
+    masked = restriction.problems.per_tile  # (a mask that is not all ones: each tile has its own operator)
     groups = None if masked else [(o.to(y.device), idx) for o, idx in restriction.groups(tiles)]
     out, seeds, nfe = [], [], 0
     for b in range(B):
@@ -383,8 +250,8 @@ def reconstruct_tiled(y: Tensor, operator, prior, solver="pigdm", *, sigma_y, ov
                     rec = reconstruct(crop_y(y[b:b + 1], chunk[0]), o, prior, solver, sigma_y=float(sig[b]),
                                       ids=names[g:g + 1], **kw)
                 else:  # one solver call: the operator's masks follow reconstruct's (tile, draw) order
-                    masks = torch.cat([restriction.problem(t.top, t.left, th, tw, item=b)[0].mask for t in chunk])
-                    o = O.Inpainting(masks.repeat_interleave(n, 0), (C, th, tw), **restriction.options).to(y.device)
+                    tile_ops = [restriction.problem(t.top, t.left, th, tw, item=b)[0] for t in chunk]
+                    o = restriction.problems.stack(tile_ops, n).to(y.device)
                     try:
                         rec = reconstruct(torch.cat([crop_y(y[b:b + 1], t) for t in chunk]), o, prior, solver,
                                           sigma_y=float(sig[b]), ids=names[g:g + len(chunk)], **{**kw, "batch_size": None})

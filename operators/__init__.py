@@ -3,6 +3,16 @@
 Every operator is a noiseless :class:`deepinv.physics.LinearPhysics` acting on ``[B, *img_size]``
 in physical units, declares ``op.capabilities``, and can be saved (``op.to_dict()``) and rebuilt
 (:func:`from_dict`). See ``operators.base`` for the contract and the SVD convention.
+
+Every operator also declares what callers may treat differently, so that no caller tests class
+names: ``op.modality`` (``"mri"``, ``"ct"`` or ``None`` for generic operators), ``op.complex_image``
+(complex images stored as 2 real channels: the MRI operators with ``img_size[0] == 2``) and
+``op.tileable`` — whether ``op.restriction()`` gives exact problems on tiles of the image
+(Inpainting, Blur, Downsampling; see ``operators.restriction``, used by ``invdiff.tiling``).
+
+Public modules beside the operators: ``operators.linalg`` (batched CG, padding index maps, 1-D
+convolution matrices), ``operators.files`` (array and image readers), ``operators.checkpoints``
+(safe checkpoint reading, shared with ``invdiff.priors``) and ``operators.restriction``.
 """
 
 from .base import CAPABILITIES, CapabilityError, LinearOperator, from_dict, require

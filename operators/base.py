@@ -73,6 +73,12 @@ def require(op: Any, solver_name: str, needs: Iterable[str | tuple[str, ...]]) -
         )
 
 
+def untileable(op: Any) -> ValueError:
+    """The refusal of an operator that has no exact restriction to a tile of its image."""
+    return ValueError(f"tiling: {type(op).__name__} couples distant pixels and cannot be tiled; tiling works "
+                      "for Inpainting (masks, clouds, denoising), Blur and Downsampling")
+
+
 def _check_shape(t: Tensor, expected: tuple[int, ...], what: str, op: "LinearOperator") -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{op.describe()}: {what} must be a torch.Tensor, got {type(t).__name__}")
@@ -149,7 +155,23 @@ def _to_plain(v: Any) -> Any:
 class OperatorMixin:
     """What every invdiff operator shares: description, shape checks, simulation, persistence, and
     one device: an operator built from tensors on a device lives there (see :func:`_placed`, applied
-    to every subclass's ``__init__``), ``op.to(device)`` moves all of it, ``op.device`` tells where."""
+    to every subclass's ``__init__``), ``op.to(device)`` moves all of it, ``op.device`` tells where.
+
+    Declared properties, for code that treats some operators differently (figures, baselines): ask
+    these, never the class name.
+
+    * ``modality`` (class attribute): the imaging modality whose conventions the operator follows,
+      ``"mri"`` (the MRI operators), ``"ct"`` (the CT operators) or ``None`` (generic operators).
+    * ``complex_image``: True when the operator's images are complex, stored as 2 real channels
+      (real, imaginary): the MRI operators with ``img_size[0] == 2``; False elsewhere.
+    * ``tileable`` and :meth:`restriction`: whether the operator can be restricted exactly to a
+      tile of its image (:mod:`operators.restriction`), and the object that does it.
+    """
+
+    #: "mri", "ct" or None (a generic operator); see the class docstring
+    modality: str | None = None
+    #: whether :meth:`restriction` gives exact tile problems (see :mod:`operators.restriction`)
+    tileable: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -165,6 +187,24 @@ class OperatorMixin:
     @device.setter
     def device(self, value) -> None:
         self.to(value)
+
+    @property
+    def complex_image(self) -> bool:
+        """True when the images are complex, stored as 2 real channels (real, imaginary): the MRI
+        operators with ``img_size[0] == 2``."""
+        return self.modality == "mri" and int(tuple(self.img_size)[0]) == 2
+
+    def restriction(self):
+        """The operator's exact tile problems, an :class:`operators.restriction.Restriction` (for
+        operators with ``tileable = True``; the others couple distant pixels and are refused)."""
+        raise untileable(self)
+
+    def restrict(self, top: int, left: int, h: int, w: int, *, item: int = 0):
+        """(tile operator, y box, margin, key) of the tile ``[top : top + h, left : left + w]``
+        (:meth:`operators.restriction.Restriction.restrict`); ``item`` picks the mask of an
+        inpainting operator that holds one mask per image. Each call starts afresh: to share
+        work and tile operators between tiles, keep one ``op.restriction()``."""
+        return self.restriction().restrict(top, left, h, w, item=item)
 
     def describe(self) -> str:
         return f"{type(self).__name__}({self._describe_params()})"

@@ -34,6 +34,7 @@ from ._engines import ConvEngine, FourierEngine, SeparableEngine
 from .linalg import PADDINGS, conv_matrix_1d
 from .base import LinearOperator
 from .kernels import seeded
+from .restriction import ConvRestriction, Restriction, SeparableRestriction
 
 METHODS = ("auto", "fourier", "separable", "conv")
 
@@ -80,6 +81,8 @@ class Blur(LinearOperator):
         torch.Size([2, 3, 64, 64])
     """
 
+    tileable = True
+
     def __init__(self, kernel: Tensor | Callable, img_size=(1, 64, 64), padding: str = "reflect", *,
                  seed: int | None = None, generator: torch.Generator | None = None,
                  method: str = "auto", **solver_options):
@@ -121,6 +124,19 @@ class Blur(LinearOperator):
         self.register_buffer("kernel", kernel)
         self.padding, self.method = padding, method
         self._solver_options = solver_options
+
+    def restriction(self) -> Restriction:
+        """Exact tile problems (:mod:`operators.restriction`): a separable kernel keeps an exact SVD
+        per tile (whatever the engine), any other kernel gives a gather + valid convolution."""
+        kernel = tuple(int(k) for k in self.kernel.shape)
+        if isinstance(self.engine, SeparableEngine):
+            return SeparableRestriction(self, (self.engine.A_h, self.engine.A_w), kernel=kernel)
+        f = separable_factors(self.kernel.cpu())
+        if f is not None:
+            _, H, W = self.img_size
+            factors = conv_matrix_1d(f[0], H, self.padding), conv_matrix_1d(f[1], W, self.padding)
+            return SeparableRestriction(self, factors, kernel=kernel)
+        return ConvRestriction(self, self.kernel, self.padding)
 
     def _describe_params(self) -> str:
         kind = type(self.engine).__name__.replace("Engine", "").lower()

@@ -59,6 +59,8 @@ class ParallelBeamCT(LinearOperator):
     :param circle: restrict to the inscribed circle (deepinv's option).
     """
 
+    modality = "ct"
+
     def __init__(self, img_size=(1, 64, 64), angles=30, limited_angle=None, circle: bool = False, **solver_options):
         img_size = tuple(int(s) for s in img_size)
         if len(img_size) != 3 or img_size[1] != img_size[2]:
@@ -82,6 +84,8 @@ class TransmissionCT(NonlinearOperator):
     """Transmission CT, the Beer–Lambert law ``y = I₀ · exp(−R x)`` (expected photon counts per
     detector bin; simulate counts with ``PoissonNoise(gain=1)``). ``x`` is the attenuation map in
     inverse pixel units; nonlinear and differentiable."""
+
+    modality = "ct"
 
     def __init__(self, img_size=(1, 64, 64), angles=30, I0: float = 1e4, limited_angle=None, circle: bool = False):
         if not I0 > 0:

@@ -21,6 +21,7 @@ from ._engines import SeparableEngine
 from .linalg import PADDINGS, conv_matrix_1d
 from .base import LinearOperator
 from .kernels import gaussian_1d
+from .restriction import SeparableRestriction
 
 FILTERS = ("average", "bicubic", "gaussian")
 
@@ -82,6 +83,8 @@ class Downsampling(LinearOperator):
         (3, 64, 64)
     """
 
+    tileable = True
+
     def __init__(self, factor: int = 4, img_size=(1, 64, 64), filter: str = "bicubic",
                  sigma: float | None = None, padding: str = "reflect", **solver_options):
         img_size = tuple(int(s) for s in img_size)
@@ -107,6 +110,11 @@ class Downsampling(LinearOperator):
         super().__init__(SeparableEngine(D_h, D_w), img_size, (C, D_h.shape[0], D_w.shape[0]), **solver_options)
         self.factor, self.filter, self.sigma, self.padding = factor, filter, sigma, padding
         self._solver_options = solver_options
+
+    def restriction(self) -> SeparableRestriction:
+        """Exact tile problems on the ``factor``-grid: the low-resolution pixels whose filter
+        support lies in the tile, with an exact SVD (:mod:`operators.restriction`)."""
+        return SeparableRestriction(self, (self.engine.A_h, self.engine.A_w), step=self.factor)
 
     def _describe_params(self) -> str:
         return f"×{self.factor}, filter='{self.filter}', img_size={list(self.img_size)}"

@@ -11,6 +11,7 @@ from torch import Tensor
 from ._engines import DiagonalEngine
 from .base import LinearOperator
 from .kernels import seeded
+from .restriction import MaskRestriction
 
 
 class Inpainting(LinearOperator):
@@ -30,6 +31,8 @@ class Inpainting(LinearOperator):
         >>> float(op.mask.mean())  # 1 - 128²/256²
         0.75
     """
+
+    tileable = True
 
     def __init__(self, mask: Tensor | Callable, img_size=(1, 64, 64), *, batch_size: int | None = None,
                  seed: int | None = None, generator: torch.Generator | None = None, **solver_options):
@@ -63,6 +66,10 @@ class Inpainting(LinearOperator):
 
     def restrict_to_range(self, y: Tensor) -> Tensor:
         return self.mask.to(y) * y
+
+    def restriction(self) -> MaskRestriction:
+        """Exact tile problems: the crop of the mask (:mod:`operators.restriction`)."""
+        return MaskRestriction(self, Inpainting)
 
     def _describe_params(self) -> str:
         return (f"{self.mask.shape[0]} mask(s), {100 * (1 - float(self.mask.mean())):.1f}% missing, "

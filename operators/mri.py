@@ -163,6 +163,8 @@ class _SingleCoilEngine(torch.nn.Module):
 class _CartesianMRI(LinearOperator):
     """What the Cartesian MRI operators share: the sampling mask and its acceleration."""
 
+    modality = "mri"  # (so complex_image is True for img_size (2, H, W))
+
     @staticmethod
     def _sizes(img_size, kspace_size, who: str) -> tuple[tuple[int, int, int], int, int]:
         img_size = tuple(int(s) for s in img_size)
