@@ -221,3 +221,45 @@ def test_measure_is_seeded_and_leaves_global_rng_alone(any_op):
     assert torch.equal(torch.get_rng_state(), torch_state)
     assert np.random.get_state()[1].tolist() == np_state[1].tolist()
     assert torch.allclose(op.restrict_to_range(y1), y1)
+
+
+def test_declared_flags_match_the_old_class_name_rule():
+    """``op.modality`` and ``op.complex_image`` replace the apps' tests of class names
+    (``"MRI" in type(op).__name__`` and that with ``img_size[0] == 2``): the same answers for every
+    operator class that ``operators`` exports (each built by some registry entry), real and complex,
+    and for tile operators."""
+    from operators.base import OperatorMixin
+
+    ops = [make() for make in ALL.values()]
+    ops.append(O.Blur(O.MotionKernel(5, 0.5), (1, 32, 32), seed=0).restrict(8, 8, 16, 16)[0])
+    exported = {n for n in O.__all__ if isinstance(getattr(O, n), type) and issubclass(getattr(O, n), OperatorMixin)}
+    assert exported - {type(op).__name__ for op in ops} <= {"LinearOperator", "NonlinearOperator"}
+    for op in ops:
+        name = type(op).__name__
+        is_mri = "MRI" in name
+        assert (op.modality == "mri") == is_mri, name
+        assert op.complex_image == (is_mri and tuple(op.img_size)[0] == 2), name
+        assert op.modality == ("mri" if is_mri else "ct" if name.endswith("CT") else None), name
+    assert any(op.complex_image for op in ops) and not all(op.complex_image for op in ops if op.modality == "mri")
+    for name in exported:  # a class attribute: readable without an instance
+        assert getattr(O, name).modality == ("mri" if "MRI" in name else "ct" if name.endswith("CT") else None)
+
+
+def test_tileable_operators_restrict_and_the_others_refuse(any_op):
+    """``op.tileable`` says whether ``op.restriction()`` exists; the others refuse in one paragraph
+    (the tile problems themselves are tested against the whole-image posterior in test_tiling)."""
+    op = any_op
+    if not op.tileable:
+        with pytest.raises(ValueError, match=f"tiling: {type(op).__name__} couples distant pixels"):
+            op.restriction()
+        return
+    _, H, W = op.img_size
+    r = op.restriction()
+    th, tw = H - H % r.step, W - W % r.step  # the largest tile on the operator's grid
+    if th < r.step or (r.kernel is not None and max(r.kernel) >= min(th, tw)) or H % r.step or W % r.step:
+        return  # (too small an image for a tile: refused by the layout)
+    tile, box, margin, key = r.restrict(0, 0, th, tw)
+    again = r.restrict(0, 0, th, tw)
+    assert again[0] is tile and again[3] == key  # equal tiles share one operator
+    assert op.restrict(0, 0, th, tw)[1:3] == (box, margin) == r.box(0, 0, th, tw)
+    assert tuple(tile.img_size) == (op.img_size[0], th, tw)
