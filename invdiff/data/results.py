@@ -30,7 +30,6 @@ attributes             ``id``, ``seed``, ``noise_seed``, ``solver_seeds``, ``sol
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import math
 import os
@@ -266,28 +265,25 @@ def summarize(run_dirs, out_dir: str | Path | None = None) -> dict:
     result = {"samples": rows, "summary": {k: summary(r[k] for r in rows if k in r) for k in numeric if k != "seed"}}
     out = Path(out_dir) if out_dir is not None else dirs[0]
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_text(out / "metrics.json", json.dumps(_finite(result), indent=2))
+    atomic_text(out / "metrics.json", json.dumps(finite(result), indent=2))
     lines = [",".join(keys)] + [",".join(_fmt(r.get(k, "")) for k in keys) for r in rows]
-    _atomic_text(out / "metrics.csv", "\n".join(lines) + "\n")
+    atomic_text(out / "metrics.csv", "\n".join(lines) + "\n")
     return result
 
 
-def _finite(v):
+def finite(v):
     """JSON has no NaN/Inf: they become ``null``."""
     if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
+        return {k: finite(x) for k, x in v.items()}
     if isinstance(v, list):
-        return [_finite(x) for x in v]
+        return [finite(x) for x in v]
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
 
 
-def _atomic_text(path: Path, text: str) -> None:
+def atomic_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_path`)."""
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
 
-
-def read_metrics_csv(path: str | Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..phantoms import EVAL_SEEDS, phantoms, shepp_logan
 from .images import SAMPLE_IMAGES, bundled_skimage_images, sample_image, unknown_image_message
-from .training_data import _as_chw, _resize, load_array, read_arrays
+from .training_data import as_chw, load_array, read_arrays, resize
 
 log = logging.getLogger("invdiff")
 
@@ -126,7 +126,7 @@ class ImageViews:
     def samples(self, operator=None) -> list[Sample]:
         from skimage import data as skdata
         from skimage.color import rgb2gray
-        from skimage.transform import resize
+        from skimage import transform
 
         _, H, W = self.shape
         out = []
@@ -141,7 +141,7 @@ class ImageViews:
                 top, left = rng.integers(0, img.shape[0] - side + 1), rng.integers(0, img.shape[1] - side + 1)
                 views.append((f"crop{side}", img[top: top + side, left: left + side]))
             for tag, v in views:
-                x = np.clip(resize(v, (H, W), anti_aliasing=True), 0, 1)
+                x = np.clip(transform.resize(v, (H, W), anti_aliasing=True), 0, 1)
                 out.append(Sample(f"{name}_{tag}", torch.from_numpy(x)[None].double(),
                                   info={"source": f"skimage.data.{name}", "view": tag, "split": self.split}))
         return out
@@ -181,7 +181,7 @@ def _to_channels(a: np.ndarray, channels: int) -> np.ndarray:
         if channels != 2:
             raise ValueError(f"complex images are 2-channel (real, imag) data; the problem has {channels} channel(s)")
         return a.astype(np.float64)
-    return _as_chw(a, channels)
+    return as_chw(a, channels)
 
 
 class ImageFiles:
@@ -226,7 +226,7 @@ class ImageFiles:
                 if not self.resize:
                     raise ValueError(f"data: image {name} is {list(a.shape[1:])}, the problem is {[H, W]} "
                                      "(set data.resize=true or shape=...)")
-                a = _resize(a, (H, W))
+                a = resize(a, (H, W))
             out.append(Sample(name, torch.from_numpy(np.ascontiguousarray(a)), info={"source": self.path}))
         return out
 

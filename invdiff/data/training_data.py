@@ -83,7 +83,7 @@ class PatchData:
     channels = 1
 
     def __init__(self, names=PATCH_IMAGES, size: int = 64):
-        from skimage.transform import rescale, resize
+        from skimage import transform
 
         self.size, self.names = int(size), list(names)
         self.groups: list[list[list[np.ndarray]]] = []  # dataset → image → pyramid level
@@ -92,18 +92,18 @@ class PatchData:
             for img in _skimage_gray(name):
                 short = min(img.shape)
                 if short < self.size:  # tiny images (faces): one level, the whole image resized
-                    self.levels.append([resize(img, (self.size, self.size), anti_aliasing=True)])
+                    self.levels.append([transform.resize(img, (self.size, self.size), anti_aliasing=True)])
                     continue
                 pyramid, k = [], 0
                 while True:
                     f = 2.0 ** (-k / 2)
                     if short * f < self.size:
                         break
-                    pyramid.append(img if k == 0 else rescale(img, f, anti_aliasing=True))
+                    pyramid.append(img if k == 0 else transform.rescale(img, f, anti_aliasing=True))
                     k += 1
                 g = self.size / short  # the whole image, short side = size
                 if g < 1 and (not pyramid or min(pyramid[-1].shape) != self.size):
-                    pyramid.append(rescale(img, g, anti_aliasing=True))
+                    pyramid.append(transform.rescale(img, g, anti_aliasing=True))
                 self.levels.append([np.ascontiguousarray(np.clip(p, 0, 1), dtype=np.float32) for p in pyramid])
             self.groups.append([[np.asarray(p, dtype=np.float32) for p in pyr] for pyr in self.levels])
         del self.levels
@@ -150,14 +150,14 @@ class ArrayData:
         return f"{self.images.shape[0]} images {self.channels}×{self.size}×{self.size} from {self.name}"
 
 
-def _resize(img: np.ndarray, size) -> np.ndarray:
+def resize(img: np.ndarray, size) -> np.ndarray:
     """``[C, H, W]`` → ``[C, size, size]`` (or ``[C, *size]`` for a pair; anti-aliased)."""
-    from skimage.transform import resize
+    from skimage import transform
 
     hw = (int(size), int(size)) if np.ndim(size) == 0 else tuple(int(s) for s in size)
     if img.shape[1:] == hw:
         return img
-    return np.stack([resize(c, hw, anti_aliasing=True, preserve_range=True) for c in img])
+    return np.stack([transform.resize(c, hw, anti_aliasing=True, preserve_range=True) for c in img])
 
 
 def _scale_float(img: np.ndarray) -> np.ndarray:
@@ -165,7 +165,9 @@ def _scale_float(img: np.ndarray) -> np.ndarray:
     return img / m if m > 0 else img
 
 
-def _as_chw(a: np.ndarray, channels: int) -> np.ndarray:
+def as_chw(a: np.ndarray, channels: int) -> np.ndarray:
+    """An image ``[H, W]``, ``[H, W, C]`` or ``[C, H, W]`` as ``[channels, H, W]``: RGB(A) becomes
+    gray (luminance weights) for one channel, gray is repeated for three; any other mismatch is an error."""
     a = np.asarray(a)
     if a.ndim == 2:
         a = a[None]
@@ -222,7 +224,7 @@ def load_array(source: str | Path, what: str = "data") -> np.ndarray:
     if not path.exists():
         raise FileNotFoundError(f"{what} {path} does not exist")
     if path.suffix == ".npy":
-        from operators._files import load_npy
+        from operators.files import load_npy
 
         return load_npy(path, what)
     if path.suffix in (".h5", ".hdf5"):
@@ -252,7 +254,7 @@ def read_arrays(source: str | Path, what: str = "training data") -> list[tuple[s
     if not path.exists():
         raise FileNotFoundError(f"{what} {path} does not exist")
     if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
-        from operators._files import read_image
+        from operators.files import read_image
 
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
         if not files:
@@ -281,6 +283,6 @@ def load_images(source: str | Path, size: int, channels: int = 1, *, fastmri: bo
         for f in files:
             imgs += _fastmri_images(f, complex)
     else:
-        imgs = [_as_chw(_normalise(a), channels) for _, a in read_arrays(source)]
-    stack = np.stack([_resize(np.clip(a, 0.0, 1.0), size) for a in imgs])
+        imgs = [as_chw(_normalise(a), channels) for _, a in read_arrays(source)]
+    stack = np.stack([resize(np.clip(a, 0.0, 1.0), size) for a in imgs])
     return ArrayData(torch.from_numpy(np.clip(stack, 0.0, 1.0).astype(np.float32)), name=str(source))
