@@ -39,7 +39,7 @@ import torch
 import operators as O
 from invdiff import priors, solvers
 from invdiff.priors import CountingPrior
-from invdiff.solvers._common import Network, runtime
+from invdiff.solvers.network import Network, runtime
 
 PAPER_NFE = {"dps": 1000, "pigdm": 100, "ddrm": 20, "ddnm": 100, "diffpir": 100, "daps": 1000, "reddiff": 1000}
 VJP = {"dps", "pigdm"}  # one forward + backward per step

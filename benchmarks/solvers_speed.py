@@ -133,7 +133,7 @@ def training_crops(size: int) -> torch.Tensor:
 def exact_posterior_mean(prior: StationaryGaussian, op, y, sigma_y):
     """E[x | y] for the stationary Gaussian prior, physical units: μ + C Aᵀ (A C Aᵀ + σ_y² I)⁻¹ (y − A μ),
     with C = F⁻¹ diag(P) F / scale² applied by FFT and the inner solve by conjugate gradients."""
-    from operators._linalg import conjugate_gradient
+    from operators.linalg import conjugate_gradient
 
     mu = prior.to_physical(prior.mu).expand(y.shape[0], *prior.shape)
 
@@ -302,7 +302,7 @@ def main(argv=None):
             nfe = den.calls if impl == "deepinv" else n_dps
             dps_rows.append((impl, prior_label, nfe, wall, psnr(out, x_true)))
             print(f"dps {impl:8s} {prior_label:14s} NFE {nfe} {wall:.3f}s PSNR {psnr(out, x_true):.2f}", flush=True)
-    from invdiff.solvers._common import Network
+    from invdiff.solvers.network import Network, runtime
 
     def saved_mb(checkpoint):
         total = [0]
@@ -318,9 +318,11 @@ def main(argv=None):
         return total[0] / 2**20
 
     mem = {ck: saved_mb(ck) for ck in (False, True)}
-    t_ck = {ck: timed(lambda ck=ck: solvers.dps(y, inpaint, unet, sigma_y=sigma_y, steps=5, checkpoint=ck,
-                                                 generator=torch.Generator().manual_seed(0)), repeats=3) / 5
-            for ck in (False, True)}
+    def dps_with(ck):
+        with runtime(checkpoint=ck):
+            return solvers.dps(y, inpaint, unet, sigma_y=sigma_y, steps=5, generator=torch.Generator().manual_seed(0))
+
+    t_ck = {ck: timed(lambda ck=ck: dps_with(ck), repeats=3) / 5 for ck in (False, True)}
     zf = psnr(inpaint.A_dagger(y), x_true)
     mmse = psnr(exact_posterior_mean(wiener, inpaint, y, sigma_y), x_true)
 
@@ -380,7 +382,7 @@ def main(argv=None):
     lines += [
         "", "## DPS memory: activations saved for the backward pass, per step", "",
         f"UNet above, batch {B}, {S}×{S}; measured with `torch.autograd.graph.saved_tensors_hooks` (the",
-        "activation memory a GPU would hold between forward and backward). `checkpoint=True` recomputes",
+        "activation memory a GPU would hold between forward and backward). `runtime(checkpoint=True)` recomputes",
         "each block's activations in the backward pass.", "",
         "| checkpoint | saved for backward (MiB) | seconds per DPS step |", "|---|---|---|",
         f"| off | {mem[False]:.1f} | {t_ck[False]:.3f} |",

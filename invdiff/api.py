@@ -12,6 +12,7 @@ process) computed it (DESIGN.md). The app (:mod:`invdiff.app`) calls exactly thi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -53,11 +54,12 @@ def _oom_message(n: int, device: torch.device, auto: bool, err: BaseException) -
     first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
     if auto or n == 1:
         return (f"out of memory on {device} solving a single draw ({first}). The problem itself does not fit: "
-                f"use a smaller image or tile it (invdiff.tiling), gradient checkpointing (solver.checkpoint=true "
-                f"for the gradient-based solvers), or another device.")
+                f"use a smaller image or tile it (invdiff.tiling), gradient checkpointing (checkpoint=True, "
+                f"runtime.checkpoint=true in the app; for the gradient-based solvers), or another device.")
     return (f"out of memory on {device} solving {n} draws at once ({first}). Set batch_size={max(1, n // 2)} "
             f"(or batch_size=auto, which halves the batch until it fits; the draws do not change), or turn on "
-            f"gradient checkpointing (solver.checkpoint=true) for the gradient-based solvers.")
+            f"gradient checkpointing (checkpoint=True, runtime.checkpoint=true in the app) for the gradient-based "
+            f"solvers.")
 
 
 def sample_seed(seed: int, sample_id: str, stream: str) -> int:
@@ -130,7 +132,9 @@ def batch_items(B: int, ids, sigma_y) -> tuple[list[str], Tensor]:
 
 def reconstruct(y: Tensor, operator, prior: Prior, solver: str | Callable = "pigdm", *, sigma_y,
                 num_samples: int = 1, seed: int = 0, ids: Sequence[str] | None = None,
-                batch_size: int | None = None, progress=None, **solver_kwargs) -> Reconstruction:
+                batch_size: int | None = None, progress=None, autocast: bool | None = None, compile=None,
+                checkpoint: bool | None = None, channels_last: bool | None = None,
+                **solver_kwargs) -> Reconstruction:
     """Draw ``num_samples`` posterior samples for each measurement of a batch.
 
     :param y: ``[B, *meas]`` measurements (measurement units; float). float16/bfloat16 y is
@@ -151,42 +155,81 @@ def reconstruct(y: Tensor, operator, prior: Prior, solver: str | Callable = "pig
         and the callback). With a number, running out of memory raises
         :class:`OutOfMemory`, whose message names the batch size to try.
     :param progress: a ``tqdm`` bar to advance once per solver step, ``True`` for a new one, or None.
+    :param autocast, compile, checkpoint, channels_last: run-time settings of the network call
+        (:func:`invdiff.solvers.runtime`, entered around the solves): bf16 autocast; ``True`` or a
+        mode of ``invdiff.solvers.COMPILE_MODES``; gradient checkpointing of the network's blocks
+        (the solvers that differentiate through the network: DPS, ΠGDM, MCG, TMPD); channels-last
+        memory format. ``None`` (default) keeps the enclosing ``runtime`` block's setting (off
+        outside any).
     :param solver_kwargs: settings passed to the solver (override a partial's).
     """
+    from .solvers import runtime
+
     fn = solver_of(solver)
     if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    # y and σ_y checked here too, before any solve: a user's callable (or a baseline) may not check them
-    check_measurement(solver_name(fn), y, operator)
-    if y.dtype in (torch.float16, torch.bfloat16):  # (a stated conversion, not a silent one)
+    n_draws = int(num_samples)
+    y = _checked_y(solver_name(fn), y, operator)
+    B = y.shape[0]
+    ids, sig = batch_items(B, ids, sigma_y)
+    jobs = [(i, k) for i in range(B) for k in range(n_draws)]
+    auto = batch_size == "auto"
+    if not (batch_size is None or auto or whole_number(batch_size)):
+        raise ValueError(f"batch_size must be a positive integer, 'auto' or None, got {batch_size!r}")
+    chunk = len(jobs) if batch_size is None or auto else batch_size
+    _refuse_what_cannot_fit(operator, y, n_draws, 1 if auto else min(chunk, len(jobs)))
+    seeds = [[sample_seed(seed, ids[i], f"solver/{k}") for k in range(n_draws)] for i in range(B)]
+    counting = CountingPrior(prior)
+    t0 = time.perf_counter()
+    with runtime(autocast=autocast, compile=compile, checkpoint=checkpoint, channels_last=channels_last), \
+            _progress_callback(progress, solver_name(fn), solver_kwargs.pop("callback", None)) as callback:
+        def solve(y_part: Tensor, **draws) -> Tensor:  # draws: the part's sigma_y and generators
+            return fn(y_part, operator, counting, **draws, callback=callback, **solver_kwargs)
+
+        out, calls = _solve_in_batches(solve, y, sig, jobs, seeds, chunk, auto, counting)
+    seconds = time.perf_counter() - t0
+    samples = torch.stack([torch.stack([out[i, k] for k in range(n_draws)]) for i in range(B)])
+    std = samples.std(dim=1) if n_draws > 1 else None
+    return Reconstruction(samples, samples.mean(dim=1), std, int(max(calls)) if calls else 0, seconds, seeds)
+
+
+def _checked_y(name: str, y: Tensor, operator) -> Tensor:
+    """y checked at the API's boundary (a user's callable may not check it), float16/bfloat16
+    converted to float64 with a warning that states its rounding error (not a silent conversion)."""
+    check_measurement(name, y, operator)
+    if y.dtype in (torch.float16, torch.bfloat16):
         step = 2.0 ** -(11 if y.dtype == torch.float16 else 8)
         log.warning("y is %s: converted to float64 (exact) before solving; its stored rounding errors, up to %.2g "
                     "at its largest value, are part of y: use a σ_y at least that large", str(y.dtype)[6:],
                     float(y.abs().max()) * step)
         y = y.to(torch.float64)
-    B = y.shape[0]
-    ids, sig = batch_items(B, ids, sigma_y)
-    jobs = [(i, k) for i in range(B) for k in range(int(num_samples))]
-    auto = batch_size == "auto"
-    if not (batch_size is None or auto or whole_number(batch_size)):
-        raise ValueError(f"batch_size must be a positive integer, 'auto' or None, got {batch_size!r}")
-    chunk = len(jobs) if batch_size is None or auto else batch_size
-    img = tuple(int(s) for s in getattr(operator, "img_size", ()) or ())
-    if img:  # the draws, mean and std of every item, and the solver's state: refused before any work if they cannot fit
-        from .memory import refusal
+    return y
 
-        msg = refusal(img, int(num_samples), 1 if auto else min(chunk, len(jobs)), device=y.device, items=B,
-                      what=f"{B} item(s) of images {list(img)} with {num_samples} draw(s) each", can_tile=False)
-        if msg:
-            raise OutOfMemory(msg.replace("batch_size=1 (", "batch_size=1 or batch_size='auto' ("))
-    seeds = [[sample_seed(seed, ids[i], f"solver/{k}") for k in range(int(num_samples))] for i in range(B)]
-    counting = CountingPrior(prior)
+
+def _refuse_what_cannot_fit(operator, y: Tensor, n_draws: int, at_once: int) -> None:
+    """Raise :class:`OutOfMemory` before any work when the draws, mean and std of every item and the
+    solver's state for ``at_once`` draws cannot fit on y's device (operators that state ``img_size``)."""
+    img = tuple(int(s) for s in getattr(operator, "img_size", ()) or ())
+    if not img:
+        return
+    from .memory import refusal
+
+    B = y.shape[0]
+    msg = refusal(img, n_draws, at_once, device=y.device, items=B,
+                  what=f"{B} item(s) of images {list(img)} with {n_draws} draw(s) each", can_tile=False)
+    if msg:
+        raise OutOfMemory(msg.replace("batch_size=1 (", "batch_size=1 or batch_size='auto' ("))
+
+
+@contextlib.contextmanager
+def _progress_callback(progress, desc: str, user_cb):
+    """The solver callback: advances ``progress`` (a ``tqdm`` bar, ``True`` for a new one closed at
+    the end, or None) once per step and calls the user's callback."""
     bar, own_bar = progress, False
     if progress is True:
         from tqdm.auto import tqdm
 
-        bar, own_bar = tqdm(desc=solver_name(fn), unit="step", leave=False), True
-    user_cb = solver_kwargs.pop("callback", None)
+        bar, own_bar = tqdm(desc=desc, unit="step", leave=False), True
 
     def callback(step, x_t, x0_hat):
         if bar is not None:
@@ -194,38 +237,39 @@ def reconstruct(y: Tensor, operator, prior: Prior, solver: str | Callable = "pig
         if user_cb is not None:
             user_cb(step, x_t, x0_hat)
 
-    out = [[None] * int(num_samples) for _ in range(B)]
-    calls, t0 = [], time.perf_counter()
     try:
-        start = 0
-        while start < len(jobs):
-            part = jobs[start : start + chunk]
-            idx = torch.tensor([i for i, _ in part], device=y.device)
-            # noise is drawn where the solver runs (no CPU draws copied to a GPU): the same seed gives
-            # the same draws on one device type, bit for bit, but other draws on another
-            gens = [torch.Generator(device=y.device).manual_seed(seeds[i][k]) for i, k in part]
-            before = counting.calls
-            try:
-                x = fn(y[idx], operator, counting, sigma_y=sig[idx.cpu()], generator=gens, callback=callback,
-                       **solver_kwargs)
-            except (RuntimeError, MemoryError) as err:
-                if not is_out_of_memory(err):
-                    raise
-                x = None  # drop the references into the failed batch before freeing
-                _free_cache(y.device)
-                if auto and len(part) > 1:
-                    chunk = max(1, len(part) // 2)
-                    log.info("out of memory with %d draws at once on %s; trying %d", len(part), y.device, chunk)
-                    continue
-                raise OutOfMemory(_oom_message(len(part), y.device, auto, err)) from err
-            calls.append(counting.calls - before)
-            for (i, k), xi in zip(part, x):
-                out[i][k] = xi
-            start += len(part)
+        yield callback
     finally:
         if own_bar:
             bar.close()
-    seconds = time.perf_counter() - t0
-    samples = torch.stack([torch.stack(row) for row in out])
-    std = samples.std(dim=1) if num_samples > 1 else None
-    return Reconstruction(samples, samples.mean(dim=1), std, int(max(calls)) if calls else 0, seconds, seeds)
+
+
+def _solve_in_batches(solve: Callable, y: Tensor, sig: Tensor, jobs: list[tuple[int, int]], seeds, chunk: int,
+                      auto: bool, counting: CountingPrior) -> tuple[dict, list[int]]:
+    """Solve the draws ``jobs`` (item i, draw k) ``chunk`` at a time, each with its own generator;
+    with ``auto``, halve the chunk on out of memory. Returns ``{(i, k): x}`` and the network calls
+    of each solver call."""
+    out, calls, start = {}, [], 0
+    while start < len(jobs):
+        part = jobs[start : start + chunk]
+        idx = torch.tensor([i for i, _ in part], device=y.device)
+        # noise is drawn where the solver runs (no CPU draws copied to a GPU): the same seed gives
+        # the same draws on one device type, bit for bit, but other draws on another
+        gens = [torch.Generator(device=y.device).manual_seed(seeds[i][k]) for i, k in part]
+        before = counting.calls
+        try:
+            x = solve(y[idx], sigma_y=sig[idx.cpu()], generator=gens)
+        except (RuntimeError, MemoryError) as err:
+            if not is_out_of_memory(err):
+                raise
+            x = None  # drop the references into the failed batch before freeing
+            _free_cache(y.device)
+            if auto and len(part) > 1:
+                chunk = max(1, len(part) // 2)
+                log.info("out of memory with %d draws at once on %s; trying %d", len(part), y.device, chunk)
+                continue
+            raise OutOfMemory(_oom_message(len(part), y.device, auto, err)) from err
+        calls.append(counting.calls - before)
+        out.update(zip(part, x))
+        start += len(part)
+    return out, calls

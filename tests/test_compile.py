@@ -17,7 +17,7 @@ from torch._dynamo.testing import CompileCounter
 import operators as O
 from invdiff import reconstruct, solvers
 from invdiff.priors import CountingPrior, GaussianPrior, NetworkPrior, VESchedule, VPSchedule
-from invdiff.solvers import _common
+from invdiff.solvers import network
 
 SHAPE = (1, 8, 8)
 OP = O.Inpainting(O.masks.RandomPixelMask(0.5), SHAPE, seed=0)
@@ -42,10 +42,10 @@ class TinyEps(torch.nn.Module):
 
 @pytest.fixture
 def counter(monkeypatch):
-    """Solvers' ``compile=True`` through a counting backend; dynamo's caches cleared around."""
+    """``runtime(compile=True)`` through a counting backend; dynamo's caches cleared around."""
     torch._dynamo.reset()
     cnt = CompileCounter()
-    monkeypatch.setattr(_common, "_torch_compile", functools.partial(torch.compile, backend=cnt))
+    monkeypatch.setattr(network, "_torch_compile", functools.partial(torch.compile, backend=cnt))
     yield cnt
     torch._dynamo.reset()
 
@@ -68,15 +68,16 @@ def test_one_compilation_for_every_noise_level(counter, name):
     prior, y = vp_prior(), measurement()
     solver = solvers.SOLVERS[name]
     eager = solver(y, OP, prior, sigma_y=0.05, steps=12, generator=gens())
-    compiled = solver(y, OP, prior, sigma_y=0.05, steps=12, generator=gens(), compile=True)
-    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
-    assert counter.frame_count == 1, f"{counter.frame_count} compilations for 12 noise levels"
-    # another solve with other noise levels, the same shapes: nothing new to compile
-    solver(y, OP, prior, sigma_y=0.05, steps=5, generator=gens(), compile=True)
-    assert counter.frame_count == 1
-    # a new batch size is a new shape (dynamic=False): one more, once
-    solver(y[:1], OP, prior, sigma_y=0.05, steps=5, generator=gens(1), compile=True)
-    solver(y[:1], OP, prior, sigma_y=0.05, steps=7, generator=gens(1), compile=True)
+    with solvers.runtime(compile=True):
+        compiled = solver(y, OP, prior, sigma_y=0.05, steps=12, generator=gens())
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+        assert counter.frame_count == 1, f"{counter.frame_count} compilations for 12 noise levels"
+        # another solve with other noise levels, the same shapes: nothing new to compile
+        solver(y, OP, prior, sigma_y=0.05, steps=5, generator=gens())
+        assert counter.frame_count == 1
+        # a new batch size is a new shape (dynamic=False): one more, once
+        solver(y[:1], OP, prior, sigma_y=0.05, steps=5, generator=gens(1))
+        solver(y[:1], OP, prior, sigma_y=0.05, steps=7, generator=gens(1))
     assert counter.frame_count == 2
 
 
@@ -87,7 +88,8 @@ def test_one_compilation_for_every_noise_level(counter, name):
 def test_other_priors_compile_once_and_agree(counter, make):
     prior, y = make(), measurement()
     eager = solvers.ddrm(y, OP, prior, sigma_y=0.05, steps=9, generator=gens())
-    compiled = solvers.ddrm(y, OP, prior, sigma_y=0.05, steps=9, generator=gens(), compile=True)
+    with solvers.runtime(compile=True):
+        compiled = solvers.ddrm(y, OP, prior, sigma_y=0.05, steps=9, generator=gens())
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     assert counter.frame_count == 1
 
@@ -103,7 +105,8 @@ def test_the_runtime_context_compiles_and_a_bad_mode_is_refused(counter):
         with solvers.runtime(compile="fastest"):
             pass
     with pytest.raises(ValueError, match="compile must be"):
-        solvers.ddnm(y, OP, prior, sigma_y=0.05, steps=4, compile="fastest")
+        reconstruct(y, OP, prior, "ddnm", sigma_y=0.05, steps=4, compile="fastest")
+    assert counter.frame_count == 1
 
 
 def test_a_wrapper_overriding_the_denoiser_is_not_bypassed(counter):
@@ -116,19 +119,20 @@ def test_a_wrapper_overriding_the_denoiser_is_not_bypassed(counter):
             return out * float("nan") if self.calls >= 3 else out
 
     prior = Poisoned(vp_prior())
-    with pytest.raises(solvers.SolverDivergedError, match="step 2"):
-        solvers.ddrm(measurement(), OP, prior, sigma_y=0.05, steps=6, generator=gens(), compile=True)
     counting = CountingPrior(vp_prior())  # a plain counting wrapper counts compiled calls too
-    solvers.ddrm(measurement(), OP, counting, sigma_y=0.05, steps=6, generator=gens(), compile=True)
+    with solvers.runtime(compile=True):
+        with pytest.raises(solvers.SolverDivergedError, match="step 2"):
+            solvers.ddrm(measurement(), OP, prior, sigma_y=0.05, steps=6, generator=gens())
+        solvers.ddrm(measurement(), OP, counting, sigma_y=0.05, steps=6, generator=gens())
     assert counting.calls == 6
 
 
 def test_checks_stay_outside_the_compiled_region(counter):
     prior = vp_prior()
     with pytest.raises(ValueError, match="expected x of shape"):
-        _common.Network(prior, compile=True)(torch.zeros(2, 1, 8, 9, dtype=torch.float64), 1.0)
+        network.Network(prior, compile=True)(torch.zeros(2, 1, 8, 9, dtype=torch.float64), 1.0)
     with pytest.raises(ValueError, match="sigma must be finite and > 0"):
-        _common.Network(prior, compile=True)(torch.zeros(2, *SHAPE, dtype=torch.float64), 0.0)
+        network.Network(prior, compile=True)(torch.zeros(2, *SHAPE, dtype=torch.float64), 0.0)
     assert counter.frame_count == 0  # refused before anything was traced
 
 
@@ -142,10 +146,22 @@ def test_channels_last_keeps_values():
 
 
 def test_reconstruct_calls_share_one_compilation(counter):
-    """``invdiff.reconstruct`` wraps the prior in a new counting wrapper per call (one per image in
-    the app): the wrapped prior's compilation is reused and the network calls are still counted."""
+    """``invdiff.reconstruct(..., compile=True)`` compiles the network call. It wraps the prior in a
+    new counting wrapper per call (one per image in the app): the wrapped prior's compilation is
+    reused and the network calls are still counted."""
     prior, y = vp_prior(), measurement()
     runs = [reconstruct(y, OP, prior, "ddrm", sigma_y=0.05, seed=s, steps=5, compile=True) for s in range(3)]
     assert counter.frame_count == 1 and all(r.nfe == 5 for r in runs)
     eager = reconstruct(y, OP, prior, "ddrm", sigma_y=0.05, seed=2, steps=5)
     torch.testing.assert_close(runs[2].samples, eager.samples, rtol=1e-5, atol=1e-6)
+
+
+def test_solvers_have_no_run_time_flags():
+    """Run-time settings belong to the network call (``runtime`` / ``reconstruct``), not to a
+    paper's signature (issue 24, item 7)."""
+    import inspect
+
+    from invdiff.solvers._common import setup
+
+    for f in (*solvers.SOLVERS.values(), setup):
+        assert not {"autocast", "compile", "checkpoint", "channels_last"} & set(inspect.signature(f).parameters), f

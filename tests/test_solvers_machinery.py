@@ -299,22 +299,36 @@ class TinyNet(Prior):
         return (x / (1 + s**2) + 0.01 * h).to(x.dtype)
 
 
-def test_autocast_flag_runs_the_network_in_bfloat16():
+def test_autocast_setting_runs_the_network_in_bfloat16():
+    from invdiff import reconstruct
+
     net = TinyNet()
     y = measurement(n=2)
-    out = solvers.ddrm(y, INPAINT, net, sigma_y=0.05, steps=3, generator=torch.Generator().manual_seed(0), autocast=True)
+    with solvers.runtime(autocast=True):
+        out = solvers.ddrm(y, INPAINT, net, sigma_y=0.05, steps=3, generator=torch.Generator().manual_seed(0))
     assert set(net.seen) == {torch.bfloat16} and out.dtype == y.dtype and torch.isfinite(out).all()
     net.seen.clear()
     solvers.ddrm(y, INPAINT, net, sigma_y=0.05, steps=3, generator=torch.Generator().manual_seed(0))
     assert set(net.seen) == {torch.float32}
+    net.seen.clear()
+    reconstruct(y, INPAINT, net, "ddrm", sigma_y=0.05, steps=3, autocast=True)  # the API's keyword
+    assert set(net.seen) == {torch.bfloat16}
+    net.seen.clear()
+    with solvers.runtime(autocast=True):  # None keeps the enclosing setting; False turns it off inside
+        reconstruct(y, INPAINT, net, "ddrm", sigma_y=0.05, steps=3)
+        assert set(net.seen) == {torch.bfloat16}
+        net.seen.clear()
+        reconstruct(y, INPAINT, net, "ddrm", sigma_y=0.05, steps=3, autocast=False)
+        assert set(net.seen) == {torch.float32}
 
 
-def test_compile_flag_gives_the_same_result():
+def test_compile_setting_gives_the_same_result():
     net = TinyNet()
     y = measurement(n=2)
     kw = dict(sigma_y=0.05, steps=3, generator=None)
     eager = solvers.diffpir(y, INPAINT, net, **(kw | {"generator": torch.Generator().manual_seed(0)}))
-    compiled = solvers.diffpir(y, INPAINT, net, compile=True, **(kw | {"generator": torch.Generator().manual_seed(0)}))
+    with solvers.runtime(compile=True):
+        compiled = solvers.diffpir(y, INPAINT, net, **(kw | {"generator": torch.Generator().manual_seed(0)}))
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
 
 
@@ -348,7 +362,7 @@ def saved_bytes(fn):
 
 
 def test_gradient_checkpointing_saves_activation_memory_and_changes_nothing():
-    from invdiff.solvers._common import Network
+    from invdiff.solvers.network import Network
 
     net = BlockNet()
     x = torch.randn(2, *SHAPE, dtype=torch.float64, requires_grad=True)
@@ -360,7 +374,8 @@ def test_gradient_checkpointing_saves_activation_memory_and_changes_nothing():
     for name in ("dps", "pigdm", "tmpd", "mcg"):
         kw = dict(sigma_y=0.05, steps=3)
         a = solvers.SOLVERS[name](y, INPAINT, net, generator=torch.Generator().manual_seed(0), **kw)
-        b = solvers.SOLVERS[name](y, INPAINT, net, generator=torch.Generator().manual_seed(0), checkpoint=True, **kw)
+        with solvers.runtime(checkpoint=True):
+            b = solvers.SOLVERS[name](y, INPAINT, net, generator=torch.Generator().manual_seed(0), **kw)
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 

@@ -16,7 +16,7 @@ channels-last) are not solver parameters: set them with :func:`runtime` (or the 
 arguments of ``invdiff.reconstruct``).
 """
 
-from ._common import COMPILE_MODES, SolverDivergedError, check_call, runtime
+from ._common import SolverDivergedError
 from .baselines import dpir, pinv, tv
 from .daps import daps
 from .ddnm import ddnm
@@ -25,6 +25,7 @@ from .diffpir import diffpir
 from .dps import dps
 from .mcg import mcg
 from .mcgdiff import mcgdiff
+from .network import COMPILE_MODES, check_call, runtime
 from .pigdm import pigdm
 from .pnpdm import pnpdm
 from .reddiff import reddiff

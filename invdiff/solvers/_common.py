@@ -2,8 +2,10 @@
 
 * :func:`setup` checks everything before any work — the operator's capabilities, y's shape and
   values, σ_y, steps, generators, the prior/operator geometry — and returns a :class:`Problem`.
-* :class:`Problem` holds the measurement in the prior's *model space*, the network call (no-grad,
-  optional bf16 autocast and ``torch.compile``), the noise source, the NaN guard and the callback.
+* :class:`Problem` holds the measurement in the prior's *model space* and the model-space forward
+  map and residual, the network call (:class:`~invdiff.solvers.network.Network`, with the run-time
+  settings of :func:`~invdiff.solvers.network.runtime`), the noise source, the NaN guard and the
+  callback.
 * :class:`Spectral` gives SVD-based solvers (DDRM, DDNM) one coefficient-wise view of a linear
   operator: the exact SVD, or the "simplified" mode built from A and A⁺ only.
 
@@ -16,9 +18,6 @@ DDRM/DDNM do by hand). Nonlinear operators are instead applied to ``prior.to_phy
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import functools
 import inspect
 import math
 from typing import Callable, Iterable
@@ -31,41 +30,11 @@ from operators.base import module_device
 
 from .._random import GeneratorArg, check_generator, randn
 from ..checks import check_measurement, check_sigma_y, whole_number
-from ..priors.base import CountingPrior, Prior, per_sample_sigma, raw_call
+from ..priors.base import Prior
 from ..priors.schedules import vp_schedule_of, vp_timesteps
+from .network import runtime_network
 
 Callback = Callable[[int, Tensor, Tensor], None] | None
-
-
-_CHECK_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("invdiff_check_only", default=False)
-
-
-class _ChecksPassed(Exception):
-    """Raised at a solver's first network call under :func:`check_call`."""
-
-
-def check_call(solver: Callable, y: Tensor, operator, prior: Prior, **kwargs) -> None:
-    """Run ``solver(y, operator, prior, **kwargs)`` up to its first network call, then stop.
-
-    Every check a solver makes (capabilities, shapes, σ_y, settings) happens before it first calls
-    the network, so this raises exactly the error the real call would raise, at the cost of the
-    solver's set-up only (an SVD of ȳ, a pseudo-inverse; no denoiser evaluation). Apps use it to
-    refuse a bad combination before they simulate, sample or write anything.
-    """
-    token = _CHECK_ONLY.set(True)
-    try:
-        solver(y, operator, prior, **kwargs)
-    except _ChecksPassed:
-        pass
-    finally:
-        _CHECK_ONLY.reset(token)
-
-
-def checks_done() -> None:
-    """Under :func:`check_call`, stop here: for solvers that never call the network through
-    :class:`Network` (the baselines), called right after their checks."""
-    if _CHECK_ONLY.get():
-        raise _ChecksPassed
 
 
 class SolverDivergedError(FloatingPointError):
@@ -134,183 +103,6 @@ def ddim_step(pb: "Problem", x: Tensor, x0_hat: Tensor, sigma: float, sigma_next
     if c1 > 0:
         x_vp = x_vp + c1 * pb.randn()
     return x_vp / math.sqrt(a_s)
-
-
-# --------------------------------------------------------------------------------------------
-# the network call
-# --------------------------------------------------------------------------------------------
-#: ``torch.compile`` modes: ``default``; ``reduce-overhead`` (CUDA graphs of the network call at each
-#: batch shape: launch-bound small batches); ``max-autotune`` (autotuned kernels and CUDA graphs);
-#: ``max-autotune-no-cudagraphs``. ``compile=True`` is ``default``.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-_CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
-_torch_compile = torch.compile  # tests swap in a counting backend
-
-
-def compile_mode(compile) -> str | None:
-    """``False``/``None`` → no compilation; ``True`` → ``"default"``; a mode of :data:`COMPILE_MODES`."""
-    if compile is None or compile is False:
-        return None
-    if compile is True:
-        return "default"
-    if isinstance(compile, str) and compile in COMPILE_MODES:
-        return compile
-    raise ValueError(f"compile must be true, false or one of {list(COMPILE_MODES)}, got {compile!r}")
-
-
-def _compiled(prior: Prior, mode: str) -> Callable:
-    """The prior's :meth:`~invdiff.priors.Prior.raw_denoiser` compiled once per (prior, mode) and
-    reused by every solve: σ reaches it as a ``[B, 1, …]`` tensor, so it is traced once per input
-    shape and dtype, not once per noise level. Held by the prior itself (freed with it).
-
-    Plain :class:`~invdiff.priors.CountingPrior` wrappers (``invdiff.reconstruct`` makes a new one
-    per call) are counted here, outside the compiled code, around the wrapped prior's compiled
-    call: a new wrapper is not a new function to compile."""
-    counters = []
-    while isinstance(prior, CountingPrior) and raw_call(prior) == prior.raw_denoiser:
-        counters.append(prior)
-        prior = prior.inner
-    if counters:
-        inner = _compiled(prior, mode)
-
-        def counted(x: Tensor, sigma: Tensor) -> Tensor:
-            for c in counters:
-                c.calls += 1
-            return inner(x, sigma)
-
-        return counted
-    cache = prior.__dict__.setdefault("_invdiff_compiled", {})
-    fn = cache.get(mode)
-    if fn is None:
-        fn = _torch_compile(raw_call(prior), dynamic=False, **({} if mode == "default" else {"mode": mode}))
-        cache[mode] = fn
-    return fn
-
-
-_RUNTIME: contextvars.ContextVar[dict] = contextvars.ContextVar("invdiff_runtime", default={})
-
-
-@contextlib.contextmanager
-def runtime(*, autocast: bool | None = None, compile=None, checkpoint: bool | None = None,
-            channels_last: bool | None = None):
-    """Run-time settings of every network call made by solvers inside the block (DESIGN.md: they
-    belong to the network call, not to a paper's signature); a solver's own ``autocast=True`` /
-    ``compile=...`` / ``checkpoint=True`` argument still turns a setting on.
-
-    :param autocast: bf16 autocast of the network on the input's device.
-    :param compile: ``True`` or a mode of :data:`COMPILE_MODES` (``"reduce-overhead"``: CUDA graphs).
-    :param checkpoint: gradient checkpointing of the network's blocks in vector–Jacobian products.
-    :param channels_last: 4-D inputs (and the network's 4-D weights, converted in place once) in
-        channels-last memory format: the layout tensor cores want for bf16 convolutions.
-
-    Example::
-
-        with invdiff.solvers.runtime(compile="reduce-overhead", autocast=True, channels_last=True):
-            x = invdiff.solvers.dps(y, op, prior, sigma_y=0.05)
-    """
-    new = dict(_RUNTIME.get())
-    for key, value in (("autocast", autocast), ("compile", compile), ("checkpoint", checkpoint),
-                       ("channels_last", channels_last)):
-        if value is not None:
-            new[key] = value
-    compile_mode(new.get("compile"))  # refuse a bad mode here, before any solve
-    token = _RUNTIME.set(new)
-    try:
-        yield
-    finally:
-        _RUNTIME.reset(token)
-
-
-def _blocks(prior: Prior) -> list[torch.nn.Module]:
-    """The network's blocks for gradient checkpointing: the items of its ``ModuleList``s (UNet
-    down/up blocks in guided-diffusion, EDM and deepinv networks), else the parameterised children
-    of the prior's network modules."""
-    blocks = [m for ml in prior.modules() if isinstance(ml, torch.nn.ModuleList) for m in ml]
-    if not blocks:
-        nets = [m for m in prior.children() if next(m.parameters(), None) is not None]
-        blocks = [c for n in nets for c in n.children() if next(c.parameters(), None) is not None]
-    return blocks
-
-
-@contextlib.contextmanager
-def checkpointed(prior: Prior):
-    """Within this context every block of the prior's network recomputes its activations in the
-    backward pass (``torch.utils.checkpoint``) instead of storing them: activation memory of a
-    vector–Jacobian product drops to the blocks' inputs, at the cost of one more forward pass."""
-    from torch.utils.checkpoint import checkpoint
-
-    patched = []
-    for block in _blocks(prior):
-        if "forward" in vars(block):
-            continue
-        block.forward = functools.partial(checkpoint, type(block).forward.__get__(block), use_reentrant=False)
-        patched.append(block)
-    try:
-        yield len(patched)
-    finally:
-        for block in patched:
-            del block.forward
-
-
-class Network:
-    """``D(x, σ)`` of a prior in float64, with the solver's run-time settings.
-
-    :param autocast: run the network under ``torch.autocast(bfloat16)`` on the input's device.
-    :param compile: ``True`` or a mode of :data:`COMPILE_MODES`: call the prior's compiled
-        :meth:`~invdiff.priors.Prior.raw_denoiser` (compiled once per prior and mode, reused). The
-        checks (shape, σ > 0) run here, outside the compiled region, and σ enters as a tensor.
-    :param checkpoint: gradient checkpointing of the network's blocks in :meth:`with_grad`
-        (see :func:`checkpointed`); no effect on no-grad calls.
-    :param channels_last: channels-last memory format for 4-D inputs and the network's weights.
-    """
-
-    def __init__(self, prior: Prior, *, autocast: bool = False, compile=False, checkpoint: bool = False,
-                 channels_last: bool = False):
-        self.prior = prior
-        self.autocast = bool(autocast)
-        self.checkpoint = bool(checkpoint)
-        self.mode = compile_mode(compile)
-        self.fn = None if self.mode is None else _compiled(prior, self.mode)
-        self.channels_last = bool(channels_last) and len(prior.shape) == 3
-        if self.channels_last and not prior.__dict__.get("_invdiff_channels_last", False):
-            prior.to(memory_format=torch.channels_last)  # 4-D weights only; values unchanged
-            prior.__dict__["_invdiff_channels_last"] = True
-
-    def _ctx(self, x: Tensor):
-        if not self.autocast:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
-
-    def _call(self, x: Tensor, sigma) -> Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if self.fn is None:
-            return self.prior.denoiser(x, sigma)
-        self.prior.check_input(x)
-        s = per_sample_sigma(sigma, x)
-        if self.mode in _CUDAGRAPH_MODES and x.is_cuda:
-            torch.compiler.cudagraph_mark_step_begin()  # the previous call's outputs may now be reused
-        out = self.fn(x, s)
-        # a CUDA graph's output lives in memory the next replay overwrites: hand out a copy
-        return out.clone() if self.mode in _CUDAGRAPH_MODES and out.dtype == torch.float64 else out
-
-    def __call__(self, x: Tensor, sigma) -> Tensor:
-        """No-grad denoiser call, result in float64."""
-        if _CHECK_ONLY.get():
-            raise _ChecksPassed
-        with torch.no_grad(), self._ctx(x):
-            out = self._call(x, sigma)
-        return out.to(torch.float64)
-
-    def with_grad(self, x: Tensor, sigma) -> Tensor:
-        """Denoiser call that keeps the autograd graph (vector–Jacobian products; :func:`setup` with
-        ``prior_grad=True`` has checked that the prior is differentiable)."""
-        if _CHECK_ONLY.get():
-            raise _ChecksPassed
-        ckpt = checkpointed(self.prior) if self.checkpoint else contextlib.nullcontext()
-        with torch.enable_grad(), self._ctx(x), ckpt:
-            out = self._call(x, sigma)
-        return out.to(torch.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,10 +266,11 @@ def _check_devices(name: str, y: Tensor, prior: Prior, operator) -> None:
 
 def setup(name: str, y: Tensor, operator, prior: Prior, *, sigma_y, steps: int, generator: GeneratorArg,
           callback: Callback = None, needs: Iterable = (), per_entry_sigma_y: bool = False,
-          autocast: bool = False, compile: bool = False, checkpoint: bool = False,
           prior_grad: bool = False) -> Problem:
     """Check a solver call before any work and build its :class:`Problem`.
 
+    The network call gets the run-time settings of the enclosing
+    :func:`~invdiff.solvers.network.runtime` block (autocast, compile, checkpoint, channels-last).
     Raises :class:`operators.CapabilityError` for a missing capability, ``ValueError`` for bad
     shapes, values, σ_y, steps or generators, or (``prior_grad``) a prior without gradients,
     ``TypeError`` for non-tensors.
@@ -499,11 +292,7 @@ def setup(name: str, y: Tensor, operator, prior: Prior, *, sigma_y, steps: int, 
     _check_devices(name, y, prior, operator)
     s = _per_sample_sigma_y(name, sigma_y, y, per_entry_sigma_y)
     linear = "linear" in operator.capabilities
-    rt = _RUNTIME.get()
-    net = Network(prior, autocast=autocast or rt.get("autocast", False),
-                  compile=compile if compile_mode(compile) else rt.get("compile", False),
-                  checkpoint=checkpoint or rt.get("checkpoint", False), channels_last=rt.get("channels_last", False))
-    return Problem(name, y, operator, prior, s, steps, generator, callback, net, linear)
+    return Problem(name, y, operator, prior, s, steps, generator, callback, runtime_network(prior), linear)
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from torch import Tensor
 from operators import require
 
 from ..checks import check_measurement, check_sigma_y, whole_number
-from ._common import checks_done, svd_condition
+from ._common import svd_condition
+from .network import checks_done
 
 
 def pinv(y: Tensor, operator, prior=None, *, sigma_y=0.0, steps: int = 1, generator=None, callback=None) -> Tensor:

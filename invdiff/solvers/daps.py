@@ -76,8 +76,7 @@ def _ode_x0(pb, x: Tensor, sigma: float, ode_steps: int, ode_sigma_min: float, r
 def daps(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 200, generator=None, callback: Callback = None,
          ode_steps: int = 5, sigma_max: float = 100.0, sigma_min: float = 0.1, rho: float = 7.0,
          ode_sigma_min: float = 0.01, langevin_steps: int = 100, lr: float = 1e-4, lr_min_ratio: float = 0.01,
-         tau: float | None = 0.01, mc: str = "langevin", momentum: float = 0.9, r_data_std: float | None = None,
-         autocast: bool = False, compile: bool = False) -> Tensor:
+         tau: float | None = 0.01, mc: str = "langevin", momentum: float = 0.9, r_data_std: float | None = None) -> Tensor:
     """One DAPS posterior sample per item of ``y``.
 
     :param y: ``[B, *operator.meas_size]`` measurements, measurement units.
@@ -113,7 +112,7 @@ def daps(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 200, generator
     linear = "linear" in operator.capabilities
     needs = [("adjoint", "differentiable")] if linear else ["differentiable"]
     pb = setup("daps", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
-               needs=needs, per_entry_sigma_y=True, autocast=autocast, compile=compile)
+               needs=needs, per_entry_sigma_y=True)
     if tau is None:
         if bool((pb.sigma_y == 0).any()):
             raise ValueError("daps: tau=None uses √2·σ_y, but σ_y = 0; give tau (the authors use 0.01)")

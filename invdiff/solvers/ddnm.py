@@ -77,8 +77,7 @@ def jump_schedule(steps: int, travel_length: int = 1, travel_repeat: int = 1) ->
 
 
 def ddnm(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generator=None, callback: Callback = None,
-         eta: float = 0.85, travel_length: int = 1, travel_repeat: int = 1, mode: str = "auto", schedule=None,
-         autocast: bool = False, compile: bool = False) -> Tensor:
+         eta: float = 0.85, travel_length: int = 1, travel_repeat: int = 1, mode: str = "auto", schedule=None) -> Tensor:
     """One DDNM+ posterior sample per item of ``y``.
 
     :param y: ``[B, *operator.meas_size]`` measurements, physical units.
@@ -96,7 +95,7 @@ def ddnm(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generator
     schedule_t = jump_schedule(steps, travel_length, travel_repeat)
     needs = [("svd",)] if mode == "svd" else [("svd", "pinv")]
     pb = setup("ddnm", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
-               needs=[*needs, "linear"], autocast=autocast, compile=compile)
+               needs=[*needs, "linear"])
     spec = Spectral(pb, mode)
     sigma_y = pb.sigma_y_b
     grid = vp_sigmas(prior, steps, schedule)  # grid[k]: level k from the top; level −1 is σ = 0

@@ -49,8 +49,7 @@ from ._common import Callback, Spectral, setup, vp_scale, vp_sigmas
 
 
 def ddrm(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 20, generator=None, callback: Callback = None,
-         eta: float = 0.85, eta_b: float = 1.0, mode: str = "auto", schedule=None,
-         autocast: bool = False, compile: bool = False) -> Tensor:
+         eta: float = 0.85, eta_b: float = 1.0, mode: str = "auto", schedule=None) -> Tensor:
     """One DDRM posterior sample per item of ``y``.
 
     :param y: ``[B, *operator.meas_size]`` measurements, physical units (float32/64).
@@ -69,7 +68,7 @@ def ddrm(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 20, generator=
         raise ValueError(f"ddrm: eta and eta_b must lie in [0, 1], got eta={eta}, eta_b={eta_b}")
     needs = [("svd",)] if mode == "svd" else [("svd", "pinv")]
     pb = setup("ddrm", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
-               needs=[*needs, "linear"], autocast=autocast, compile=compile)
+               needs=[*needs, "linear"])
     spec = Spectral(pb, mode)
     sigma_y = pb.sigma_y_b
     sigmas = vp_sigmas(prior, steps, schedule)

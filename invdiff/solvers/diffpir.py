@@ -56,8 +56,7 @@ from ._common import Callback, setup, vp_scale, vp_sigmas
 
 def diffpir(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generator=None,
             callback: Callback = None, lam: float = 7.0, zeta: float = 0.3, units: str = "paper",
-            sigma_y_min: float = 0.001, skip_type: str = "quad", schedule=None, autocast: bool = False,
-            compile: bool = False) -> Tensor:
+            sigma_y_min: float = 0.001, skip_type: str = "quad", schedule=None) -> Tensor:
     """One DiffPIR posterior sample per item of ``y``.
 
     :param y: ``[B, *operator.meas_size]`` measurements, physical units.
@@ -76,7 +75,7 @@ def diffpir(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, genera
     if units not in ("paper", "model"):
         raise ValueError(f"diffpir: units must be 'paper' or 'model', got {units!r}")
     pb = setup("diffpir", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator,
-               callback=callback, needs=["linear", "prox_l2"], autocast=autocast, compile=compile)
+               callback=callback, needs=["linear", "prox_l2"])
     width = prior.model_range[1] - prior.model_range[0] if units == "paper" else 1.0
     sigma_n = (pb.sigma_y / width).clamp_min(sigma_y_min)  # [B]
     sigmas = vp_sigmas(prior, steps, schedule, spacing=skip_type)

@@ -47,7 +47,7 @@ from ._common import Callback, ddpm_step_vp, setup, vp_scale, vp_sigmas
 
 def dps(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, generator=None, callback: Callback = None,
         zeta: float = 1.0, likelihood: str = "gaussian", poisson_gain: float = 1.0 / 255.0, residual: str = "model",
-        schedule=None, autocast: bool = False, compile: bool = False, checkpoint: bool = False) -> Tensor:
+        schedule=None) -> Tensor:
     """One DPS posterior sample per item of ``y``.
 
     :param y: ``[B, *operator.meas_size]`` measurements, measurement units.
@@ -59,16 +59,13 @@ def dps(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, generator
     :param likelihood: ``"gaussian"`` (Alg. 1) or ``"poisson"`` (Alg. 2).
     :param poisson_gain: measurement units per count, the floor of y in the Poisson weights.
     :param residual: ``"model"`` (residual × prior scale, the paper's [−1, 1] units) or ``"physical"``.
-    :param checkpoint: gradient checkpointing through the network's blocks (less memory, one more
-        forward pass per backward).
     :returns: ``[B, *prior.shape]`` physical units, y's dtype.
     """
     if zeta < 0 or likelihood not in ("gaussian", "poisson") or residual not in ("model", "physical"):
         raise ValueError(f"dps: need zeta >= 0, likelihood 'gaussian'|'poisson', residual 'model'|'physical'; "
                          f"got {zeta}, {likelihood!r}, {residual!r}")
     pb = setup("dps", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
-               needs=["differentiable"], autocast=autocast, compile=compile,
-               checkpoint=checkpoint, prior_grad=True)
+               needs=["differentiable"], prior_grad=True)
     y_meas = pb.y_phys
     unit = prior.scale if residual == "model" else 1.0
     if likelihood == "poisson":  # ‖r‖_Λ = ‖√Λ r‖, Λ = diag(1/(2y))

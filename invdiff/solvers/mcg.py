@@ -40,8 +40,7 @@ from ._common import Callback, ddpm_step_vp, setup, vp_scale, vp_sigmas
 
 
 def mcg(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, generator=None, callback: Callback = None,
-        alpha: float = 1.0, project: bool = True, schedule=None, autocast: bool = False,
-        compile: bool = False, checkpoint: bool = False) -> Tensor:
+        alpha: float = 1.0, project: bool = True, schedule=None) -> Tensor:
     """One MCG posterior sample per item of ``y``.
 
     :param y: ``[B, *operator.meas_size]`` measurements, measurement units.
@@ -51,15 +50,12 @@ def mcg(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, generator
     :param steps: DDPM steps (NFE = steps forward + steps backward).
     :param alpha: the gradient step α.
     :param project: apply step 3 (the paper); ``False`` keeps only the manifold-constrained gradient.
-    :param checkpoint: gradient checkpointing through the network's blocks (less memory, one more
-        forward pass per backward).
     :returns: ``[B, *prior.shape]`` physical units, y's dtype.
     """
     if alpha < 0:
         raise ValueError(f"mcg: alpha must be >= 0, got {alpha}")
     pb = setup("mcg", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
-               needs=["linear", "pinv"], autocast=autocast, compile=compile,
-               checkpoint=checkpoint, prior_grad=True)
+               needs=["linear", "pinv"], prior_grad=True)
     sigmas = vp_sigmas(prior, steps, schedule)
     x = pb.init_noise(1.0 / vp_scale(sigmas[0]))  # VP N(0, I)
     for i in range(steps):

@@ -81,9 +81,7 @@ def _ess(lw: Tensor) -> Tensor:
 
 def mcgdiff(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generator=None, callback: Callback = None,
             particles: int = 64, eta: float = 1.0, resample: str = "multinomial", resample_threshold: float = 1.0,
-            schedule=None,
-            return_particles: bool = False, chunk: int | None = None, autocast: bool = False,
-            compile: bool = False):
+            schedule=None, return_particles: bool = False, chunk: int | None = None):
     """MCGdiff posterior samples (one per item of ``y``), optionally with all particles.
 
     :param y: ``[B, *operator.meas_size]`` measurements, physical units.
@@ -116,7 +114,7 @@ def mcgdiff(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, genera
     if chunk is not None and not whole_number(chunk):
         raise ValueError(f"mcgdiff: chunk must be a positive integer or None, got {chunk!r}")
     pb = setup("mcgdiff", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
-               needs=["linear", "svd"], autocast=autocast, compile=compile)
+               needs=["linear", "svd"])
     spec = Spectral(pb, "svd")
     B, N, shape = pb.B, particles, prior.shape
     sigmas = vp_sigmas(prior, steps, schedule)  # steps positive levels, then 0

@@ -72,7 +72,7 @@ def _guidance_vector(pb: Problem, residual: Tensor, r2: float) -> Tensor:
 
 def pigdm(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generator=None,
           callback: Callback = None, eta: float = 1.0, prior_variance: float = 1.0, guidance: str = "paper",
-          schedule=None, autocast: bool = False, compile: bool = False, checkpoint: bool = False) -> Tensor:
+          schedule=None) -> Tensor:
     """One ΠGDM posterior sample per item of ``y``.
 
     :param y: ``[B, *operator.meas_size]`` measurements, physical units.
@@ -83,8 +83,6 @@ def pigdm(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generato
     :param eta: DDIM η.
     :param prior_variance: v in r_t² = v σ_t²/(v + σ_t²), model space (paper: 1).
     :param guidance: ``"paper"`` (Alg. 1) or ``"posterior"`` (posterior-denoiser DDIM step).
-    :param checkpoint: gradient checkpointing through the network's blocks (less memory, one more
-        forward pass per backward).
     :returns: ``[B, *prior.shape]`` physical units, y's dtype.
     """
     if not 0.0 <= eta <= 1.0 or prior_variance <= 0:
@@ -92,8 +90,7 @@ def pigdm(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generato
     if guidance not in ("paper", "posterior"):
         raise ValueError(f"pigdm: guidance must be 'paper' or 'posterior', got {guidance!r}")
     pb = setup("pigdm", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
-               needs=["linear", "prox_l2", "pinv"], autocast=autocast, compile=compile,
-               checkpoint=checkpoint, prior_grad=True)
+               needs=["linear", "prox_l2", "pinv"], prior_grad=True)
     sigmas = vp_sigmas(prior, steps, schedule)
     x = pb.init_noise(1.0 / vp_scale(sigmas[0]))  # VP N(0, I)
     for i in range(steps):

@@ -75,7 +75,7 @@ def pnpdm_schedule(prior, steps: int, rho: float = 10.0, rho_decay: float = 0.9,
 def pnpdm(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generator=None, callback: Callback = None,
           rho: float = 10.0, rho_decay: float = 0.9, rho_min: float = 0.3, prior_steps: int = 100,
           prior_sampler: str = "sde", likelihood: str = "auto", langevin_steps: int = 100,
-          langevin_lr: float = 1e-4, autocast: bool = False, compile: bool = False) -> Tensor:
+          langevin_lr: float = 1e-4) -> Tensor:
     """One PnP-DM sample (the chain's last x) per item of ``y``.
 
     :param y: ``[B, *operator.meas_size]`` measurements, measurement units.
@@ -107,7 +107,7 @@ def pnpdm(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generato
     if rho > prior.sigma_max:
         raise ValueError(f"pnpdm: rho = {rho} exceeds the prior's sigma_max = {prior.sigma_max}")
     pb = setup("pnpdm", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
-               needs=needs, autocast=autocast, compile=compile)
+               needs=needs)
     sig = pb.sigma_y_b  # model space, [B, 1, ...]
     if likelihood == "langevin" and bool((pb.sigma_y == 0).any()):
         raise ValueError("pnpdm: the Langevin likelihood step needs sigma_y > 0")

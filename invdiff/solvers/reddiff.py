@@ -45,8 +45,7 @@ from ._common import Callback, setup, vp_sigmas
 
 
 def reddiff(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, generator=None, callback: Callback = None,
-            lam: float = 0.25, lr: float = 0.1, obs_weight: float = 1.0, betas=(0.9, 0.99), schedule=None,
-            autocast: bool = False, compile: bool = False) -> Tensor:
+            lam: float = 0.25, lr: float = 0.1, obs_weight: float = 1.0, betas=(0.9, 0.99), schedule=None) -> Tensor:
     """RED-diff's μ for each item of ``y``.
 
     :param y: ``[B, *operator.meas_size]`` measurements, measurement units.
@@ -60,7 +59,7 @@ def reddiff(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, gener
     if lam < 0 or lr <= 0 or obs_weight < 0:
         raise ValueError(f"reddiff: need lam >= 0, lr > 0, obs_weight >= 0; got {lam}, {lr}, {obs_weight}")
     pb = setup("reddiff", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
-               needs=["differentiable"], autocast=autocast, compile=compile)
+               needs=["differentiable"])
     linear = "linear" in operator.capabilities
     if linear and "pinv" in operator.capabilities:
         mu = operator.A_dagger(pb.y)

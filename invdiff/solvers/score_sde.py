@@ -68,8 +68,7 @@ def _project(pb: Problem, x: Tensor, lam: float, sigma: float, noisy: bool) -> T
 
 def score_sde(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 2000, generator=None,
               callback: Callback = None, corrector_steps: int = 1, snr: float = 0.16, lam: float = 1.0,
-              noisy_projection: bool = False, sigma_min: float = 0.01, sigma_max: float = 378.0,
-              autocast: bool = False, compile: bool = False) -> Tensor:
+              noisy_projection: bool = False, sigma_min: float = 0.01, sigma_max: float = 378.0) -> Tensor:
     """One predictor–corrector posterior sample per item of ``y``.
 
     :param y: ``[B, *operator.meas_size]`` measurements, physical units.
@@ -86,7 +85,7 @@ def score_sde(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 2000, gen
     if not 0.0 < lam <= 1.0 or snr <= 0 or corrector_steps < 0:
         raise ValueError(f"score_sde: need 0 < lam <= 1, snr > 0, corrector_steps >= 0; got {lam}, {snr}, {corrector_steps}")
     pb = setup("score_sde", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator,
-               callback=callback, needs=["linear", "pinv"], autocast=autocast, compile=compile)
+               callback=callback, needs=["linear", "pinv"])
     cond = svd_condition(operator)
     if cond is not None and cond > 1e3 and float(sigma_y if isinstance(sigma_y, (int, float)) else 1.0) > 0:
         import warnings  # e.g. a blur: A⁺ amplifies y's noise

@@ -42,14 +42,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from operators._linalg import conjugate_gradient
+from operators.linalg import conjugate_gradient
 
 from ._common import Callback, ddim_step, setup, vp_scale, vp_sigmas
 
 
 def tmpd(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, generator=None, callback: Callback = None,
-         covariance: str = "full", cg_max_iter: int = 20, cg_tol: float = 1e-5, eta: float = 1.0, schedule=None,
-         autocast: bool = False, compile: bool = False, checkpoint: bool = False) -> Tensor:
+         covariance: str = "full", cg_max_iter: int = 20, cg_tol: float = 1e-5, eta: float = 1.0, schedule=None) -> Tensor:
     """One TMPD posterior sample per item of ``y``.
 
     :param y: ``[B, *operator.meas_size]`` measurements, measurement units.
@@ -60,16 +59,13 @@ def tmpd(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, generato
     :param covariance: ``"full"`` (CG with Jacobian products) or ``"diagonal"`` (cheap variant).
     :param cg_max_iter, cg_tol: the inner solve of the full variant.
     :param eta: DDIM η (1: DDPM-like).
-    :param checkpoint: gradient checkpointing through the network's blocks (less memory, one more
-        forward pass per backward).
     :returns: ``[B, *prior.shape]`` physical units, y's dtype.
     """
     if covariance not in ("full", "diagonal") or not 0.0 <= eta <= 1.0 or cg_max_iter < 1:
         raise ValueError(f"tmpd: need covariance 'full'|'diagonal', 0 <= eta <= 1, cg_max_iter >= 1; "
                          f"got {covariance!r}, {eta}, {cg_max_iter}")
     pb = setup("tmpd", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
-               needs=["linear", "adjoint"], autocast=autocast, compile=compile,
-               checkpoint=checkpoint, prior_grad=True)
+               needs=["linear", "adjoint"], prior_grad=True)
     A, At = operator.A, operator.A_adjoint
     s2y = pb.sigma_y**2
     s2y = s2y.reshape(-1, *([1] * (pb.y.ndim - 1))) if s2y.ndim == 1 else s2y
