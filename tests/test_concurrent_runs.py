@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 
 from invdiff import app
-from invdiff.data import claims, results
-from invdiff.data.claims import Claimed, claim_path, host_tag, try_claim
-from invdiff.data.results import is_complete, remove_stale_temporaries, write_sample
+from invdiff.data import claims, processes, results
+from invdiff.data.claims import Claimed, claim_path, remove_stale_temporaries, try_claim
+from invdiff.data.processes import host_tag
+from invdiff.data.results import is_complete, write_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 # 8 held-out phantoms at 16×16, the Gaussian prior, 2 ΠGDM steps, with figures (their temporaries too)
@@ -166,17 +167,17 @@ def _claim(folder: Path, sid: str, **info) -> Path:
 def test_a_claim_of_a_live_process_is_respected_and_a_dead_ones_taken_over(tmp_path):
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        _claim(tmp_path, "live", host=claims.HOST, pid=sleeper.pid, start=claims.process_start(sleeper.pid))
+        _claim(tmp_path, "live", host=processes.HOST, pid=sleeper.pid, start=processes.process_start(sleeper.pid))
         assert try_claim(tmp_path, "live", timeout=300) is None
     finally:
         sleeper.kill()
         sleeper.wait()
     assert try_claim(tmp_path, "live", timeout=300) is not None  # now dead: taken over
-    _claim(tmp_path, "dead", host=claims.HOST, pid=_dead_pid(), start=None)
+    _claim(tmp_path, "dead", host=processes.HOST, pid=_dead_pid(), start=None)
     c = try_claim(tmp_path, "dead", timeout=300)
     assert c is not None and json.loads(c.path.read_text())["pid"] == os.getpid()
     # the same pid reused by a process started at another time
-    _claim(tmp_path, "reused", host=claims.HOST, pid=os.getppid(), start=-1)
+    _claim(tmp_path, "reused", host=processes.HOST, pid=os.getppid(), start=-1)
     assert try_claim(tmp_path, "reused", timeout=300) is not None
 
 
@@ -198,7 +199,7 @@ def test_claims_of_this_process_left_behind_are_taken_over_and_held_ones_are_not
     monkeypatch.chdir(tmp_path)
     remove_stale_temporaries(".")  # (a relative path names the same claim)
     assert held.path.exists()
-    _claim(tmp_path, "b", host=claims.HOST, pid=os.getpid(), start=claims.process_start(os.getpid()))  # not held
+    _claim(tmp_path, "b", host=processes.HOST, pid=os.getpid(), start=processes.process_start(os.getpid()))  # not held
     assert try_claim(tmp_path, "b", timeout=300) is not None
     held.release()
     assert not held.path.exists()
@@ -237,7 +238,7 @@ def test_a_process_waits_for_samples_others_compute_and_resume_false_recomputes_
 
 
 def test_a_stale_claim_of_a_killed_run_is_taken_over_by_the_app(tmp_path):
-    _claim(tmp_path / "samples", "shepp_logan", host=claims.HOST, pid=_dead_pid(), start=None)
+    _claim(tmp_path / "samples", "shepp_logan", host=processes.HOST, pid=_dead_pid(), start=None)
     result = app.run(app.config(*PHANTOMS[:-1], "data.n=2", "figures=false"), tmp_path)
     assert result["summary"]["psnr"]["n"] == 2 and is_complete(tmp_path / "samples" / "shepp_logan.h5")
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["phantom_2147483648.h5", "shepp_logan.h5"]

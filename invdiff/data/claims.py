@@ -15,16 +15,17 @@ the only test possible for another host's process). A stale claim is taken over:
 unique name (only one process can), checked to be the very file judged stale, deleted, and
 claimed afresh. After its pass over the samples a process waits for those others are computing
 (polling about once a second) and takes over those whose owner died, so every process returns only
-when all of its samples are finished.
+when all of its samples are finished (a finished sample: :func:`invdiff.data.results.is_complete`).
 
 **Temporaries** (:func:`invdiff.data.results.atomic_path`) live in a ``.invdiff-tmp/`` folder
 beside their target and are named ``{pid}@{host}@{random}@{name}``: no input can produce such a
 name (results are ``{id}.h5`` / ``{id}.png`` files, never folders), and the owner is in the name.
-:func:`invdiff.data.results.remove_stale_temporaries` deletes only those of dead processes on this
-host, and any older than :data:`STALE_TEMPORARY_AGE`.
+:func:`remove_stale_temporaries` deletes only those of dead processes on this host, and any older
+than :data:`STALE_TEMPORARY_AGE`, together with the stale claims.
 
-"Same host" means the same host name and process-id space (not, e.g., two containers that share a
-host name but not their pids).
+Who a process is and whether it is alive: :mod:`invdiff.data.processes` (which the temporaries'
+names use too). Imports: this module uses :mod:`~invdiff.data.results` and
+:mod:`~invdiff.data.processes`; neither imports it.
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import secrets
-import socket
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
+
+from .processes import HOST, START, host_tag, pid_alive
+from .results import TEMPORARIES, is_complete
 
 log = logging.getLogger("invdiff")
 
@@ -49,7 +51,6 @@ DEFAULT_TIMEOUT = 300.0
 #: A temporary untouched this long (seconds) is abandoned whoever wrote it: writing one file takes seconds.
 STALE_TEMPORARY_AGE = 6 * 3600.0
 
-HOST = socket.gethostname()
 _HELD: set[str] = set()  # claim paths held by this process (a claim of ours not in here is a leftover)
 _HELD_LOCK = threading.Lock()
 
@@ -71,40 +72,6 @@ def claim_timeout() -> float:
 def whoami() -> str:
     """``host:pid`` of this process (saved in each sample file as ``process``)."""
     return f"{HOST}:{os.getpid()}"
-
-
-def host_tag(host: str = HOST) -> str:
-    """The host name as it appears in file names (no ``@``, ``/`` or other odd characters)."""
-    return re.sub(r"[^A-Za-z0-9.-]", "_", host) or "_"
-
-
-def process_start(pid: int) -> int | None:
-    """The start time of process ``pid`` (clock ticks since boot, ``/proc``), ``None`` where unknown."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-_START = process_start(os.getpid())
-
-
-def pid_alive(pid: int, start: int | None = None) -> bool:
-    """Whether process ``pid`` of this host exists (and, when both are known, started at ``start``)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        pass
-    if start is not None:
-        now = process_start(pid)
-        if now is not None and now != start:  # the pid was reused
-            return False
-    return True
 
 
 def temporary_owner(name: str) -> tuple[int, str] | None:
@@ -156,7 +123,7 @@ def _why_stale(info: dict | None, st: os.stat_result, timeout: float, path: Path
             pid = int(info.get("pid", -1))
         except (TypeError, ValueError):
             pid = -1
-        if pid == os.getpid() and info.get("start") == _START:
+        if pid == os.getpid() and info.get("start") == START:
             with _HELD_LOCK:
                 return None if os.path.abspath(path) in _HELD else "left by this process"
         if not pid_alive(pid, info.get("start")):
@@ -264,7 +231,7 @@ def try_claim(folder: str | Path, sid: str, timeout: float | None = None) -> Cla
                 return None
             continue
         with os.fdopen(fd, "w") as f:
-            f.write(json.dumps({"host": HOST, "pid": os.getpid(), "start": _START, "time": time.time()}))
+            f.write(json.dumps({"host": HOST, "pid": os.getpid(), "start": START, "time": time.time()}))
         st = os.stat(path)
         return Claim(path, st)
     return None
@@ -281,6 +248,38 @@ def remove_stale_claims(folder: str | Path, timeout: float | None = None) -> Non
     for n in names:
         _break(d / n, timeout)
     _rmdir(d)
+
+
+def remove_stale_temporaries(folder: str | Path, max_age: float | None = None) -> list[Path]:
+    """Delete the temporaries in ``folder`` whose writer is provably gone — a dead process on this
+    host, or untouched for ``max_age`` seconds (:data:`STALE_TEMPORARY_AGE`) — so that another
+    process's file in progress is never touched; returns what was removed. Also
+    removes temporaries of older versions (``.{name}.*.tmp`` beside their target; no result file
+    ends in ``.tmp``) once that old, and the claims of dead processes."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    max_age = STALE_TEMPORARY_AGE if max_age is None else max_age
+    tmp = folder / TEMPORARIES
+    try:  # (another process removes the folder when it is empty)
+        stale = [tmp / n for n in sorted(os.listdir(tmp)) if temporary_abandoned(tmp / n, max_age)]
+    except (FileNotFoundError, NotADirectoryError):
+        stale = []
+    stale += [p for p in sorted(folder.glob(".*.tmp")) if _age(p) > max_age]  # (written before .invdiff-tmp/)
+    for p in stale:
+        p.unlink(missing_ok=True)
+    _rmdir(tmp)
+    remove_stale_claims(folder)
+    return stale
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` (a file) was modified; 0 when it is not a file (or gone)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return 0.0
+    return time.time() - st.st_mtime if path.is_file() else 0.0
 
 
 class Claimed:
@@ -313,8 +312,6 @@ class Claimed:
                 held.touch()
 
     def done(self, item) -> bool:
-        from .results import is_complete
-
         path = self.folder / f"{self.id_of(item)}.h5"
         if not is_complete(path):
             return False

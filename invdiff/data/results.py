@@ -3,13 +3,14 @@
 Each sample is written to a temporary name (``.invdiff-tmp/{pid}@{host}@{random}@{name}.tmp`` beside
 it) and moved into place with ``os.replace``, so a crash never leaves a partial ``.h5`` and
 finished samples are never lost; several processes may share a run directory
-(:mod:`invdiff.data.claims`).
+(:mod:`invdiff.data.claims`, which also removes the temporaries of dead processes; the writer's
+host and pid in a temporary's name come from :mod:`invdiff.data.processes`).
 :func:`write_sample` maps a dict onto HDF5: tensors/arrays → datasets, nested dicts → groups,
 scalars → attributes, lists → JSON attributes. :func:`write_tree` / :func:`read_tree` store a
 nested structure with arrays (an operator's parameters) so that it reads back *exactly*: arrays as
 datasets, everything else as one JSON attribute ``spec`` with ``{"@array": name}`` references.
 
-The app's sample layout (``samples/{id}.h5``; :func:`invdiff.app.run`):
+The app's sample layout (``samples/{id}.h5``; :func:`invdiff.apps.app.run`):
 
 =====================  =========================================================================
 ``x_hat``              ``[C, H, W]`` the reconstruction (posterior mean when ``num_samples > 1``)
@@ -23,7 +24,7 @@ attributes             ``id``, ``seed``, ``noise_seed``, ``solver_seeds``, ``sol
                        ``solver_settings``, ``prior``, ``sigma_y``, ``noise``,
                        ``noise_convention``, ``data_range``, ``metrics``, ``nfe``, ``seconds``,
                        ``config_yaml``, ``config_hash``, ``mode``, ``info``, ``versions``,
-                       ``resume_key`` (what resume compares: :mod:`invdiff.resume`)
+                       ``resume_key`` (what resume compares: :mod:`invdiff.apps.runs`)
 =====================  =========================================================================
 """
 
@@ -34,12 +35,13 @@ import json
 import math
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
+
+from .processes import host_tag
 
 
 def _write_group(group: h5py.Group, data: dict[str, Any]) -> None:
@@ -114,8 +116,6 @@ TEMPORARIES = ".invdiff-tmp"
 
 def _temporary(path: Path, suffix: str) -> str:
     """A new, empty temporary ``.invdiff-tmp/{pid}@{host}@{random}@{name}{suffix}`` beside ``path``."""
-    from .claims import host_tag
-
     folder = path.parent / TEMPORARIES
     for _ in range(20):  # (another process removes the folder when it is empty)
         folder.mkdir(parents=True, exist_ok=True)
@@ -141,8 +141,8 @@ def atomic_path(path: Path, suffix: str = ".tmp"):
     """A temporary name to write to, ``.invdiff-tmp/{pid}@{host}@{random}@{name}{suffix}`` beside
     ``path`` (same file system); it replaces ``path`` (``os.replace``) when the block ends without
     error and is removed otherwise. No input can produce such a name, and its owner is in it
-    (:func:`remove_stale_temporaries`). The file gets the mode a plain ``open`` would give
-    (0666 & ~umask), not ``mkstemp``'s 0600."""
+    (:func:`invdiff.data.claims.remove_stale_temporaries`). The file gets the mode a plain
+    ``open`` would give (0666 & ~umask), not ``mkstemp``'s 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path, suffix)
@@ -197,40 +197,6 @@ def is_complete(path: str | Path) -> bool:
             return "x_hat" in f and "metrics" in f.attrs
     except OSError:
         return False
-
-
-def remove_stale_temporaries(folder: str | Path, max_age: float | None = None) -> list[Path]:
-    """Delete the temporaries in ``folder`` whose writer is provably gone — a dead process on this
-    host, or untouched for ``max_age`` seconds (:data:`invdiff.data.claims.STALE_TEMPORARY_AGE`) —
-    so that another process's file in progress is never touched; returns what was removed. Also
-    removes temporaries of older versions (``.{name}.*.tmp`` beside their target; no result file
-    ends in ``.tmp``) once that old, and the claims of dead processes."""
-    from .claims import STALE_TEMPORARY_AGE, remove_stale_claims, temporary_abandoned
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    max_age = STALE_TEMPORARY_AGE if max_age is None else max_age
-    tmp = folder / TEMPORARIES
-    try:  # (another process removes the folder when it is empty)
-        stale = [tmp / n for n in sorted(os.listdir(tmp)) if temporary_abandoned(tmp / n, max_age)]
-    except (FileNotFoundError, NotADirectoryError):
-        stale = []
-    stale += [p for p in sorted(folder.glob(".*.tmp")) if _age(p) > max_age]  # (written before .invdiff-tmp/)
-    for p in stale:
-        p.unlink(missing_ok=True)
-    _rmdir(tmp)
-    remove_stale_claims(folder)
-    return stale
-
-
-def _age(path: Path) -> float:
-    """Seconds since ``path`` (a file) was modified; 0 when it is not a file (or gone)."""
-    try:
-        st = path.stat()
-    except OSError:
-        return 0.0
-    return time.time() - st.st_mtime if path.is_file() else 0.0
 
 
 def _fmt(v) -> str:
