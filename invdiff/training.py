@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .priors import NetworkPrior, save
 from .priors.checkpoints import CheckpointError, save_safetensors, strict_load
-from .priors.loaders import read_tagged
+from .priors.native import read_tagged
 from .priors.schedules import EDMSchedule
 from .priors.unet import build_unet
 

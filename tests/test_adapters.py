@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from invdiff.priors import (EDMSchedule, GaussianMixturePrior, NetworkPrior, Prior, VESchedule,
-                            VPSchedule)
+from invdiff.priors import EDMSchedule, GaussianMixturePrior, NetworkPrior, VESchedule, VPSchedule
 
 SHAPE = (2, 2, 2)
 
@@ -69,7 +68,7 @@ CASES = [
 def test_adapter_reproduces_the_exact_denoiser(param, schedule, cond):
     truth = analytic()
     net = AsNetwork(truth, param, schedule, cond)
-    prior = Prior.from_module(net, param, schedule, shape=SHAPE, conditioning=cond)
+    prior = NetworkPrior(net, param, schedule, shape=SHAPE, conditioning=cond)
     g = torch.Generator().manual_seed(1)
     lo, hi = schedule.sigma_min, min(schedule.sigma_max, 80.0)
     sigma = torch.exp(torch.empty(6, dtype=torch.float64).uniform_(float(torch.tensor(lo).log()),

@@ -157,7 +157,7 @@ def test_every_torch_load_passes_weights_only_true(calls):
     assert unsafe_torch_loads(calls) == []
     # torch.load appears in the shared reader every loader goes through, and in the EDM converter
     # (the storage bytes EDM's pickles embed)
-    assert sorted(f for f, _ in torch_loads(calls)) == ["invdiff/priors/convert.py", "operators/_checkpoints.py"]
+    assert sorted(f for f, _ in torch_loads(calls)) == ["invdiff/priors/convert.py", "operators/checkpoints.py"]
 
 
 def unpickler_classes(sources: dict[str, str]) -> list[tuple[str, ast.ClassDef]]:

@@ -1,12 +1,42 @@
 """Priors: one denoiser interface (EDM form), noise schedules, network adapters, analytic priors
-and unconditional samplers. Solvers only ever see :class:`Prior`."""
+and unconditional samplers. Solvers only ever see :class:`Prior`.
+
+==================  ==================================================================================
+module              what it holds
+==================  ==================================================================================
+``base``            :class:`Prior` (the interface), :class:`CountingPrior`
+``adapters``        :class:`NetworkPrior`: any ε/x₀/v/score network, VP, VE or EDM, as a denoiser
+``analytic``        Gaussian and Gaussian-mixture priors with exact denoisers and posteriors
+``schedules``       VP/VE/EDM noise schedules and σ grids
+``samplers``        unconditional samplers (DDPM, DDIM, Langevin, reverse SDE, PF-ODE, EDM Heun)
+``registry``        the extension points: network architectures, prior file formats, named priors
+``loaders``         :func:`load`: find a file or name, refuse pickles, dispatch to the registered formats
+``native``          the project's own ``.safetensors`` format (:func:`save`)
+``formats``         the foreign formats (guided-diffusion, EDM/InverseBench, score_sde, diffusers)
+                    and the architectures of deepinv and EDM
+``unet``            the project's small UNet (architecture ``invdiff.unet``)
+``shipped``         the priors shipped in the package, loadable by name (``"phantom64"``)
+``checkpoints``     safe, strict reading of checkpoint files
+``convert``         EDM pickle → invdiff file, running nothing from the pickle
+==================  ==================================================================================
+
+A new file format registers a ``detect`` and a ``load`` function with
+:func:`~invdiff.priors.registry.register_format`; a new network the own format may name registers
+with :func:`register_architecture`; a new prior loadable by name with
+:func:`~invdiff.priors.registry.register_named_prior`. :mod:`~invdiff.priors.registry` imports none
+of the modules that register, and :func:`load` knows no format: this ``__init__`` imports the
+registering modules (``native``, ``formats``, ``unet``, ``shipped``), so importing
+``invdiff.priors`` registers everything.
+"""
 
 from .adapters import NetworkPrior
 from .analytic import GaussianMixturePrior, GaussianPrior
 from .base import CountingPrior, Prior
 from .checkpoints import CheckpointError
-from .loaders import ARCHITECTURES, load, load_checkpoint, register_architecture, save
-from . import formats, unet  # noqa: E402,F401  (register the architectures the own format can name)
+from .loaders import load, load_checkpoint
+from .native import save
+from .registry import ARCHITECTURES, register_architecture
+from . import formats, shipped, unet  # noqa: E402,F401  (they register their formats, architectures and names)
 from .samplers import SAMPLERS, annealed_langevin, ddim, ddpm, edm_heun, pf_ode, reverse_sde
 from .schedules import EDMSchedule, VESchedule, VPSchedule, edm_sigma_grid, geometric_sigma_grid
 

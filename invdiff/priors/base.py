@@ -56,15 +56,7 @@ class Prior(torch.nn.Module):
         self.sigma_min, self.sigma_max = (float(v) for v in sigma_range)
         self.differentiable = bool(differentiable)
 
-    # -- geometry --------------------------------------------------------------------------------
-    @property
-    def channels(self) -> int:
-        return self.shape[0] if len(self.shape) == 3 else 1
-
-    @property
-    def resolution(self) -> tuple[int, int] | None:
-        return self.shape[-2:] if len(self.shape) == 3 else None
-
+    # -- units -----------------------------------------------------------------------------------
     def to_model(self, x_phys: Tensor) -> Tensor:
         return self.scale * x_phys + self.offset
 
@@ -74,10 +66,6 @@ class Prior(torch.nn.Module):
     def sigma_to_physical(self, sigma):
         """A model-space noise level in physical units (σ_y conversions)."""
         return sigma / self.scale
-
-    def clip_sigma(self, sigma: Tensor) -> Tensor:
-        """Clip a σ grid to the prior's trained range (the solvers' default grids do this)."""
-        return sigma.clamp(min=max(self.sigma_min, 0.0), max=self.sigma_max)
 
     # -- the denoiser ----------------------------------------------------------------------------
     def denoiser(self, x: Tensor, sigma) -> Tensor:
@@ -104,13 +92,6 @@ class Prior(torch.nn.Module):
         if tuple(x.shape[1:]) != self.shape or x.ndim != len(self.shape) + 1:
             raise ValueError(f"{type(self).__name__}: expected x of shape [B, {', '.join(map(str, self.shape))}], "
                              f"got {list(x.shape)}")
-
-    @staticmethod
-    def from_module(net, parameterization: str, schedule, data_range=(0.0, 1.0), **kwargs) -> "Prior":
-        """Wrap a network already in memory; see :class:`invdiff.priors.NetworkPrior`."""
-        from .adapters import NetworkPrior
-
-        return NetworkPrior(net, parameterization, schedule, data_range=data_range, **kwargs)
 
 
 class CountingPrior(Prior):

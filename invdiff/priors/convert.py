@@ -50,8 +50,12 @@ from typing import Callable
 
 import torch
 
+from .adapters import NetworkPrior
 from .checkpoints import (EDM_PERSISTENCE, KIND_NAMES, CheckpointError, checkpoint_kind, require_file, sha256_file,
                           strict_load)
+from .formats import build_edm_precond, edm_unet_config
+from .native import save
+from .schedules import EDMSchedule
 
 #: EDM preconditioner classes this converter rebuilds, with invdiff's name for each.
 SUPPORTED = {"EDMPrecond": "edm", "VPPrecond": "vp", "VEPrecond": "ve"}
@@ -274,11 +278,6 @@ def convert_edm_pickle(src: str | Path, dst: str | Path, *, key: str = "ema",
 
     :returns: ``dst``, loadable with :func:`invdiff.priors.load` or ``prior=invdiff_file``.
     """
-    from .adapters import NetworkPrior
-    from .formats import _edm_unet_config, build_edm_precond
-    from .loaders import save
-    from .schedules import EDMSchedule
-
     src, dst = require_file(src), Path(dst)
     if dst.suffix != ".safetensors":
         raise ValueError(f"the converted prior is written as .safetensors; got {dst}")
@@ -301,7 +300,7 @@ def convert_edm_pickle(src: str | Path, dst: str | Path, *, key: str = "ema",
         raise CheckpointError(f"{source} is a {class_name}; the converter rebuilds {', '.join(SUPPORTED)}")
     if not state or not all(k.startswith("model.") for k in state):
         raise CheckpointError(f"{source}: a {class_name} whose weights are not all under 'model.'")
-    kind, unet_kwargs = _edm_unet_config({k[len("model."):]: v for k, v in state.items()}, source)
+    kind, unet_kwargs = edm_unet_config({k[len("model."):]: v for k, v in state.items()}, source)
     arch = dict(unet=f"deepinv.{kind}", unet_kwargs=unet_kwargs, precond=SUPPORTED[class_name],
                 sigma_data=_number(attrs, "sigma_data", 0.5, source))
     if class_name == "VPPrecond":

@@ -1,4 +1,13 @@
-"""The foreign checkpoint formats behind :func:`invdiff.priors.load` (see ``loaders.py``)."""
+"""The foreign checkpoint formats behind :func:`invdiff.priors.load`, and the network architectures
+the project's own format may name.
+
+Each format registers a ``detect`` and a ``load`` function in :mod:`invdiff.priors.registry`, in the
+order they are tried: guided-diffusion state dicts, score_sde dicts (refused with the reason), EDM /
+InverseBench dicts, diffusers folders. A torch file is read once, whichever formats look at it
+(:class:`~invdiff.priors.registry.Checkpoint`). The architectures (``deepinv.DiffUNet``,
+``deepinv.NCSNpp``, ``deepinv.ADMUNet``, ``edm.precond``) register with
+:func:`~invdiff.priors.registry.register_architecture`.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +21,7 @@ import torch
 
 from .adapters import NetworkPrior
 from .checkpoints import CheckpointError, safe_safetensors_load, safe_torch_load, strict_load
-from .loaders import register_architecture
+from .registry import Checkpoint, register_architecture, register_format
 from .schedules import EDMSchedule, VPSchedule
 
 # -- architectures the project's own format can name ---------------------------------------------
@@ -88,13 +97,29 @@ def _diffunet_for(state: dict, source: str) -> tuple[torch.nn.Module, int, int]:
     return net, c_in, c_out
 
 
-def _load_guided_diffusion(state: dict, source: str, overrides: dict) -> NetworkPrior:
+@register_format("guided-diffusion", lambda c: c.has("input_blocks.0.0.weight"), "guided-diffusion state dicts")
+def _load_guided_diffusion(checkpoint: Checkpoint, overrides: dict) -> NetworkPrior:
+    state, source = checkpoint.contents, checkpoint.source
     net, c_in, c_out = _diffunet_for(state, source)
     strict_load(net, state, source)
     kwargs = dict(shape=(c_in, 256, 256), data_range=(0.0, 1.0), model_range=(-1.0, 1.0),
                   learned_sigma=c_out == 2 * c_in)
     kwargs.update(overrides)
     return NetworkPrior(net.eval(), "eps", VPSchedule("linear", 1000), **kwargs)
+
+
+# -- score_sde ----------------------------------------------------------------------------------------
+
+
+@register_format("score_sde", lambda c: c.has("model", "step"), "score_sde dicts {model, ema, step}")
+def _load_score_sde(checkpoint: Checkpoint, overrides: dict) -> NetworkPrior:
+    source = checkpoint.source
+    raise CheckpointError(
+        f"{source}: score_sde checkpoints ({{model, ema, step}}, NCSN++ with 'module.all_modules.N' keys) are "
+        "not supported yet. No equivalent network ships with EDM or deepinv: EDM's SongUNet re-implements "
+        "NCSN++ but with another module order and attention layout (score_sde's NIN weights are transposed "
+        "and split into q, k, v), and neither project provides a converter, so these weights cannot be "
+        "loaded strictly. Loading them loosely (strict=False, as score-MRI does) is refused.")
 
 
 # -- EDM / InverseBench ------------------------------------------------------------------------------
@@ -139,7 +164,7 @@ class EDMPreconditioned(torch.nn.Module):
         return c_skip * x + c_out * self.model.forward_unet(c_in * x, c_noise.flatten())
 
 
-def _edm_unet_config(state: dict, source: str) -> tuple[str, dict]:
+def edm_unet_config(state: dict, source: str) -> tuple[str, dict]:
     """(class name, constructor kwargs) of the EDM UNet that ``state`` (unprefixed) belongs to."""
     res = sorted({int(m.group(1)) for k in state if (m := re.match(r"enc\.(\d+)x\1_conv\.weight$", k))})
     if not res or "map_layer0.weight" not in state:
@@ -192,7 +217,9 @@ def build_admunet(**kwargs) -> torch.nn.Module:
     return ADMUNet(pretrained=None, **kwargs)
 
 
-def _load_edm_dict(obj: dict, source: str, overrides: dict) -> NetworkPrior:
+@register_format("edm", lambda c: c.has("ema") or c.has("net"), "EDM/InverseBench dicts with 'ema' or 'net'")
+def _load_edm_dict(checkpoint: Checkpoint, overrides: dict) -> NetworkPrior:
+    obj, source = checkpoint.contents, checkpoint.source
     key = "ema" if "ema" in obj else "net"
     state = obj[key]
     if not isinstance(state, dict):
@@ -207,7 +234,7 @@ def _load_edm_dict(obj: dict, source: str, overrides: dict) -> NetworkPrior:
         shape = (c_in, 256, 256)
         precond = precond or "vp"
     else:
-        kind, kwargs = _edm_unet_config(state, source)
+        kind, kwargs = edm_unet_config(state, source)
         unet = (build_admunet if kind == "ADMUNet" else build_ncsnpp)(**kwargs)
         shape = (kwargs["in_channels"], kwargs["img_resolution"], kwargs["img_resolution"])
         precond = precond or "edm"
@@ -231,37 +258,7 @@ def build_edm_precond(unet: str, unet_kwargs: dict, precond: str = "edm", sigma_
     return EDMPreconditioned(builders[unet](**unet_kwargs), precond, sigma_data, M=M, beta_d=beta_d, beta_min=beta_min)
 
 
-# -- score_sde ----------------------------------------------------------------------------------------
-
-
-def _load_score_sde(obj: dict, source: str, overrides: dict) -> NetworkPrior:
-    raise CheckpointError(
-        f"{source}: score_sde checkpoints ({{model, ema, step}}, NCSN++ with 'module.all_modules.N' keys) are "
-        "not supported yet. No equivalent network ships with EDM or deepinv: EDM's SongUNet re-implements "
-        "NCSN++ but with another module order and attention layout (score_sde's NIN weights are transposed "
-        "and split into q, k, v), and neither project provides a converter, so these weights cannot be "
-        "loaded strictly. Loading them loosely (strict=False, as score-MRI does) is refused.")
-
-
-# -- dispatch ---------------------------------------------------------------------------------------
-
-
-def load_torch_file(path: Path, overrides: dict) -> tuple[NetworkPrior, str]:
-    obj = safe_torch_load(path)
-    source = str(path)
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{source}: expected a dict (state dict or checkpoint), got {type(obj).__name__}")
-    if "input_blocks.0.0.weight" in obj:
-        return _load_guided_diffusion(obj, source, overrides), "guided-diffusion"
-    if "model" in obj and "step" in obj:
-        return _load_score_sde(obj, source, overrides), "score_sde"
-    if "ema" in obj or "net" in obj:
-        return _load_edm_dict(obj, source, overrides), "edm"
-    keys = ", ".join(sorted(map(str, obj))[:10])
-    raise CheckpointError(
-        f"{source}: unrecognised checkpoint layout (top-level keys: {keys}). Known: guided-diffusion "
-        "state dicts, EDM/InverseBench dicts with 'ema' or 'net', score_sde dicts {model, ema, step}, "
-        "invdiff .safetensors files and diffusers folders.")
+# -- diffusers ----------------------------------------------------------------------------------------
 
 
 def weights_file(folder: Path) -> Path:
@@ -273,9 +270,11 @@ def weights_file(folder: Path) -> Path:
     raise CheckpointError(f"{folder}: no diffusion_pytorch_model.safetensors or .bin next to config.json")
 
 
-def load_folder(folder: Path, overrides: dict) -> NetworkPrior:
+@register_format("diffusers", lambda c: c.kind == "folder", "diffusers folders", weights=weights_file)
+def _load_diffusers(checkpoint: Checkpoint, overrides: dict) -> NetworkPrior:
     """A diffusers ``UNet2DModel`` folder (``config.json`` + weights), or a pipeline folder with
     ``unet/`` and ``scheduler/``."""
+    folder = checkpoint.path
     root = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
     cfg_path = root / "config.json"
     if not cfg_path.is_file():

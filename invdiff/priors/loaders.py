@@ -1,4 +1,4 @@
-"""``invdiff.priors.load``: detect a checkpoint's format and return a :class:`Prior`.
+"""``invdiff.priors.load``: find a checkpoint, detect its format and return a :class:`Prior`.
 
 =========================================  ==============================================
 file                                       format
@@ -12,108 +12,27 @@ folder with ``config.json``                  diffusers ``UNet2DModel`` (optional
 =========================================  ==============================================
 
 Files are recognised by their content, not their name (:func:`~invdiff.priors.checkpoints.checkpoint_kind`);
-an empty, truncated or unknown file is "not a checkpoint file". Every path reads safely and strictly
-(:mod:`invdiff.priors.checkpoints`); the returned prior carries ``prior.checkpoint = {"path", "sha256",
-"format"}``.
+an empty, truncated or unknown file is "not a checkpoint file", and pickles and HDF5 files are
+refused here. Every other file or folder goes to the formats of :mod:`invdiff.priors.registry`, tried
+in registration order: the project's own in :mod:`invdiff.priors.native`, the foreign ones in
+:mod:`invdiff.priors.formats`; a new format registers there (:func:`~invdiff.priors.registry.register_format`)
+and this module does not change. Names such as ``"phantom64"`` come from the registry too
+(:mod:`invdiff.priors.shipped`). Every path reads safely and strictly (:mod:`invdiff.priors.checkpoints`);
+the returned prior carries ``prior.checkpoint = {"path", "sha256", "format"}``.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from .adapters import NetworkPrior
-from .checkpoints import CheckpointError, safe_safetensors_load, save_safetensors, sha256_file, strict_load
-from .schedules import EDMSchedule, VESchedule, VPSchedule
-
-FORMAT_VERSION = 1
-
-#: Network builders the project's own format may name: ``name -> builder(**arch_kwargs)``.
-ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {}
-
-
-def register_architecture(name: str):
-    def deco(builder):
-        ARCHITECTURES[name] = builder
-        return builder
-    return deco
-
-
-def schedule_to_dict(schedule) -> dict:
-    if isinstance(schedule, VPSchedule):
-        return {"type": "vp", "kind": schedule.kind, "T": schedule.T,
-                "beta_start": schedule.beta_start, "beta_end": schedule.beta_end}
-    if isinstance(schedule, VESchedule):
-        return {"type": "ve", "sigma_min": schedule.sigma_min, "sigma_max": schedule.sigma_max}
-    if isinstance(schedule, EDMSchedule):
-        return {"type": "edm", "sigma_min": schedule.sigma_min, "sigma_max": schedule.sigma_max, "rho": schedule.rho}
-    raise TypeError(f"unknown schedule {schedule!r}")
-
-
-def schedule_from_dict(d: dict):
-    d = dict(d)
-    kind = d.pop("type", None)
-    classes = {"vp": VPSchedule, "ve": VESchedule, "edm": EDMSchedule}
-    if kind not in classes:
-        raise CheckpointError(f"unknown schedule type {kind!r}; known: {sorted(classes)}")
-    return classes[kind](**d)
-
-
-def save(path: str | Path, prior: NetworkPrior, architecture: str, arch_kwargs: dict,
-         source: dict | None = None) -> Path:
-    """Write ``prior`` in the project's format: one ``.safetensors`` file whose metadata holds the
-    architecture, its arguments, the parameterisation, schedule, shape, ranges and conditioning
-    (and ``source``, e.g. the file a converted prior came from). Written to a temporary name and
-    moved into place (never a partial file)."""
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {architecture!r}; registered: {sorted(ARCHITECTURES)}")
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "architecture": architecture,
-        "arch_kwargs": arch_kwargs,
-        "parameterization": prior.parameterization,
-        "schedule": schedule_to_dict(prior.schedule),
-        "conditioning": prior.conditioning,
-        "learned_sigma": prior.learned_sigma,
-        "shape": list(prior.shape),
-        "data_range": list(prior.data_range),
-        "model_range": list(prior.model_range),
-    }
-    if source is not None:
-        meta["source"] = source
-    return save_safetensors(path, prior.net.state_dict(), {"invdiff": json.dumps(meta)})
-
-
-def read_tagged(path: str | Path, key: str, what: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and the JSON description stored under metadata ``key`` of a project ``.safetensors``
-    file; a :class:`CheckpointError` saying the file is not ``what`` when the description is absent."""
-    tensors, meta = safe_safetensors_load(path)
-    try:
-        return tensors, json.loads(meta[key])
-    except (KeyError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} has no valid {key!r} metadata; it is not {what}") from err
-
-
-def _load_invdiff(path: Path, overrides: dict) -> NetworkPrior:
-    tensors, info = read_tagged(path, "invdiff", "an invdiff prior file")
-    if info.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format version {info.get('format_version')} is not supported "
-                              f"(this invdiff reads version {FORMAT_VERSION})")
-    arch = info["architecture"]
-    if arch not in ARCHITECTURES:
-        raise CheckpointError(f"{path} needs architecture {arch!r}, which is not registered "
-                              f"(registered: {sorted(ARCHITECTURES)})")
-    net = ARCHITECTURES[arch](**info["arch_kwargs"])
-    strict_load(net, tensors, str(path))
-    kwargs = dict(shape=info["shape"], data_range=info["data_range"], model_range=info["model_range"],
-                  conditioning=info["conditioning"], learned_sigma=info["learned_sigma"])
-    kwargs.update(overrides)
-    return NetworkPrior(net.eval(), info["parameterization"], schedule_from_dict(info["schedule"]), **kwargs)
+from .checkpoints import CheckpointError, checkpoint_kind, pickle_globals, plain_pickle_refusal, sha256_file
+from .registry import NAMED_PRIORS, Checkpoint, find_format
 
 
 def load_checkpoint(path: str | Path | None = None, *, env: str | None = None, name: str = "prior",
@@ -130,24 +49,23 @@ def load_checkpoint(path: str | Path | None = None, *, env: str | None = None, n
 
 
 def _find(name_or_path: str | Path) -> Path:
-    """The file or folder behind ``name_or_path``: a path, or the name of a shipped prior. A missing
+    """The file or folder behind ``name_or_path``: a path, or the name of a shipped prior
+    (:data:`~invdiff.priors.registry.NAMED_PRIORS`). A missing
     one is a :class:`FileNotFoundError` that lists the shipped names (and the closest one) when the
     argument could have been a name."""
-    from .shipped import SHIPPED, shipped_prior_path
-
-    if isinstance(name_or_path, str) and name_or_path in SHIPPED and not Path(name_or_path).exists():
-        return shipped_prior_path(name_or_path)
+    if isinstance(name_or_path, str) and name_or_path in NAMED_PRIORS and not Path(name_or_path).exists():
+        return NAMED_PRIORS[name_or_path]()
     p = Path(name_or_path).expanduser()
     if p.exists():
         return p
     msg = f"checkpoint not found: {p}"
     if p.parent == Path("."):  # a bare name: perhaps a mistyped shipped prior
-        close = difflib.get_close_matches(p.stem, SHIPPED, n=1, cutoff=0.6)
-        msg += (f". It is not a shipped prior either; the shipped priors are {', '.join(SHIPPED)}"
+        close = difflib.get_close_matches(p.stem, NAMED_PRIORS, n=1, cutoff=0.6)
+        msg += (f". It is not a shipped prior either; the shipped priors are {', '.join(NAMED_PRIORS)}"
                 + (f". Did you mean '{close[0]}'?" if close else ". Give one of those names or a checkpoint's path."))
     else:
         msg += ". Give the path of a checkpoint file or model folder, or a shipped prior's name " \
-               f"({', '.join(SHIPPED)})."
+               f"({', '.join(NAMED_PRIORS)})."
     raise FileNotFoundError(msg)
 
 
@@ -169,9 +87,6 @@ def load(name_or_path: str | Path, *, trust: bool | None = None, device: str | t
     :param overrides: :class:`NetworkPrior` arguments that replace the detected ones
         (``data_range``, ``snap``, ``net_dtype``, ...).
     """
-    from . import formats
-    from .checkpoints import checkpoint_kind, pickle_globals, plain_pickle_refusal
-
     if trust:
         raise CheckpointError(
             f"trust=True is not accepted (loading {name_or_path}): invdiff unpickles nothing, in the app or from "
@@ -180,7 +95,7 @@ def load(name_or_path: str | Path, *, trust: bool | None = None, device: str | t
             "nothing from the file) and load the .safetensors file (prior=invdiff_file prior.path=...).")
     path = _find(name_or_path)
     if path.is_dir():
-        prior, fmt = formats.load_folder(path, overrides), "diffusers"
+        kind = "folder"
     else:
         kind = checkpoint_kind(path)  # not a checkpoint file (empty, truncated, random): an error here
         if kind == "pickle":
@@ -191,12 +106,11 @@ def load(name_or_path: str | Path, *, trust: bool | None = None, device: str | t
                 f"{path} is not a checkpoint file: it is an HDF5 file (data or results, such as samples/<id>.h5). "
                 "Priors load from a torch file (.pt), a safetensors file or a diffusers folder; pass HDF5 data "
                 "with data=... instead.")
-        if kind == "safetensors":
-            prior, fmt = _load_invdiff(path, overrides), "invdiff"
-        else:
-            prior, fmt = formats.load_torch_file(path, overrides)
-    digest = sha256_file(path if path.is_file() else formats.weights_file(path))
-    prior.checkpoint = {"path": str(path.resolve()), "sha256": digest, "format": fmt}
+    checkpoint = Checkpoint(path, kind)
+    fmt = find_format(checkpoint)
+    prior = fmt.load(checkpoint, overrides)
+    digest = sha256_file(fmt.weights(path) if fmt.weights is not None else path)
+    prior.checkpoint = {"path": str(path.resolve()), "sha256": digest, "format": fmt.name}
     if device is not None:
         prior.to(device)
     return prior

@@ -9,12 +9,19 @@ name              what
                   natural images (microscopy, astronomy, retina, textures, text, photographs);
                   ``camera`` and ``moon`` held out for evaluation
 ================  ===============================================================================
+
+Each name is registered in :data:`invdiff.priors.registry.NAMED_PRIORS`, which is how
+:func:`invdiff.priors.load` knows it; a new shipped prior adds its name to :data:`SHIPPED`.
 """
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from pathlib import Path
+
+from .loaders import load
+from .registry import register_named_prior
 
 SHIPPED = ("phantom64", "patches64")
 
@@ -32,6 +39,8 @@ def shipped_prior_path(name: str) -> Path:
 
 def load_shipped(name: str, **kwargs):
     """:func:`invdiff.priors.load` of a shipped prior (for configs: ``configs/prior/phantom64.yaml``)."""
-    from .loaders import load
-
     return load(shipped_prior_path(name), **kwargs)
+
+
+for _name in SHIPPED:
+    register_named_prior(_name, functools.partial(shipped_prior_path, _name))

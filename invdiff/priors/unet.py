@@ -1,7 +1,8 @@
 """The project's compact score network: a small UNet with a noise-level embedding, inside EDM's
 preconditioning (Karras et al. 2022, Table 1, σ_data = 0.5), so ``net(x, σ) = D(x; σ)``.
 
-Registered in the project's checkpoint format as architecture ``"invdiff.unet"``; ``invdiff-train``
+Registered as architecture ``"invdiff.unet"`` of the project's checkpoint format
+(:mod:`invdiff.priors.registry`, :mod:`invdiff.priors.native`); ``invdiff-train``
 trains it and :func:`invdiff.priors.load` reads it back. Sized for CPU training of 64×64 priors:
 ``width=32, mults=(1, 2, 2), blocks=1`` is about 1 M parameters (4 MB in float32); ``patch=2``
 runs it on 2×2 pixel blocks, four times cheaper.
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .formats import EDMPreconditioned
-from .loaders import register_architecture
+from .registry import register_architecture
 
 
 class _Embed(nn.Module):
