@@ -463,3 +463,21 @@ def test_score_sde_warns_when_its_projection_amplifies_noise():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         score_sde(mask.A(prior.sample(1, torch.Generator().manual_seed(0))), mask, prior, sigma_y=0.01, steps=2)
+
+
+@pytest.mark.parametrize("op", [INPAINT, REFLECT_BLUR, operators.HDR(SHAPE)], ids=["inpaint", "blur", "hdr"])
+def test_the_problem_is_seen_in_model_space(op):
+    """``pb.y``, ``pb.forward`` and ``pb.residual`` are the model-space measurement model for
+    linear and nonlinear operators alike: ``y_m ≈ forward(x_m)`` and ``residual = y_m − forward``."""
+    from invdiff.solvers._common import setup
+
+    x = PRIOR.sample(2, torch.Generator().manual_seed(0))
+    y = op.A(x)  # noiseless
+    pb = setup("test", y, op, PRIOR, sigma_y=0.05, steps=1, generator=None)
+    x_m = PRIOR.to_model(x)
+    torch.testing.assert_close(pb.forward(x_m), pb.y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(pb.residual(x_m), torch.zeros_like(pb.y), rtol=0, atol=1e-12)
+    z = torch.randn(2, *SHAPE, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(pb.residual(z), pb.y - pb.forward(z), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(pb.residual(z), PRIOR.scale * pb.residual(z, physical=True))
+    torch.testing.assert_close(pb.sigma_y, 0.05 * PRIOR.scale * torch.ones(2, dtype=torch.float64))

@@ -9,11 +9,24 @@
 * :class:`Spectral` gives SVD-based solvers (DDRM, DDNM) one coefficient-wise view of a linear
   operator: the exact SVD, or the "simplified" mode built from A and A⁺ only.
 
-Model-space measurement. The solver state lives in the prior's space ``x_m = a·x + b`` (a =
-``prior.scale``, b = ``prior.offset``), the operator in physical units. For a linear operator,
-``y = A x + σ_y n`` is equivalent to ``y_m = a·y + A(b·1) = A x_m + (a σ_y) n``: the same operator
-on the model-space state, with ``σ_y`` scaled by ``a`` (e.g. σ_y on [0, 1] doubles on [-1, 1], as
-DDRM/DDNM do by hand). Nonlinear operators are instead applied to ``prior.to_physical(x_m)``.
+Model space. The solver state lives in the prior's space ``x_m = a·x + b`` (a = ``prior.scale``,
+b = ``prior.offset``), the operator in physical units. A solver sees the problem in model space
+only: ``pb.y`` is the measurement in model units, ``pb.forward(x_m)`` the forward map and
+``pb.residual(x_m)`` the misfit ``pb.y − pb.forward(x_m)``, with noise ``pb.sigma_y = a·σ_y``:
+
+====================  =============================  ===============================
+                      linear operator                nonlinear operator
+====================  =============================  ===============================
+``pb.y``              ``y_m = a·y + A(b·1)``         ``y_m = a·y``
+``pb.forward(x_m)``   ``A x_m`` (the same operator)  ``a·A(to_physical(x_m))``
+``pb.residual(x_m)``  ``y_m − A x_m = a·(y − A x)``  ``a·(y − A(to_physical(x_m)))``
+====================  =============================  ===============================
+
+For a linear operator ``y = A x + σ_y n`` is equivalent to ``y_m = A x_m + (a σ_y) n``: the same
+operator on the model-space state, with σ_y scaled by ``a`` (e.g. σ_y on [0, 1] doubles on
+[-1, 1], as DDRM/DDNM do by hand), so linear solvers apply ``operator.A``, ``A_dagger`` or
+``prox_l2`` to the state and ``pb.y`` directly. ``pb.y_phys`` keeps y in measurement units (DPS's
+Poisson weights and ``residual="physical"``).
 """
 
 from __future__ import annotations
@@ -135,14 +148,29 @@ class Problem:
         self.B = y.shape[0]
         self.shape = (self.B, *prior.shape)
         self.out_dtype = y.dtype
-        self.y_phys = y.to(torch.float64)
+        self.y_phys = y.to(torch.float64)  # measurement units
         self.sigma_y_phys = sigma_y
         self.sigma_y = sigma_y * prior.scale  # model space
-        if linear:
-            b = torch.full(self.shape, prior.offset, dtype=torch.float64, device=self.device)
-            self.y = prior.scale * self.y_phys + (op.A(b) if prior.offset != 0 else 0.0)
-        else:
-            self.y = self.y_phys
+        # the measurement in model units (module docstring): y_m = a·y (+ A(b·1) for a linear operator)
+        self.y = prior.scale * self.y_phys
+        if linear and prior.offset != 0:
+            self.y = self.y + op.A(torch.full(self.shape, prior.offset, dtype=torch.float64, device=self.device))
+
+    # -- the measurement model in model space -----------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        """The forward map in model units, ``pb.y ≈ forward(x_m) + noise``: ``A x_m`` for a linear
+        operator (the same operator on the model-space state), ``a·A(to_physical(x_m))`` otherwise."""
+        if self.linear:
+            return self.op.A(x)
+        return self.prior.scale * self.op.A(self.prior.to_physical(x))
+
+    def residual(self, x: Tensor, physical: bool = False) -> Tensor:
+        """The data misfit ``pb.y − forward(x_m)`` in model units (the papers' residual of [−1, 1]
+        images), computed as ``a·(y − A(to_physical(x_m)))`` for linear and nonlinear operators
+        alike (for a linear one equal to ``y_m − A x_m`` up to rounding); differentiable in x.
+        ``physical=True``: the same misfit in measurement units, ``y − A(to_physical(x_m))``."""
+        r = self.y_phys - self.op.A(self.prior.to_physical(x))
+        return r if physical else self.prior.scale * r
 
     # -- shapes -------------------------------------------------------------------------------
     def per_sample(self, v: Tensor) -> Tensor:
@@ -160,16 +188,15 @@ class Problem:
         return v if v.shape == self.y.shape else v.reshape(-1, *([1] * (self.y.ndim - 1)))
 
     def data_grad(self, x: Tensor, weight) -> Tensor:
-        """``∇ₓ ½ Σ w·r²`` of the residual ``r = scale·(y − A(x_phys))`` in model units (for a
-        linear operator ``r = y_m − A x``, and the gradient is ``Aᵀ w (A x − y_m)`` with no
-        autograd); ``weight`` is a float, ``[B]`` or y-shaped. Langevin likelihood steps (DAPS, PnP-DM)."""
-        op = self.op
+        """``∇ₓ ½ Σ w·r²`` of the model-space residual ``r = pb.residual(x)``; ``weight`` is a float,
+        ``[B]`` or y-shaped. For a linear operator with an adjoint it is ``Aᵀ w (A x − y_m)``, with
+        no autograd. Langevin likelihood steps (DAPS, PnP-DM)."""
         w = self.per_meas(weight) if isinstance(weight, Tensor) else weight
-        if self.linear and "adjoint" in op.capabilities:
-            return op.A_adjoint(w * (op.A(x) - self.y))
+        if self.linear and "adjoint" in self.op.capabilities:
+            return self.op.A_adjoint(w * (self.forward(x) - self.y))
         x_in = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            r = self.prior.scale * (self.y_phys - op.A(self.prior.to_physical(x_in)))
+            r = self.residual(x_in)
             (g,) = torch.autograd.grad(0.5 * (w * r.square()).sum(), x_in)
         return g.to(torch.float64)
 

@@ -66,17 +66,16 @@ def dps(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, generator
                          f"got {zeta}, {likelihood!r}, {residual!r}")
     pb = setup("dps", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
                needs=["differentiable"], prior_grad=True)
-    y_meas = pb.y_phys
-    unit = prior.scale if residual == "model" else 1.0
-    if likelihood == "poisson":  # ‖r‖_Λ = ‖√Λ r‖, Λ = diag(1/(2y))
-        unit = unit / (2 * y_meas.clamp_min(poisson_gain)).sqrt()
+    unit = prior.scale if residual == "model" else 1.0  # × the residual in measurement units
+    if likelihood == "poisson":  # ‖r‖_Λ = ‖√Λ r‖, Λ = diag(1/(2y)), y in measurement units
+        unit = unit / (2 * pb.y_phys.clamp_min(poisson_gain)).sqrt()
     sigmas = vp_sigmas(prior, steps, schedule)
     x = pb.init_noise(1.0 / vp_scale(sigmas[0]))  # VP N(0, I)
     for i in range(steps):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         a_t, a_s = vp_scale(sigma) ** 2, vp_scale(sigma_next) ** 2
         # 1. Tweedie estimate with the graph kept, and the per-sample residual norm.
-        x0_hat, grad = pb.norm_grad(x, sigma, lambda x0: unit * (y_meas - operator.A(prior.to_physical(x0))))
+        x0_hat, grad = pb.norm_grad(x, sigma, lambda x0: unit * pb.residual(x0, physical=True))
         pb.check(i, x0_hat, "the prior's denoiser returned NaN/Inf")
         # 2. DDPM ancestral step (VP coordinates), 3. measurement step ζ ∇_{x_vp}‖·‖ = ζ ∇_x‖·‖ / √ᾱ_t.
         x_vp = ddpm_step_vp(pb, x, x0_hat, sigma, sigma_next) - zeta * grad / math.sqrt(a_t)

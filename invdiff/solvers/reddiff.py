@@ -60,8 +60,7 @@ def reddiff(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, gener
         raise ValueError(f"reddiff: need lam >= 0, lr > 0, obs_weight >= 0; got {lam}, {lr}, {obs_weight}")
     pb = setup("reddiff", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
                needs=["differentiable"])
-    linear = "linear" in operator.capabilities
-    if linear and "pinv" in operator.capabilities:
+    if pb.linear and "pinv" in operator.capabilities:
         mu = operator.A_dagger(pb.y)
     else:
         mu = torch.full(pb.shape, 0.5 * sum(prior.model_range), dtype=torch.float64, device=pb.device)
@@ -80,7 +79,7 @@ def reddiff(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 1000, gener
         eps_hat = (x_t - x0_hat) / sigma
         # 2. Gradient of eq. 11: data term through A, the regulariser in closed form (sg[ε̂ − ε]).
         mu_in = mu.detach().requires_grad_(True)
-        resid = prior.scale * (pb.y_phys - operator.A(prior.to_physical(mu_in)))  # model units, as the paper's [-1, 1]
+        resid = pb.residual(mu_in)  # model units, as the paper's [-1, 1]
         loss_obs = 0.5 * resid.square().sum(dims) / n_meas
         (g_obs,) = torch.autograd.grad(loss_obs.sum(), mu_in)
         grad = obs_weight * g_obs.to(torch.float64) + lam * sigma * (eps_hat - eps) / n_img
