@@ -10,9 +10,9 @@ For each preset (``configs/benchmark/<name>.yaml``):
    preset's validation split (``data.split=val``, one draw per image) and the best mean PSNR wins.
    The test split is never looked at while tuning.
 2. **Test**: every solver config (``configs/solver/``) with the preset's settings, the tuned values
-   and the CPU caps (on a CPU), through :func:`invdiff.bench.run` (resumable: rerunning the
+   and the CPU caps (on a CPU), through :func:`invdiff.apps.bench.run` (resumable: rerunning the
    command continues). Solvers whose needs the operator does not meet are listed as not applicable.
-3. ``<out>/bench_<preset>.md``: :func:`invdiff.bench.table` over the test runs, plus the tuning
+3. ``<out>/bench_<preset>.md``: :func:`invdiff.apps.bench.table` over the test runs, plus the tuning
    table and the solvers that did not apply.
 """
 
@@ -26,8 +26,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from invdiff import bench
-from invdiff.app import AppError, choices
+from invdiff.apps import bench
+from invdiff.apps.common import AppError, choices
 
 ORDER = ("pinv", "tv", "dpir", "ddrm", "ddnm", "pigdm", "diffpir", "dps", "mcg", "reddiff", "tmpd", "score_sde",
          "daps", "pnpdm", "mcgdiff")

@@ -7,9 +7,9 @@ rank sees (any cluster's shared disk; one node needs nothing). Rank 0 then rebui
 from the sample files. Seeds derive from (seed, sample id, draw), never from the rank or the
 position in a batch, so the result equals a single-process run's (DESIGN.md, "Seeds"):
 
-    torchrun --standalone --nproc_per_node=4 -m invdiff.cli solver=dps data.n=100
+    torchrun --standalone --nproc_per_node=4 -m invdiff.apps.cli solver=dps data.n=100
     torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=$HEAD:29500 \\
-        -m invdiff.bench benchmark=phantom64_mri8x solver=pigdm results_dir=/shared/bench
+        -m invdiff.apps.bench benchmark=phantom64_mri8x solver=pigdm results_dir=/shared/bench
 
 The processes only coordinate through a ``gloo`` group (a barrier and a few small broadcasts:
 never tensors), so the same code runs on CPUs and GPUs; on GPUs rank r uses ``cuda:LOCAL_RANK``.
@@ -107,7 +107,8 @@ def pending(items: Sequence, folder: str | Path, *, resume: bool, id_of=lambda i
     Sharding before filtering keeps the assignment independent of what is already done or of
     which rank looks first. Iterate over :func:`claimed` of the result to share the work with other
     jobs in the same directory."""
-    from .data.results import is_complete, remove_stale_temporaries
+    from .data.claims import remove_stale_temporaries
+    from .data.results import is_complete
 
     ctx = init()
     folder = Path(folder)

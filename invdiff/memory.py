@@ -1,6 +1,6 @@
 """The memory a run needs, estimated from its sizes before anything is allocated.
 
-:func:`invdiff.app.setup` checks the estimate for ``shape`` before it builds the operator (whose
+:func:`invdiff.apps.jobs.setup` checks the estimate for ``shape`` before it builds the operator (whose
 masks and factors are image-sized), :func:`invdiff.reconstruct` and
 :func:`invdiff.tiling.reconstruct_tiled` before they solve, so that ``shape=[1,100000,100000]``
 is refused at once with the size and the fix instead of an allocator's message after minutes of

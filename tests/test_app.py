@@ -17,8 +17,9 @@ from hydra.core.global_hydra import GlobalHydra
 import operators as O
 import invdiff
 from invdiff.api import reconstruct, sample_seed
-from invdiff.app import AppError, choices, rerun, run
-from invdiff.cli import explain_overrides, main
+from invdiff.apps.app import rerun, run
+from invdiff.apps.common import AppError, choices
+from invdiff.apps.cli import explain_overrides, main
 from crash import kill_and_resume
 from invdiff.data.claims import host_tag
 from invdiff.data.results import is_complete, read_sample
@@ -64,7 +65,9 @@ def test_default_run_writes_samples_figures_and_metrics(default_run):
     assert "measurement units" in rec["noise_convention"] and len(rec["config_hash"]) == 16
     m = rec["metrics"]
     # even 12 steps of ΠGDM with phantom64 beat zero-filling by a wide margin
-    assert m["psnr"] > m["psnr_baseline"] + 5 and m["nfe"] == 12 and 0 < m["nmse"] < m["nmse_baseline"]
+    # (psnr: the average over the draws of single-draw scores; psnr_mean: the posterior mean's)
+    assert m["psnr_mean"] > m["psnr_baseline"] + 5 and m["psnr"] > m["psnr_baseline"] + 3
+    assert m["nfe"] == 12 and 0 < m["nmse"] < m["nmse_baseline"]
     assert 0.3 < m["residual_chi"] < 3  # the reconstruction explains y to about the noise level
     summ = json.loads((out / "metrics.json").read_text())
     assert summ["summary"]["psnr"]["n"] == 2 and result["summary"]["psnr"]["mean"] == summ["summary"]["psnr"]["mean"]
@@ -189,8 +192,10 @@ def test_every_allowed_operator_solver_pair_runs(op_name, tmp_path):
 @pytest.mark.parametrize("overrides, expected", [
     (["operator=gausian_blur"], r"unknown operator 'gausian_blur'\. Choose one of: .*mri_4x.*Did you mean 'gaussian_blur'\?"),
     (["solver=dps,dsp"], r"unknown solver 'dsp'\. Choose one of: .*pigdm.*Did you mean 'dps'\?"),
-    (["solver.stepz=3"], r"unknown setting 'solver.stepz'\. Valid keys at 'solver': checkpoint, eta, guidance, prior_variance, steps\..*Did you mean 'steps'\?"),
-    (["solver.autocast=true"], r"parameter of the solver that its config does not list: add it with \+solver.autocast=true"),
+    (["solver.stepz=3"], r"unknown setting 'solver.stepz'\. Valid keys at 'solver': eta, guidance, prior_variance, steps\..*Did you mean 'steps'\?"),
+    (["solver.autocast=true"], r"not a setting of the solver: .*the runtime node's .*Use runtime\.autocast=true\."),
+    (["+solver.compile=reduce-overhead"], r"Use runtime\.compile=reduce-overhead\."),
+    (["solver.schedule=vp"], r"parameter of the solver that its config does not list: add it with \+solver.schedule=vp"),
     (["sead=1"], r"unknown setting 'sead'\. Valid keys at the top level: .*seed.*Did you mean 'seed'\?"),
     (["solver=dps,ddrm", "solver.zeta=0.5"], r"^with solver=ddrm: unknown setting 'solver.zeta'"),
     (["data=fastmr"], r"unknown data 'fastmr'.*Did you mean 'fastmri'\?"),
@@ -204,7 +209,7 @@ def test_bad_overrides_are_explained_in_one_paragraph(overrides, expected):
 
 
 def test_good_overrides_pass_the_check():
-    assert explain_overrides(["solver=dps,ddrm", "seed=0,1", "+solver.autocast=true", "experiment=toy_dps"]) is None
+    assert explain_overrides(["solver=dps,ddrm", "seed=0,1", "runtime.autocast=true", "experiment=toy_dps"]) is None
 
 
 @pytest.fixture
@@ -343,7 +348,7 @@ def test_reconstruct_seeds_follow_sample_ids_not_batches():
 
 def test_reconstruct_is_exported_and_mirrors_the_app(default_run):
     """A script builds the app's objects from a config and gets the app's draws."""
-    from invdiff.app import config, setup
+    from invdiff.apps.app import config, setup
 
     assert invdiff.reconstruct is reconstruct
     out, _ = default_run
@@ -367,7 +372,7 @@ def test_multirun_sweep_summarises_all_runs(tmp_path, monkeypatch, clean_hydra):
 
 
 def test_a_killed_run_loses_nothing_and_resumes(tmp_path):
-    cmd = [sys.executable, "-m", "invdiff.cli", "data.n=5", "num_samples=1", "solver.steps=40", "progress=false",
+    cmd = [sys.executable, "-m", "invdiff.apps.cli", "data.n=5", "num_samples=1", "solver.steps=40", "progress=false",
            "figures=false", f"hydra.run.dir={tmp_path}"]
     kill_and_resume(cmd, tmp_path / "samples", total=5)
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 1 + 5

@@ -1,5 +1,5 @@
 """Bad input is refused up front: one paragraph that says what is wrong, raised while the job is
-checked (``invdiff.app.setup``), so a run writes nothing — no sample file, figure or metrics.
+checked (``invdiff.apps.app.setup``), so a run writes nothing — no sample file, figure or metrics.
 
 tests/test_app.py (``test_bad_input_is_refused_before_anything_is_written``) already covers: an
 operator the solver cannot use, a prior of another shape, ground truth out of the prior's range,
@@ -29,8 +29,9 @@ import torch
 
 import operators as O
 from invdiff.api import reconstruct
-from invdiff.app import AppError, config, run, setup
-from invdiff.cli import explain_overrides
+from invdiff.apps.app import config, run, setup
+from invdiff.apps.common import AppError
+from invdiff.apps.cli import explain_overrides
 from invdiff.data.sources import FastMRI, ImageFiles, Measurements
 from invdiff.priors.analytic import smooth_gaussian
 from invdiff.priors.base import CountingPrior
@@ -619,7 +620,7 @@ def a_file(tmp_path):
     ("LONG", r"the name 'xxxx.*' in it is 300 bytes long; a file system allows 255"),
 ])
 def test_an_output_directory_that_cannot_be_created(where, pattern, a_file, tmp_path, monkeypatch):
-    from invdiff.cli import main
+    from invdiff.apps.cli import main
 
     if where == "/proc/x" and not __import__("os").path.isdir("/proc/self"):
         pytest.skip("no /proc")
@@ -628,7 +629,7 @@ def test_an_output_directory_that_cannot_be_created(where, pattern, a_file, tmp_
 
 
 def test_a_sweep_directory_that_cannot_be_created(a_file, tmp_path, monkeypatch):
-    from invdiff.cli import main
+    from invdiff.apps.cli import main
 
     cli_refuses(monkeypatch, main, ["invdiff", "-m", *TINY, "data=sample_image", "seed=0,1",
                                     f"hydra.sweep.dir={a_file}/sweep"],
@@ -638,7 +639,7 @@ def test_a_sweep_directory_that_cannot_be_created(a_file, tmp_path, monkeypatch)
 
 def test_an_output_directory_is_made_without_leftovers(a_file, tmp_path):
     """make_output_dir creates what Hydra would, or leaves nothing behind when a level fails."""
-    from invdiff.cli import make_output_dir
+    from invdiff.apps.cli import make_output_dir
 
     assert make_output_dir(tmp_path / "a" / "b") is None and (tmp_path / "a" / "b").is_dir()
     assert "is a file" in make_output_dir(a_file / "c" / "d")
@@ -661,7 +662,7 @@ BENCH_FAST = ["benchmark=smoke", "data.n=1", "solver.steps=2", "progress=false"]
                                                       r"'\.\.' names the folder"),
 ])
 def test_bench_refuses_names_and_directories_before_hydra(argv, pattern, a_file, tmp_path, monkeypatch):
-    from invdiff import bench
+    from invdiff.apps import bench
 
     argv = [a.replace("FILE", str(a_file)) for a in argv]
     if not any(a.startswith("results_dir=") for a in argv):
@@ -674,8 +675,8 @@ def test_bench_refuses_names_and_directories_before_hydra(argv, pattern, a_file,
 def test_override_values_cannot_move_a_benchmark_out_of_results_dir(override, tmp_path):
     """The run directory Hydra will use is created under results_dir: '/' and '\\' in override
     values are written %2F/%5C, and the preset's description texts do not name directories."""
-    from invdiff import bench  # noqa: F401  (registers the invdiff_path resolver)
-    from invdiff.cli import check_output_dir
+    from invdiff.apps import bench  # noqa: F401  (registers the invdiff_path resolver)
+    from invdiff.apps.cli import check_output_dir
 
     res = tmp_path / "res"
     problem, _ = check_output_dir([*BENCH_FAST, override, f"results_dir={res}"], "bench", "", inside="results_dir")
@@ -690,15 +691,15 @@ def test_the_results_dir_guard_holds_without_the_escaping(tmp_path, monkeypatch)
     """Belt and braces: were a value to reach the path verbatim, the directory outside results_dir is refused."""
     from omegaconf import OmegaConf
 
-    from invdiff.cli import check_output_dir
+    from invdiff.apps.cli import check_output_dir
 
-    monkeypatch.setattr("invdiff.bench.path_part", str)
+    monkeypatch.setattr("invdiff.apps.bench.path_part", str)
     OmegaConf.register_new_resolver("invdiff_path", str, replace=True)
     try:
         problem, _ = check_output_dir([*BENCH_FAST, "+solver.note=../../../../../escaped", f"results_dir={tmp_path / 'res'}"],
                                       "bench", "", inside="results_dir")
     finally:
-        from invdiff.bench import path_part as real
+        from invdiff.apps.bench import path_part as real
 
         OmegaConf.register_new_resolver("invdiff_path", real, replace=True)
     assert re.search(r"would lie outside results_dir=.*res .*use plain names \(no '/' or '\.\.'\) in overrides", problem)
@@ -712,7 +713,7 @@ def test_a_failed_run_logs_its_error_in_cli_log(tmp_path, monkeypatch):
 
     from hydra.core.global_hydra import GlobalHydra
 
-    from invdiff.cli import main
+    from invdiff.apps.cli import main
 
     GlobalHydra.instance().clear()
     root = logging.getLogger()

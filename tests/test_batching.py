@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import operators as O
-from invdiff import api, app, priors, solvers
+from invdiff import api, priors, solvers
+from invdiff.apps import app, common
 from invdiff.api import OutOfMemory, reconstruct
 
 
@@ -96,5 +97,5 @@ def test_app_takes_batch_size_auto_and_reruns_it(tmp_path):
     assert rec["batch_size"] == "auto"
     again = app.rerun(path)
     torch.testing.assert_close(again.samples[0].float().cpu(), torch.from_numpy(rec["samples"]).float())
-    with pytest.raises(app.AppError, match="positive integer or auto"):
+    with pytest.raises(common.AppError, match="positive integer or auto"):
         app.setup(app.config("batch_size=0"))

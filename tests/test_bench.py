@@ -14,8 +14,8 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from invdiff import bench
-from invdiff.app import AppError, choices
+from invdiff.apps import bench
+from invdiff.apps.common import AppError, choices
 from invdiff.data.results import read_sample
 from invdiff.metrics import coverage, interval95, z_scores
 
@@ -137,7 +137,7 @@ def test_self_contained_presets_run_and_have_a_validation_split(preset, tmp_path
     cfg = bench.config(f"benchmark={preset}", "benchmark.cpu.max_images=1", "solver.steps=2", "num_samples=1", *FAST)
     s = bench.run(cfg, tmp_path / "test")
     assert s["images"] == 1 and math.isfinite(s["metrics"]["psnr"]["mean"]) and s["benchmark"] == preset
-    from invdiff.app import setup
+    from invdiff.apps.app import setup
 
     val = {it.sample.id for it in setup(bench.prepare(bench.config(f"benchmark={preset}", "data.split=val"))).items}
     test = {it.sample.id for it in setup(bench.prepare(bench.config(f"benchmark={preset}"))).items}

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from invdiff import app
+from invdiff.apps import app
 from invdiff.data import claims, processes, results
 from invdiff.data.claims import Claimed, claim_path, remove_stale_temporaries, try_claim
 from invdiff.data.processes import host_tag
@@ -33,7 +33,7 @@ import logging, os, sys, time
 from pathlib import Path
 kind, out, counts, ready, n = sys.argv[1:6]
 logging.basicConfig(level=logging.INFO, format="%(process)d %(message)s")
-from invdiff import app, bench
+from invdiff.apps import app, bench
 real = app.solve_item
 def counted(job, item, out_dir, **kw):
     result = real(job, item, out_dir, **kw)

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import operators as O
-from invdiff.app import run
+from invdiff.apps.app import run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -107,7 +107,7 @@ def test_non_editable_install_ships_the_configs(tmp_path):
         "import invdiff, operators, sys; from pathlib import Path\n"
         f"assert Path(invdiff.__file__).is_relative_to({str(target)!r}), invdiff.__file__\n"
         "from hydra import compose, initialize_config_module\n"
-        "from invdiff.app import run\n"
+        "from invdiff.apps.app import run\n"
         "from invdiff.priors.shipped import shipped_prior_path\n"
         "assert shipped_prior_path('phantom64').stat().st_size > 10**6\n"
         "with initialize_config_module('invdiff.configs.train', version_base=None):\n"

@@ -71,7 +71,8 @@ def test_not_a_checkpoint_through_the_api(tmp_path):
 
 
 def test_not_a_checkpoint_through_the_app(tmp_path):
-    from invdiff.app import AppError, config, setup
+    from invdiff.apps.app import config, setup
+    from invdiff.apps.common import AppError
 
     for name, (path, pattern) in _write_cases(tmp_path).items():
         with pytest.raises(AppError, match=r"prior config .*" + pattern) as err:
@@ -80,7 +81,8 @@ def test_not_a_checkpoint_through_the_app(tmp_path):
 
 
 def test_only_real_pickles_with_objects_are_called_so(tmp_path, marker):
-    from invdiff.app import AppError, config, setup
+    from invdiff.apps.app import config, setup
+    from invdiff.apps.common import AppError
 
     with open(tmp_path / "evil_raw.pt", "wb") as f:
         pickle.dump({"ema": Payload(marker)}, f)
@@ -124,7 +126,8 @@ def test_kinds_are_read_from_content(tmp_path):
 
 
 def test_a_mistyped_shipped_name_lists_the_shipped_priors(tmp_path, monkeypatch):
-    from invdiff.app import AppError, config, setup
+    from invdiff.apps.app import config, setup
+    from invdiff.apps.common import AppError
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"checkpoint not found: phantom65\. It is not a shipped prior either; "
@@ -142,7 +145,7 @@ def test_a_mistyped_shipped_name_lists_the_shipped_priors(tmp_path, monkeypatch)
 
 
 def test_operator_checkpoints_are_identified_the_same_way(tmp_path):
-    """The blur-network checkpoints of ``operators`` share the reader (``operators._checkpoints``):
+    """The blur-network checkpoints of ``operators`` share the reader (``operators.checkpoints``):
     a random or truncated file is "not a checkpoint file", never a pickle to unlock."""
     import operators as O
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import operators as O
-from invdiff import api, app, solvers
+from invdiff import api, solvers
+from invdiff.apps import app, common
 from invdiff.priors import GaussianPrior
 from operator_registry import ALL, BATCH
 
@@ -89,7 +90,7 @@ def test_cuda_without_an_index_is_the_current_device():
     from invdiff.solvers._common import same_device
 
     assert same_device(torch.device("cuda"), torch.device("cuda", torch.cuda.current_device()))
-    assert app.resolve_device("cuda").index is not None and app.resolve_device("auto").type == "cuda"
+    assert common.resolve_device("cuda").index is not None and common.resolve_device("auto").type == "cuda"
     prior = GaussianPrior(torch.full(SHAPE, 0.5), 0.1, shape=SHAPE).to("cuda")  # "cuda", no index
     op = O.Inpainting(torch.ones(SHAPE, device="cuda"), SHAPE)
     y = op.measure(torch.rand(2, *SHAPE, device="cuda", dtype=torch.float64))

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from invdiff import app, bench, distributed
+from invdiff import distributed
+from invdiff.apps import app, bench
 from invdiff.data.claims import host_tag
 from invdiff.data.results import write_sample
 from crash import kill_and_resume
@@ -110,7 +111,7 @@ def test_hydra_overrides_give_every_rank_rank_0s_run_directory(monkeypatch):
 def test_torchrun_app_equals_one_process(tmp_path):
     """Two gloo ranks share the samples (both solve some), write one run directory (rank 0's time,
     though the user gave none), and every array equals a one-process run bit for bit."""
-    subprocess.run([*TORCHRUN, "-m", "invdiff.cli", *APP_ARGS], cwd=tmp_path, env=_env(), check=True,
+    subprocess.run([*TORCHRUN, "-m", "invdiff.apps.cli", *APP_ARGS], cwd=tmp_path, env=_env(), check=True,
                    capture_output=True, timeout=300)
     runs = list((tmp_path / "outputs").glob("*/*"))
     assert len(runs) == 1, runs
@@ -127,7 +128,7 @@ def test_a_killed_torchrun_benchmark_resumes_and_equals_one_process(tmp_path):
     kept byte for byte; the same command resumes, each rank finishes its share, and every record
     equals a one-process run's bit for bit."""
     args = ["benchmark=smoke", "data.n=6", "solver.steps=20", "progress=false", "figures=false"]
-    cmd = [*TORCHRUN, "-m", "invdiff.bench", *args, f"hydra.run.dir={tmp_path / 'two'}"]
+    cmd = [*TORCHRUN, "-m", "invdiff.apps.bench", *args, f"hydra.run.dir={tmp_path / 'two'}"]
     kill_and_resume(cmd, tmp_path / "two" / "samples", total=6)
     two = _arrays(tmp_path / "two")
     assert {v["rank"] for v in two.values()} == {0, 1}

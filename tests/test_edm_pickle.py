@@ -129,7 +129,8 @@ def test_a_plain_malicious_pickle_is_not_an_edm_pickle(tmp_path, marker):
 def test_no_trust_flag_and_no_torch_utils_check(tmp_path, marker, nets, monkeypatch):
     """An empty package named torch_utils on the path changes nothing; trust=True is refused before
     the file is opened, from Python and from the app (``+prior.trust=true``)."""
-    from invdiff.app import AppError, config, setup
+    from invdiff.apps.app import config, setup
+    from invdiff.apps.common import AppError
 
     (tmp_path / "torch_utils").mkdir()
     (tmp_path / "torch_utils" / "__init__.py").write_text("")
@@ -150,7 +151,8 @@ def test_no_trust_flag_and_no_torch_utils_check(tmp_path, marker, nets, monkeypa
 
 
 def test_the_converted_file_loads_through_the_app_config(tmp_path, marker, nets):
-    from invdiff.app import build, config
+    from invdiff.apps.app import config
+    from invdiff.apps.common import build
 
     src = tmp_path / "net.pkl"
     edm_pickle(src, nets["edm"], module_src=EVIL_SOURCE.format(marker=marker))

@@ -14,7 +14,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
-from invdiff import app
+from invdiff.apps import app
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
@@ -46,7 +46,7 @@ def test_joblib_sweep_runs_in_worker_processes(tmp_path):
     """A benchmark sweep through joblib's process pool: each run finishes and the sweep's table
     (the SweepTable callback, run once in the parent) lists both solvers."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "invdiff.bench", "-m", "hydra/launcher=processes", "benchmark=smoke",
+    subprocess.run([sys.executable, "-m", "invdiff.apps.bench", "-m", "hydra/launcher=processes", "benchmark=smoke",
                     "solver=ddrm,ddnm", "data.n=1", "solver.steps=3", "progress=false", "figures=false",
                     f"results_dir={tmp_path}"], cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300)
     table = (tmp_path / "smoke" / "table.md").read_text()
@@ -59,7 +59,7 @@ def test_submitit_local_sweep_runs_each_job_in_its_own_process(tmp_path):
     sweep summary covers them, and each equals the same run done in-process."""
     args = ["data.n=1", "num_samples=2", "solver.steps=3", "progress=false", "figures=false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "invdiff.cli", "-m", "hydra/launcher=local",
+    subprocess.run([sys.executable, "-m", "invdiff.apps.cli", "-m", "hydra/launcher=local",
                     f"hydra.sweep.dir={tmp_path / 'sweep'}", "seed=0,1", *args],
                    cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300)
     sweep = tmp_path / "sweep"

@@ -266,8 +266,8 @@ def test_perceptual_metrics_end_to_end(nets):
 def test_benchmark_runner_reports_perceptual_metrics_from_local_weights(files, tmp_path):
     """invdiff-bench with LPIPS and Inception weights given by path: per-image LPIPS, set-level
     FID / IS / precision–recall in the summary; a missing file stops the run before any work."""
-    from invdiff import bench
-    from invdiff.app import AppError
+    from invdiff.apps import bench
+    from invdiff.apps.common import AppError
 
     common = ["benchmark=smoke", "data.n=2", "solver.steps=3", "progress=false", "figures=false"]
     with pytest.raises(AppError, match="benchmark.metrics: .*not found"):

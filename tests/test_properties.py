@@ -27,8 +27,9 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
 import operators as O
-from invdiff.app import GROUPS, choices, config
-from invdiff.cli import explain_overrides
+from invdiff.apps.app import config
+from invdiff.apps.common import GROUPS, choices
+from invdiff.apps.cli import explain_overrides
 from operator_registry import BATCH
 from test_operator_conformance import dot, per_image
 

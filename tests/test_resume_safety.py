@@ -2,7 +2,7 @@
 
 A. Resume reuses a sample file only when everything that determines it is equal; a run directory
    holding results computed otherwise is refused before any work, with one paragraph naming what
-   differs (``invdiff.resume``), for ``invdiff`` and ``invdiff-bench``.
+   differs (``invdiff.apps.runs``), for ``invdiff`` and ``invdiff-bench``.
 B. Measured data are solved only with an operator whose random parameters (mask, kernel, coil maps)
    come from the user's files or the data file, never from a seed; a result whose data consistency
    is far above what σ_y predicts is flagged.
@@ -19,8 +19,9 @@ import pytest
 import torch
 
 import operators as O
-from invdiff import bench
-from invdiff.app import AppError, config, run, setup
+from invdiff.apps import bench
+from invdiff.apps.app import config, run, setup
+from invdiff.apps.common import AppError
 from invdiff.data.results import read_sample
 from invdiff.priors.analytic import smooth_gaussian
 

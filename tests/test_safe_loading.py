@@ -232,7 +232,8 @@ def test_blur_network_loader_refuses_a_malicious_pickle(tmp_path, marker):
 
 
 def test_the_app_refuses_malicious_checkpoints_and_writes_nothing(tmp_path, marker):
-    from invdiff.app import AppError, config, run
+    from invdiff.apps.app import config, run
+    from invdiff.apps.common import AppError
 
     evil_files(tmp_path, marker)
     with open(tmp_path / "network-snapshot.pkl", "wb") as f:
@@ -318,7 +319,7 @@ def test_training_resume_refuses_a_malicious_checkpoint(tmp_path, marker):
 def test_train_app_refuses_a_malicious_checkpoint(tmp_path, marker):
     from hydra import compose, initialize_config_module
 
-    from invdiff.train_app import run
+    from invdiff.apps.train_app import run
 
     out = tmp_path / "run"
     out.mkdir()

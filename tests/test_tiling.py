@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import operators as O
-from invdiff import app, priors, tiling
+from invdiff import priors, tiling
+from invdiff.apps import app, common
 from invdiff.priors.analytic import GaussianPrior, smooth_cov
 
 
@@ -195,9 +196,9 @@ def test_app_solves_larger_images_in_tiles(tmp_path):
     assert rec["samples"].shape == (2, 1, 128, 128)
     again = app.rerun(path)
     torch.testing.assert_close(again.samples[0].cpu(), torch.from_numpy(rec["samples"]))  # (rerun: the record's device)
-    with pytest.raises(app.AppError, match="tile_overlap=16"):
+    with pytest.raises(common.AppError, match="tile_overlap=16"):
         app.setup(app.config("prior=patches64", "shape=[1,128,128]", "data=sample_image"))
-    with pytest.raises(app.AppError, match="couples distant pixels"):
+    with pytest.raises(common.AppError, match="couples distant pixels"):
         app.setup(app.config("prior=phantom64", "shape=[1,128,128]", "tile_overlap=8"))
 
 

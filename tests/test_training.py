@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_module
 from invdiff import phantoms as P
 from invdiff.data.training_data import ArrayData, PhantomData, load_images
 from invdiff.priors import load
-from invdiff.train_app import run, settings_of
+from invdiff.apps.train_app import run, settings_of
 from invdiff.training import Trainer
 
 TINY = ["settings.batch=2", "settings.log_every=2", "settings.ckpt_every=2", "sample_grid=4", "data.size=16",
@@ -69,7 +69,7 @@ def test_a_checkpoint_of_another_network_is_refused(tmp_path):
 
 def test_a_killed_training_process_resumes(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "invdiff.train_app", f"out={out}", *TINY, "settings.steps=100000",
+    cmd = [sys.executable, "-m", "invdiff.apps.train_app", f"out={out}", *TINY, "settings.steps=100000",
            "settings.ckpt_every=3", "threads=1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -134,7 +134,7 @@ def test_data_parallel_training_under_torchrun(tmp_path):
         port = sock.getsockname()[1]
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-           "-m", "invdiff.train_app", f"out={out}", *TINY, "settings.steps=4", "threads=1"]
+           "-m", "invdiff.apps.train_app", f"out={out}", *TINY, "settings.steps=4", "threads=1"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]

@@ -21,13 +21,10 @@ directory holding results of another configuration is refused. The run directory
 ``summary.csv``: per metric mean ± std, the 95 % interval of the mean, and n; NFE, seconds per
 image, peak memory; the published numbers beside ours.
 
-Summaries and tables: :mod:`invdiff.bench_tables`. Per image, with N posterior draws: ``psnr``/``ssim`` (and ``nmse`` for MRI, ``lpips`` with local
-weights) are the *average over draws* of single-draw scores — what papers report for one sample,
-with less variance; ``psnr_mean``/``ssim_mean`` score the posterior mean; ``coverage_50/90/95`` and
-``z_median`` (median |z-score| over its calibrated value: 1 calibrated, > 1 over-confident) measure
-calibration (:func:`invdiff.metrics.coverage`, :func:`invdiff.metrics.z_scores`); ``psnr_best_of_N`` only when
-``benchmark.best_of=true`` and labelled so. Draws are clipped to the prior's data range before
-scoring (complex MRI images are compared as magnitudes, unclipped). Set-level FID, Inception
+Summaries and tables: :mod:`invdiff.apps.bench_tables`. Per image the metrics are the app's
+(:mod:`invdiff.evaluation`: ``psnr``/``ssim`` averaged over the N draws, ``psnr_mean`` of the
+posterior mean, calibration, data consistency; ``lpips`` with local weights; ``psnr_best_of_N`` only
+when ``benchmark.best_of=true``, labelled so). Set-level FID, Inception
 Score and precision/recall (reconstructions against ground truths) come from local Inception
 weights (``benchmark.metrics.inception=<path>``).
 
@@ -37,23 +34,19 @@ one record per random problem, sliced Wasserstein distances to exact posterior s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import os
 import re
 from pathlib import Path
 
-import torch
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import app
-from .app import AppError
-from .bench_tables import TABLE_METRICS, collect, efficiency_plot, provenance, report, table  # noqa: F401
-
-from .resume import PRESET_TEXT_KEYS, RUNTIME_KEYS  # noqa: F401  (what the run's hash leaves out)
+from .bench_tables import TABLE_METRICS, collect, efficiency_plot, report, table  # noqa: F401  (the tables' API)
+from .common import GROUPS, USER_ERRORS, AppError, choices, one_paragraph, resolve_device
+from .runs import check_resume, run_hash
 
 log = logging.getLogger("invdiff")
 
@@ -79,7 +72,7 @@ def check_names(cfg: DictConfig) -> None:
     if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name) or len(name) > 100:
         raise AppError(f"benchmark.name {name!r} names the folder of the runs (results_dir/<name>/...), so it must be "
                        "a plain name of letters, digits and . _ + = - (at most 100 characters, no '/' or '..'), "
-                       f"like the presets' own ({', '.join(app.choices('benchmark')[:4])}, …)")
+                       f"like the presets' own ({', '.join(choices('benchmark')[:4])}, …)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,7 +106,7 @@ def _cli_solver_keys(overrides) -> set[str]:
 
 
 def _on_cpu(cfg) -> bool:
-    return app.resolve_device(cfg.get("device", "auto")).type == "cpu"
+    return resolve_device(cfg.get("device", "auto")).type == "cpu"
 
 
 def prepare(cfg: DictConfig) -> DictConfig:
@@ -122,7 +115,7 @@ def prepare(cfg: DictConfig) -> DictConfig:
     b = cfg.get("benchmark")
     if b is None or b.get("name") in (None, "???"):
         raise AppError("no benchmark preset: choose one with benchmark=<name> "
-                       f"({', '.join(app.choices('benchmark'))})")
+                       f"({', '.join(choices('benchmark'))})")
     check_names(cfg)
     for need in b.get("requires", None) or []:
         value = OmegaConf.select(cfg, need.key, default=None)
@@ -149,65 +142,7 @@ def prepare(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def run_hash(cfg: DictConfig) -> str:
-    """Hash of everything that determines the results (not resume/progress/device/..., nor the
-    preset's descriptions, other solvers' settings or caps)."""
-    c = OmegaConf.to_container(cfg, resolve=True)
-    for k in RUNTIME_KEYS:
-        c.pop(k, None)
-    for k in PRESET_TEXT_KEYS:
-        c.get("benchmark", {}).pop(k, None)
-    return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 RESUME_FIX = "results_dir=<another directory>; runs go to results_dir/<preset>/<solver>/<overrides>"
-
-
-# --------------------------------------------------------------------------------------------
-# per-image metrics
-# --------------------------------------------------------------------------------------------
-def image_metrics(op, prior, x_true, rec, base, y, sigma_y, *, best_of: bool = False, lpips=None) -> dict:
-    """The benchmark's metrics of one image from its N posterior draws (module docstring)."""
-    from . import metrics as M
-
-    draws = rec.samples[0]
-    n = draws.shape[0]
-    cplx = app._complex_image(op)
-    lo, hi = prior.data_range
-    rng = max(abs(lo), abs(hi)) if cplx else hi - lo
-    clip = (lambda t: t) if cplx else (lambda t: t.clamp(lo, hi))  # noqa: E731
-    show = lambda t: M.display(t, cplx)  # noqa: E731
-    dc = M.data_consistency(op, draws, y.expand(n, *y.shape[1:]), sigma_y)
-    m = {k: float(sum(v) / n) for k, v in dc.items()}
-    if x_true is None:
-        return m
-    X = x_true.expand_as(draws)
-    p = M.psnr(show(clip(draws)), show(X), rng)
-    s = M.ssim(show(clip(draws)), show(X), rng)
-    m.update(psnr=sum(p) / n, ssim=sum(s) / n, data_range=float(rng))
-    if app._is_mri(op):
-        m["nmse"] = sum(M.nmse(show(draws), show(X))) / n
-    if n > 1 and float(draws.std(0).max()) > 0:  # (a deterministic method has no spread to calibrate)
-        m["psnr_mean"] = M.psnr(show(clip(rec.mean)), show(x_true), rng)[0]
-        m["ssim_mean"] = M.ssim(show(clip(rec.mean)), show(x_true), rng)[0]
-        cov = M.coverage(show(draws), show(x_true)[0])
-        m.update({f"coverage_{round(100 * k)}": v for k, v in cov.items()})
-        z = M.z_scores(show(draws), show(x_true)[0])
-        from scipy.stats import t as student_t
-
-        z = z[~torch.isnan(z)].abs()  # median |z| over its calibrated value (t_{N-1} quartile): 1 = calibrated
-        m["z_median"] = float(z.median()) / float(student_t.ppf(0.75, n - 1)) if z.numel() else math.nan
-        if best_of:
-            m[f"psnr_best_of_{n}"] = max(p)
-            m[f"ssim_best_of_{n}"] = max(s)
-    if base is not None:
-        m["psnr_baseline"] = M.psnr(show(clip(base)), show(x_true), rng)[0]
-        m["ssim_baseline"] = M.ssim(show(clip(base)), show(x_true), rng)[0]
-    if lpips is not None:
-        to01 = lambda t: ((show(clip(t)) - (0 if cplx else lo)) / rng).clamp(0, 1).float()  # noqa: E731
-        with torch.no_grad():
-            m["lpips"] = float(lpips(to01(draws).cpu(), to01(X).cpu()).mean())
-    return m
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,14 +152,14 @@ def _perceptual(cfg):
     spec = cfg.benchmark.get("metrics") or {}
     if not any(spec.get(k) for k in ("lpips_backbone", "inception")):
         return None, None
-    from .perceptual import load_perceptual
+    from ..perceptual import load_perceptual
 
     try:
         nets = load_perceptual(lpips_backbone=spec.get("lpips_backbone"), lpips_linear=spec.get("lpips_linear"),
                                lpips_net=spec.get("lpips_net", "alex"), inception=spec.get("inception"))
         return nets["lpips"], nets["inception"]
     except (FileNotFoundError, ValueError) as err:
-        raise AppError(f"benchmark.metrics: {app._one_paragraph(err)}") from err
+        raise AppError(f"benchmark.metrics: {one_paragraph(err)}") from err
 
 
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
@@ -234,14 +169,14 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     if cfg.benchmark.get("kind", "images") == "gmm":
         from .bench_gmm import run_gmm
 
-        return run_gmm(cfg, out_dir)
+        return run_gmm(cfg, out_dir, fix=RESUME_FIX)
     lpips, inception = _perceptual(cfg)
     job = app.setup(cfg)
     digest = run_hash(cfg)
     cap = (cfg.benchmark.get("cpu") or {}).get("max_images") if _on_cpu(cfg) else None
     job.items = job.items[: int(cap)] if cap else job.items
-    app.check_resume(job, out_dir, RESUME_FIX)  # (every finished file of the directory, before any work)
-    from . import distributed
+    check_resume(job, out_dir, RESUME_FIX)  # (every finished file of the directory, before any work)
+    from .. import distributed
 
     ctx = distributed.init()
     items = job.items
@@ -258,10 +193,6 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
              "benchmark_node": json.dumps(OmegaConf.to_container(b, resolve=True), default=str),
              "solver_choice": str(cfg.bench_run.solver), "preset_settings": json.dumps(dict(cfg.bench_run.preset_settings))}
     best_of = bool(b.get("best_of", False))
-
-    def metrics_fn(op, prior, x_true, rec, base, y, sigma_y):
-        return image_metrics(op, prior, x_true, rec, base, y, sigma_y, best_of=best_of, lpips=lpips)
-
     from tqdm.auto import tqdm
 
     show = bool(cfg.get("progress", True))
@@ -271,7 +202,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     try:
         for k, it in enumerate(tqdm(work, total=len(todo), desc=str(b.name), unit="image", disable=None if show else True)):
             inner.reset()
-            _, m = app.solve_item(job, it, out_dir, bar=inner, metrics_fn=metrics_fn, extra=extra)
+            _, m = app.solve_item(job, it, out_dir, bar=inner, best_of=best_of, lpips=lpips, extra=extra)
             log.info("%s: %s", it.sample.id, ", ".join(f"{k_} {m[k_]:.4g}" for k_ in ("psnr", "ssim", "nfe", "seconds")
                                                          if k_ in m))
     finally:
@@ -287,14 +218,14 @@ def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from .distributed import context
+    from ..distributed import context
 
     hc = HydraConfig.get()
     cfg = _attach(cfg, hc.runtime.choices.get("solver"), list(hc.overrides.task))
     try:
         run(cfg, hc.runtime.output_dir)
-    except app.USER_ERRORS as err:
-        msg = f"invdiff-bench: {app._one_paragraph(err)}"
+    except USER_ERRORS as err:
+        msg = f"invdiff-bench: {one_paragraph(err)}"
         # a sweep records the error and goes on, except under torchrun: there the ranks must stay in
         # step (a rank skipping a run would pair its barriers with another run's), so all stop
         if hc.mode == RunMode.MULTIRUN and not context().active:
@@ -311,7 +242,7 @@ class SweepTable(Callback):
     """Hydra callback: after a multirun, ``table.md`` over every run of the sweep directory."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        from .distributed import context
+        from ..distributed import context
 
         if not context().main:  # under torchrun: rank 0 writes the table
             return
@@ -350,10 +281,10 @@ def main() -> None:
     from .cli import explain_overrides
 
     problem = explain_overrides([a for a in argv if not a.startswith("-")], config_fn=config,
-                                groups=app.GROUPS + ("benchmark",), check=check_names)
+                                groups=GROUPS + ("benchmark",), check=check_names)
     if problem:
         raise SystemExit(f"invdiff-bench: {problem}")
-    from .distributed import hydra_overrides
+    from ..distributed import hydra_overrides
 
     sys.argv += hydra_overrides(argv, {})  # run directories are named by the config: same on all ranks
     if not any(a in argv for a in ("--cfg", "-c", "--info", "--hydra-help", "--help", "-h")):
@@ -364,7 +295,7 @@ def main() -> None:
         if problem:
             raise SystemExit(f"invdiff-bench: {problem}")
         sys.argv += pin
-    hydra.main(version_base=None, config_path="configs", config_name="bench")(_hydra_main)()
+    hydra.main(version_base=None, config_path="pkg://invdiff.configs", config_name="bench")(_hydra_main)()
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from . import app
-from .app import AppError
+from .common import AppError, build, one_paragraph
+from .runs import check, config_key, plain_settings, provenance, run_hash
 
 log = logging.getLogger("invdiff")
 
@@ -32,35 +32,35 @@ def problem_ids(spec) -> list[tuple[str, int, int, int]]:
             for d in spec.dims for dy in spec.dys for k in range(int(spec.problems))]
 
 
-def run_gmm(cfg: DictConfig, out_dir: Path) -> dict:
-    from .api import generator_of, solver_name
-    from .bench import RESUME_FIX, run_hash
-    from .resume import check, config_key
-    from . import distributed
-    from .data.results import write_sample
-    from .exact_posterior import evaluate, mcgdiff_gmm_case
-    from .priors import CountingPrior
-    from .solvers import check_call
+def run_gmm(cfg: DictConfig, out_dir: Path, *, fix: str) -> dict:
+    """Solve every problem of the preset into ``out_dir`` (resuming; ``fix`` names how to choose
+    another directory when it holds other results), then write and return the summary."""
+    from ..api import generator_of, solver_name
+    from .. import distributed
+    from ..data.results import write_sample
+    from ..exact_posterior import evaluate, mcgdiff_gmm_case
+    from ..priors import CountingPrior
+    from ..solvers import check_call
 
     spec = cfg.benchmark.gmm  # (prepare merged the CPU caps in)
     n = int(spec.n)
     if n < 2 or int(spec.problems) < 1:
         raise AppError(f"benchmark.gmm needs n >= 2 samples and problems >= 1, got n={n}, problems={spec.problems}")
-    solver = app.build(cfg.solver, "solver")
+    solver = build(cfg.solver, "solver")
     ids = problem_ids(spec)
     first = mcgdiff_gmm_case(ids[0][1], ids[0][2], ids[0][3])
     try:  # every setting and capability check before any work
         check_call(solver, first.y, first.op, first.prior, sigma_y=first.sigma_y)
     except (ValueError, TypeError) as err:
-        raise AppError(f"solver config ({cfg.solver.get('_target_')}): {app._one_paragraph(err)}") from err
+        raise AppError(f"solver config ({cfg.solver.get('_target_')}): {one_paragraph(err)}") from err
     digest = run_hash(cfg)
     key = config_key(cfg)  # (a problem is determined by its id and the config)
     try:
-        check(out_dir / "samples", {i[0]: key for i in ids}, resume=bool(cfg.get("resume", True)), fix=RESUME_FIX)
+        check(out_dir / "samples", {i[0]: key for i in ids}, resume=bool(cfg.get("resume", True)), fix=fix)
     except ValueError as err:
         raise AppError(str(err)) from None
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    settings = app.plain_settings(solver)
+    settings = plain_settings(solver)
     todo = distributed.pending(ids, out_dir / "samples", resume=cfg.get("resume", True), id_of=lambda i: i[0])
     log.info("benchmark %s: solver %s %s; %d problem(s), %d to do, %d samples each", cfg.benchmark.name,
              cfg.bench_run.solver, settings, len(ids), len(todo), n)
@@ -89,9 +89,8 @@ def run_gmm(cfg: DictConfig, out_dir: Path) -> dict:
 
 
 def gmm_report(out_dir: Path, ids=None) -> dict:
-    from .bench import provenance
-    from .data.results import _atomic_text, _finite, read_sample, summarize
-    from .metrics import interval95
+    from ..data.results import atomic_text, finite, read_sample, summarize
+    from ..metrics import interval95
 
     rows = summarize(out_dir)["samples"]
     if ids is not None:
@@ -112,8 +111,8 @@ def gmm_report(out_dir: Path, ids=None) -> dict:
                "num_samples": int(first.get("num_samples", 0)), "groups": stats,
                "metrics": {k: interval95(r[k] for r in rows) for k in ("sw", "nfe", "seconds")},
                "provenance": provenance(), "run_dir": str(out_dir)}
-    _atomic_text(out_dir / "summary.json", json.dumps(_finite(summary), indent=2, default=str))
-    _atomic_text(out_dir / "summary.md", gmm_table([dict(summary, label=summary["solver"])], None))
+    atomic_text(out_dir / "summary.json", json.dumps(finite(summary), indent=2, default=str))
+    atomic_text(out_dir / "summary.md", gmm_table([dict(summary, label=summary["solver"])], None))
     log.info("%s / %s: %s", summary["benchmark"], summary["solver"],
              "; ".join(f"{g}: sw {s['sw']['mean']:.3f}" for g, s in stats.items()))
     return summary

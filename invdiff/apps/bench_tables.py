@@ -1,4 +1,4 @@
-"""Summaries and tables of :mod:`invdiff.bench` runs: ``summary.{md,json,csv}`` per run directory
+"""Summaries and tables of :mod:`invdiff.apps.bench` runs: ``summary.{md,json,csv}`` per run directory
 (mean ± std, Student-t 95 % interval of the mean, n, published numbers, set-level perceptual
 metrics), one table over the runs of a preset (:func:`table`, ``invdiff-bench table``) and the
 PSNR-versus-NFE plot. Everything is rebuilt from the sample files, never from memory."""
@@ -8,15 +8,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import platform
-import subprocess
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from .app import AppError
+from .common import AppError
+from .runs import provenance
 
 log = logging.getLogger("invdiff")
 
@@ -27,30 +24,6 @@ TABLE_METRICS = ("psnr", "ssim", "lpips", "nmse", "psnr_mean", "ssim_mean", "cov
 # --------------------------------------------------------------------------------------------
 # summaries and tables
 # --------------------------------------------------------------------------------------------
-def provenance() -> dict:
-    """Commit, machine (CPU model, cores), GPU, versions and date, for result tables."""
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                                  cwd=Path(__file__).parent).stdout.strip() or None
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(git("status", "--porcelain", "-uno")),
-            "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch": torch.__version__, "python": platform.python_version(),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-
-
 def _fmt_ci(s: dict, digits: int = 3) -> tuple[str, str]:
     if not s or not s.get("n"):
         return "–", "–"
@@ -67,8 +40,8 @@ def _digits(metric: str) -> int:
 def report(out_dir: str | Path, *, inception=None, ids=None) -> dict:
     """Rebuild ``metrics.json``/``metrics.csv`` and write ``summary.json``/``.md``/``.csv`` of one
     run directory from its sample files."""
-    from .data.results import read_sample, summarize
-    from .metrics import interval95
+    from ..data.results import read_sample, summarize
+    from ..metrics import interval95
 
     out_dir = Path(out_dir)
     result = summarize(out_dir)
@@ -100,16 +73,16 @@ def report(out_dir: str | Path, *, inception=None, ids=None) -> dict:
         "published_source": bnode.get("published_source", ""), "run_hash": first.get("benchmark_hash"),
         "provenance": provenance(), "run_dir": str(out_dir),
     }
-    from .data.results import _atomic_text, _finite
+    from ..data.results import atomic_text, finite
 
-    _atomic_text(out_dir / "summary.json", json.dumps(_finite(summary), indent=2, default=str))
-    _atomic_text(out_dir / "summary.md", _summary_md(summary))
+    atomic_text(out_dir / "summary.json", json.dumps(finite(summary), indent=2, default=str))
+    atomic_text(out_dir / "summary.md", _summary_md(summary))
     lines = ["metric,mean,std,ci_lo,ci_hi,n,published"]
     for k, s in stats.items():
         lines.append(f"{k},{s['mean']:.6g},{s['std']:.6g},{s['lo']:.6g},{s['hi']:.6g},{s['n']},{published.get(k, '')}")
     for k, v in set_level.items():
         lines.append(f"{k},{v:.6g},,,,{len(rows)},{published.get(k, '')}")
-    _atomic_text(out_dir / "summary.csv", "\n".join(lines) + "\n")
+    atomic_text(out_dir / "summary.csv", "\n".join(lines) + "\n")
     msg = ", ".join(f"{k} {_fmt_ci(stats[k], _digits(k))[0]}" for k in ("psnr", "ssim") if k in stats)
     log.info("%s / %s: %s over %d image(s); summary in %s", summary["benchmark"], choice, msg or "done", len(rows),
              out_dir / "summary.md")
@@ -120,8 +93,8 @@ def _set_metrics(files, inception) -> dict:
     """FID / Inception Score / precision–recall of the first draws against the ground truths."""
     import numpy as np
 
-    from .data.results import read_sample
-    from .perceptual import perceptual_metrics
+    from ..data.results import read_sample
+    from ..perceptual import perceptual_metrics
 
     xs, ts = [], []
     for f in files:
@@ -192,7 +165,7 @@ def table(root: str | Path, out: str | Path | None = None, plot: str | Path | No
     else:
         text = _image_table(runs, command)
     if out is not None:
-        from .data.results import atomic_path
+        from ..data.results import atomic_path
 
         out = Path(out)
         with atomic_path(out) as tmp:
@@ -258,7 +231,7 @@ def efficiency_plot(runs, path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    from .data.results import atomic_path
+    from ..data.results import atomic_path
 
     with atomic_path(Path(path), suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120)

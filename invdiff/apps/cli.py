@@ -1,5 +1,5 @@
 """The ``invdiff`` command line: overrides checked before Hydra runs (one-paragraph errors with
-the valid choices), ``--help``, the Hydra entry point around :func:`invdiff.app.run`, and the
+the valid choices), ``--help``, the Hydra entry point around :func:`invdiff.apps.app.run`, and the
 multirun summary callback.
 
     invdiff operator=gausian_blur
@@ -22,7 +22,12 @@ from hydra.types import RunMode
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
-from .app import GROUPS, USER_ERRORS, _one_paragraph, _suggest, choices, config, log, run
+from .app import run
+from .common import GROUPS, USER_ERRORS, choices, config, log, one_paragraph, suggest
+
+
+#: How the network is called is the ``runtime`` node's, not a solver setting (they were solver arguments once).
+RUNTIME_SOLVER_KEYS = ("solver.autocast", "solver.compile", "solver.checkpoint", "solver.channels_last")
 
 
 def _keys_of(node) -> list[str]:
@@ -35,6 +40,10 @@ def _explain_key(full_key: str, overrides: list[str], bad: str, config_fn=config
     import inspect
 
     parent, _, leaf = full_key.rpartition(".")
+    if full_key in RUNTIME_SOLVER_KEYS:
+        value = bad.partition("=")[2] or "true"
+        return (f"'{full_key}' is not a setting of the solver: how the network is called is the runtime node's "
+                f"(the same for every solver). Use runtime.{leaf}={value}.")
     rest = [o for o in overrides if o != bad]
     try:
         cfg = config_fn(*rest)
@@ -53,7 +62,7 @@ def _explain_key(full_key: str, overrides: list[str], bad: str, config_fn=config
         target = f" ({anc.get('_target_')})" if isinstance(anc, DictConfig) and anc.get("_target_") else ""
         keys = _keys_of(anc)
         return (f"unknown setting '{full_key}': {where}{target} has no '{parts[k]}'. Valid keys at {where}: "
-                f"{', '.join(keys) or 'none'}.{_suggest(parts[k], keys)}")
+                f"{', '.join(keys) or 'none'}.{suggest(parts[k], keys)}")
     keys = _keys_of(node)
     msg = f"unknown setting '{full_key}'."
     extra = []
@@ -71,7 +80,7 @@ def _explain_key(full_key: str, overrides: list[str], bad: str, config_fn=config
     msg += f" Valid keys at {where}: {', '.join(keys) or 'none'}."
     if extra:
         msg += f" The solver also takes {', '.join(extra)} (add with +solver.<name>=<value>)."
-    return msg + _suggest(leaf, keys + extra)
+    return msg + suggest(leaf, keys + extra)
 
 
 def _as_written(o, values: list[str]) -> list[str]:
@@ -185,15 +194,17 @@ def explain_overrides(overrides: list[str], config_fn=config, groups=GROUPS, che
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except OverrideParseException as err:
-        return f"could not read the command line: {_one_paragraph(err)}"
+        return f"could not read the command line: {one_paragraph(err)}"
     plain, sweeps = [], []
     for o, text in zip(parsed, overrides):
         key = o.key_or_group.split("@")[0]
+        if key in RUNTIME_SOLVER_KEYS:  # (a '+' would add it to the solver's call, which does not take it)
+            return _explain_key(key, overrides, text, config_fn)
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
         if key in groups and not o.is_delete():
             for v in _as_written(o, values):
                 if v not in choices(key) and v != "null":
-                    return (f"unknown {key} '{v}'. Choose one of: {', '.join(choices(key))}.{_suggest(v, choices(key))}")
+                    return (f"unknown {key} '{v}'. Choose one of: {', '.join(choices(key))}.{suggest(v, choices(key))}")
         if o.is_sweep_override():
             sweeps.append((o.get_key_element(), values, text))
             plain.append(f"{o.get_key_element()}={values[0]}")
@@ -213,24 +224,24 @@ def explain_overrides(overrides: list[str], config_fn=config, groups=GROUPS, che
             if m and ("not in struct" in text or "Could not override" in text or "Could not append" in text):
                 bad = next((p for p in variant if p.lstrip("+~").split("=")[0] == m.group(1)), m.group(1))
                 return where + _explain_key(m.group(1), variant, bad, config_fn)
-            return where + _one_paragraph(text.split("\n\n")[0])
+            return where + one_paragraph(text.split("\n\n")[0])
         if check is not None:
             try:
                 check(composed)
             except ValueError as err:
-                return where + _one_paragraph(err)
+                return where + one_paragraph(err)
     return None
 
 
-@hydra.main(version_base=None, config_path="configs", config_name="config")
+@hydra.main(version_base=None, config_path="pkg://invdiff.configs", config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
-    from .distributed import context
+    from ..distributed import context
 
     hc = HydraConfig.get()
     try:
         run(cfg, hc.runtime.output_dir)
     except USER_ERRORS as err:
-        msg = f"invdiff: {_one_paragraph(err)}"
+        msg = f"invdiff: {one_paragraph(err)}"
         # a sweep records the error and goes on, except under torchrun: there the ranks must stay in
         # step (a rank skipping a run would pair its barriers with another run's), so all stop
         if hc.mode == RunMode.MULTIRUN and not context().active:
@@ -240,7 +251,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         log_to_files(msg)  # (the console gets it once, from SystemExit)
         raise SystemExit(msg) from None
     except Exception as err:  # not the user's input: the traceback goes to the console, the log says so too
-        log_to_files(f"invdiff: the run failed with {type(err).__name__}: {_one_paragraph(err)}")
+        log_to_files(f"invdiff: the run failed with {type(err).__name__}: {one_paragraph(err)}")
         raise
 
 
@@ -283,7 +294,7 @@ def main() -> None:
         msg = explain_overrides([a for a in args if not a.startswith("-")])
         if msg:
             raise SystemExit(f"invdiff: {msg}")
-    from .distributed import hydra_overrides
+    from ..distributed import hydra_overrides
 
     # under torchrun: one run directory for all ranks (rank 0's start time)
     sys.argv += hydra_overrides(args, {"hydra.run.dir": "outputs/{time}", "hydra.sweep.dir": "multirun/{time}"})
@@ -302,8 +313,8 @@ class SweepSummary(Callback):
     sweep in the sweep directory, and a non-zero exit if some runs failed."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from .data.results import summarize
-        from .distributed import context
+        from ..data.results import summarize
+        from ..distributed import context
 
         if not context().main:  # under torchrun: rank 0 summarises
             return

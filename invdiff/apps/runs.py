@@ -1,4 +1,7 @@
-"""Resume safety: a result file is reused only when everything that determines it is equal.
+"""Runs of the apps: what determines a result (resume keys, the benchmark's run hash) and where it
+came from (provenance, package versions) — one module that ``invdiff`` and ``invdiff-bench`` share.
+
+Resume safety: a result file is reused only when everything that determines it is equal.
 
 ``invdiff`` and ``invdiff-bench`` skip samples whose ``samples/{id}.h5`` is already complete
 (``resume=true``). Each record therefore carries its *resume key* (attribute ``resume_key``, JSON):
@@ -27,12 +30,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 #: Config keys that change how a run executes, not what it computes.
 RUNTIME_KEYS = ("resume", "progress", "figures", "device", "batch_size", "results_dir", "bench_run", "hydra")
+#: Dotted keys that change how the network is called but not a result: gradient checkpointing
+#: recomputes the same activations (``solver.checkpoint``: files written when it was a solver argument).
+EXECUTION_ONLY = ("runtime.checkpoint", "solver.checkpoint")
 #: Parts of a benchmark preset that do not change a run's results once ``bench.prepare`` has merged
 #: them (the effective solver settings are in ``solver``).
 PRESET_TEXT_KEYS = ("cpu", "solvers", "tune", "published", "published_source", "task", "requires", "noise_convention")
@@ -72,7 +82,7 @@ def config_key(cfg, *, own_operator: bool = False, measured: bool = False) -> di
         c.pop(k, None)
     if isinstance(c.get("benchmark"), dict):
         c["benchmark"] = {k: v for k, v in c["benchmark"].items() if k not in PRESET_TEXT_KEYS}
-    return _flatten(c, "", {})
+    return {k: v for k, v in _flatten(c, "", {}).items() if k not in EXECUTION_ONLY}
 
 
 def digest(tree) -> str | None:
@@ -114,7 +124,7 @@ def operator_digest(op) -> str:
 
 
 def sample_key(cfg, item, prior) -> dict[str, str]:
-    """The resume key of one :class:`invdiff.app.Item` solved with ``cfg`` and ``prior``."""
+    """The resume key of one :class:`invdiff.apps.jobs.Item` solved with ``cfg`` and ``prior``."""
     s = item.sample
     key = config_key(cfg, own_operator=s.operator is not None, measured=s.y is not None)
     ck = getattr(prior, "checkpoint", None) or {}
@@ -164,7 +174,7 @@ def check(folder: str | Path, keys: dict[str, dict], *, resume: bool, fix: str) 
     samples are recomputed) the files of other samples, which would be summarised with this run's.
     ``keys``: this run's :func:`sample_key` per sample id; ``fix``: how to name another output
     directory (e.g. ``hydra.run.dir=<another directory>``)."""
-    from .data.results import is_complete
+    from ..data.results import is_complete
 
     folder = Path(folder)
     if not keys or not folder.is_dir():
@@ -181,7 +191,7 @@ def check(folder: str | Path, keys: dict[str, dict], *, resume: bool, fix: str) 
         stored, legacy = stored_key(f, own_operator, measured)
         unknown = (SAMPLE_KEYS if ours is None else ()) + (LEGACY_UNKNOWN if legacy else ())
         mine = {k: v for k, v in (ours or common).items() if k not in unknown}
-        theirs = {k: v for k, v in stored.items() if k not in unknown}
+        theirs = {k: v for k, v in stored.items() if k not in unknown and k not in EXECUTION_ONLY}
         diff = [(k, theirs.get(k, _ABSENT), mine.get(k, _ABSENT)) for k in sorted(set(mine) | set(theirs))
                 if theirs.get(k, _ABSENT) != mine.get(k, _ABSENT)]
         if diff:
@@ -203,3 +213,82 @@ def check(folder: str | Path, keys: dict[str, dict], *, resume: bool, fix: str) 
                      f"summarise as this run's: samples/{name}{others} was computed with {shown}{more}. A result "
                      "is reused only when operator, noise, prior, solver settings, seed, num_samples, σ_y and "
                      f"the data are all equal. {how}.")
+
+
+def check_resume(job, out_dir: Path, fix: str) -> None:
+    """Refuse, before any work, a run directory holding results computed differently from the
+    :class:`~invdiff.apps.jobs.Job` ``job`` (:func:`check`; ``fix`` names how to choose another
+    directory), as an :class:`~invdiff.apps.common.AppError`."""
+    from .common import AppError
+
+    keys = {it.sample.id: sample_key(job.cfg, it, job.prior) for it in job.items}
+    try:
+        check(Path(out_dir) / "samples", keys, resume=bool(job.cfg.get("resume", True)), fix=fix)
+    except ValueError as err:
+        raise AppError(str(err)) from None
+
+
+# --------------------------------------------------------------------------------------------
+# the benchmark's run hash
+# --------------------------------------------------------------------------------------------
+def run_hash(cfg) -> str:
+    """Hash of everything that determines a benchmark run's results (not resume/progress/device/...,
+    nor the preset's descriptions, other solvers' settings or caps)."""
+    from omegaconf import OmegaConf
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    for k in RUNTIME_KEYS:
+        c.pop(k, None)
+    for k in PRESET_TEXT_KEYS:
+        c.get("benchmark", {}).pop(k, None)
+    return hashlib.sha256(json.dumps(c, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# provenance
+# --------------------------------------------------------------------------------------------
+def plain_settings(solver) -> dict:
+    """The solver's settings as JSON-able values (anything else as its repr), for result files."""
+    from ..api import solver_settings
+
+    return {k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else repr(v))
+            for k, v in solver_settings(solver).items()}
+
+
+def versions() -> dict:
+    """Installed versions of invdiff, torch and deepinv (``None`` when absent), for sample files."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("invdiff", "torch", "deepinv"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def provenance() -> dict:
+    """Commit, machine (CPU model, cores), GPU, versions and date, for result tables."""
+    import torch
+
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                                  cwd=Path(__file__).parent).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(git("status", "--porcelain", "-uno")),
+            "cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "python": platform.python_version(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}

@@ -2,7 +2,7 @@
 
     invdiff-train                                   # phantom64 on the seeded phantoms
     invdiff-train data=folder data.source=/images name=my_prior settings.steps=20000
-    torchrun --nproc_per_node=2 -m invdiff.train_app device=cuda   # data-parallel
+    torchrun --nproc_per_node=2 -m invdiff.apps.train_app device=cuda   # data-parallel
 
 Outputs in ``out`` (default ``outputs/train/<name>``): ``checkpoint.safetensors`` (resumable),
 ``prior.safetensors`` (load with ``invdiff.priors.load``), ``log.csv``, ``loss.png``,
@@ -20,7 +20,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .training import Trainer, TrainSettings
+from ..training import Trainer, TrainSettings
 
 log = logging.getLogger("invdiff.train")
 
@@ -52,7 +52,7 @@ def run(cfg: DictConfig) -> Trainer:
     return trainer
 
 
-@hydra.main(version_base=None, config_path="configs/train", config_name="config")
+@hydra.main(version_base=None, config_path="pkg://invdiff.configs.train", config_name="config")
 def main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -1,0 +1,128 @@
+"""Scoring one reconstruction against its ground truth and its measurement: the one definition of
+the per-image metrics that the ``invdiff`` app and the ``invdiff-bench`` presets both write.
+
+    base, name = baseline(op, y, "auto")
+    m = image_metrics(op, prior, x_true, rec, base, y, sigma_y)     # rec: an invdiff.Reconstruction
+
+Per image, with N posterior draws (papers' conventions):
+
+* ``psnr`` / ``ssim`` (and ``nmse`` for MRI): the *average over the draws* of single-draw scores —
+  what papers report for one sample, with less variance; ``psnr_mean`` / ``ssim_mean`` score the
+  posterior mean (N > 1 and the draws differ); ``psnr_best_of_N`` only when asked for, and labelled so.
+* ``coverage_50/90/95`` and ``z_median`` (median |z-score| over its calibrated value: 1
+  calibrated, > 1 over-confident) measure calibration (:func:`invdiff.metrics.coverage`,
+  :func:`invdiff.metrics.z_scores`).
+* ``residual_rel`` / ``residual_chi``: the data consistency ‖A(x̂) − y‖ of the draws, averaged
+  (:func:`invdiff.metrics.data_consistency`) — the only scores without a ground truth.
+* ``psnr_baseline`` / ``ssim_baseline`` (/ ``nmse_baseline``): the same scores of the reference shown
+  beside the result (:func:`baseline`); ``lpips`` with local LPIPS weights.
+
+Draws, means and baselines are clipped to the prior's data range before PSNR/SSIM (a
+reconstruction is an image on that range); complex MRI images are compared as magnitudes, unclipped,
+on the range [0, max |range|]. NMSE is computed unclipped. Which operators count as MRI and which
+images are complex is what the operator declares (``operator.modality``, ``operator.complex_image``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from . import metrics as M
+
+
+def is_mri(op) -> bool:
+    """The operator declares MRI (``modality == "mri"``): NMSE is reported, the baseline is 'zero-filled'."""
+    return getattr(op, "modality", None) == "mri"
+
+
+def complex_image(op) -> bool:
+    """The operator's images are complex, stored as 2 real channels (compared as magnitudes)."""
+    return bool(getattr(op, "complex_image", False))
+
+
+def baseline(op, y: Tensor, kind: str = "auto") -> tuple[Tensor | None, str]:
+    """(image, name) of the reference shown and scored beside a reconstruction.
+
+    ``auto``: the measurement itself when it is an image of the problem's shape (blur, inpainting:
+    the input a user would compare against; a blur's pseudo-inverse amplifies the noise without
+    bound), else the zero-filled / pseudo-inverse image A⁺y, else Aᵀy; ``pinv`` / ``adjoint`` force
+    one (``ValueError`` when the operator has none); ``none`` gives ``(None, "")``."""
+    if kind not in ("auto", "pinv", "adjoint", "none"):
+        raise ValueError(f"baseline must be auto, pinv, adjoint or none, got {kind!r}")
+    caps, mri = op.capabilities, is_mri(op)
+    if kind == "none":
+        return None, ""
+    if kind == "auto" and tuple(y.shape[1:]) == tuple(op.img_size) and not mri:
+        return y, "measurement y"
+    if kind in ("auto", "pinv") and "pinv" in caps:
+        return op.A_dagger(y), ("zero-filled (A⁺y)" if mri else "A⁺y")
+    if kind in ("auto", "adjoint") and "adjoint" in caps:
+        return op.A_adjoint(y), ("zero-filled (Aᴴy)" if mri else "Aᵀy")
+    if kind != "auto":
+        raise ValueError(f"baseline={kind}: the operator {op.describe()} has no {kind}")
+    return None, ""
+
+
+def image_metrics(op, prior, x_true: Tensor | None, rec, base: Tensor | None, y: Tensor, sigma_y, *,
+                  best_of: bool = False, lpips=None) -> dict:
+    """The metrics of one image (module docstring).
+
+    :param op: the operator y was measured with (on the reconstruction's device).
+    :param prior: the prior (its ``data_range`` is the images' range).
+    :param x_true: ``[1, C, H, W]`` ground truth (physical units), or ``None`` (measured data).
+    :param rec: the :class:`invdiff.api.Reconstruction` of this one image (``samples [1, N, C, H, W]``).
+    :param base: ``[1, C, H, W]`` the baseline image (:func:`baseline`), or ``None``.
+    :param y: ``[1, *meas]`` the measurement; ``sigma_y``: its noise σ (measurement units).
+    :param best_of: also report the best of the N draws (``psnr_best_of_N``, ``ssim_best_of_N``).
+    :param lpips: an LPIPS network (:func:`invdiff.perceptual.load_perceptual`), or ``None``.
+    """
+    draws = rec.samples[0]
+    n = draws.shape[0]
+    cplx = complex_image(op)
+    lo, hi = prior.data_range
+    rng = max(abs(lo), abs(hi)) if cplx else hi - lo
+    clip = (lambda t: t) if cplx else (lambda t: t.clamp(lo, hi))  # noqa: E731
+    show = lambda t: M.display(t, cplx)  # noqa: E731
+    dc = M.data_consistency(op, draws, y.expand(n, *y.shape[1:]), sigma_y)
+    m = {k: float(sum(v) / n) for k, v in dc.items()}
+    if x_true is None:
+        return m
+    X = x_true.expand_as(draws)
+    p = M.psnr(show(clip(draws)), show(X), rng)
+    s = M.ssim(show(clip(draws)), show(X), rng)
+    m.update(psnr=sum(p) / n, ssim=sum(s) / n, data_range=float(rng))
+    if is_mri(op):
+        m["nmse"] = sum(M.nmse(show(draws), show(X))) / n
+    if n > 1 and float(draws.std(0).max()) > 0:  # (a deterministic method has no spread to calibrate)
+        m.update(_posterior_metrics(rec, draws, x_true, show, clip, rng))
+        if best_of:
+            m[f"psnr_best_of_{n}"] = max(p)
+            m[f"ssim_best_of_{n}"] = max(s)
+    if base is not None:
+        m["psnr_baseline"] = M.psnr(show(clip(base)), show(x_true), rng)[0]
+        m["ssim_baseline"] = M.ssim(show(clip(base)), show(x_true), rng)[0]
+        if is_mri(op):
+            m["nmse_baseline"] = M.nmse(show(base), show(x_true))[0]
+    if lpips is not None:
+        to01 = lambda t: ((show(clip(t)) - (0 if cplx else lo)) / rng).clamp(0, 1).float()  # noqa: E731
+        with torch.no_grad():
+            m["lpips"] = float(lpips(to01(draws).cpu(), to01(X).cpu()).mean())
+    return m
+
+
+def _posterior_metrics(rec, draws: Tensor, x_true: Tensor, show, clip, rng: float) -> dict:
+    """Scores of the posterior mean and the calibration of the N > 1 draws."""
+    from scipy.stats import t as student_t
+
+    n = draws.shape[0]
+    m = {"psnr_mean": M.psnr(show(clip(rec.mean)), show(x_true), rng)[0],
+         "ssim_mean": M.ssim(show(clip(rec.mean)), show(x_true), rng)[0]}
+    cov = M.coverage(show(draws), show(x_true)[0])
+    m.update({f"coverage_{round(100 * k)}": v for k, v in cov.items()})
+    z = M.z_scores(show(draws), show(x_true)[0])
+    z = z[~torch.isnan(z)].abs()  # median |z| over its calibrated value (t_{N-1} quartile): 1 = calibrated
+    m["z_median"] = float(z.median()) / float(student_t.ppf(0.75, n - 1)) if z.numel() else math.nan
+    return m
