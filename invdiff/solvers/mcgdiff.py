@@ -28,13 +28,18 @@ smallest positive σ is rounded up to it (at most that σ, 0.01 for DDPM's sched
 
 NFE = ``steps`` network calls, each on ``B × particles`` states (``chunk`` splits them).
 
-==============  =====================  =================  ======================
-code            paper                  code               paper
-==============  =====================  =================  ======================
-``xb``          ξ_t (SVD coordinates)  ``sig_i``          σ_y/s_i (τ_i in VE form)
-``lw``          log ω_t                ``particles``      N
-``anc``         ancestors I_t          ``eta``            DDIM η
-==============  =====================  =================  ======================
+==============  =================================  ==============  =========================
+code            paper                              code            paper
+==============  =================================  ==============  =========================
+``xb``          ξ_t: particles in SVD coordinates  ``lw``          log ω_t (log weights)
+``sa``, ``sb``  σ_a, σ_b (one step)                ``anc``         ancestors I_t
+``x0b``         x̄₀ = Vᵀ D(V x̄_a, σ_a)            ``particles``   N
+``m``, ``q``    kernel mean m, variance q          ``eta``         DDIM η
+``ybar``        ȳ = s⁻¹ Uᵀ y (0 unobserved)        ``sig_i``       σ_i = σ_y/s_i (τ_i, VE)
+``var_g``       σ_a² − σ_i² (variance of g_a)      ``var_g_next``  σ_b² − σ_i² (of g_b)
+``m_cross``     m'_i (kernel to σ_i)               ``q_cross``     q'_i
+``gain``        q/(q + σ_b² − σ_i²)                ``q_bridge``    bridge variance σ_i → σ_b
+==============  =================================  ==============  =========================
 
 Defaults: the authors' configs (scripts/configs/mcg_diff/default.yaml, diffusion/ddim_100.yaml):
 64 particles, 100 steps, η = 1, multinomial resampling at every step.
@@ -79,6 +84,83 @@ def _ess(lw: Tensor) -> Tensor:
     return 1.0 / w.square().sum(1)
 
 
+class _Observed:
+    """Where each SVD coefficient is observed, per item: ``[B, 1, *shape]`` tensors (broadcast over
+    the N particles). ``sig_i`` = σ_y/s_i, ∞ where unobserved (s_i = 0), raised to the chain's
+    smallest positive σ where it is below it (but not where it is 0: noiseless coefficients)."""
+
+    def __init__(self, pb, spec: Spectral, s_last: float):
+        s = spec.s.unsqueeze(1)
+        sig_y = pb.per_sample(pb.sigma_y).unsqueeze(1)
+        sig_i = torch.where(s > 0, sig_y / torch.where(s > 0, s, 1.0), math.inf)
+        self.sig_i = torch.where((sig_i > 0) & (sig_i < s_last), torch.full_like(sig_i, s_last), sig_i)
+        self.noiseless = self.sig_i == 0
+        self.finite = torch.isfinite(self.sig_i)
+        self.ybar = torch.where(self.finite, spec.ybar.unsqueeze(1), 0.0)
+        self.sig2_i = torch.where(self.finite, self.sig_i.square(), 0.0)
+
+
+def _gauss(a: Tensor, m: Tensor, var) -> Tensor:
+    """log N(a; m, var) up to the per-coordinate constant (the same for every particle)."""
+    return -(a - m).square() / (2 * var)
+
+
+def _initial_particles(obs: _Observed, s0: float, noise: Tensor) -> Tensor:
+    """N(0, c²), c² = 1 + σ_0², twisted by g_0 (or conditioned on ȳ_i where σ_i ≥ σ_0)."""
+    c2 = 1.0 + s0 * s0
+    p = torch.where(obs.finite, (s0 * s0 - obs.sig2_i).abs(), 1.0)
+    mean0 = torch.where(obs.finite, obs.ybar * c2 / (c2 + p), 0.0)
+    var0 = torch.where(obs.finite, c2 * p / (c2 + p), c2)
+    return mean0 + var0.sqrt() * noise
+
+
+class _Step:
+    """One SMC step from σ_a to σ_b on the particles ``xb`` with x̄₀ = ``x0b``: the DDIM(η) kernel
+    N(m, q), the coordinate classes (twisted, crossing, active) and the log-weight increment of
+    the auxiliary particle filter (module docstring)."""
+
+    def __init__(self, obs: _Observed, xb: Tensor, x0b: Tensor, sa: float, sb: float, eta: float):
+        self.obs, self.sa, self.sb, self.eta = obs, sa, sb, eta
+        self.q = eta**2 * sb * sb * (sa * sa - sb * sb) / (sa * sa)
+        self.m = x0b + math.sqrt(max(sb * sb - self.q, 0.0)) / sa * (xb - x0b)
+        self.twisted = obs.sig_i < sb
+        self.crossing = (obs.sig_i >= sb) & (obs.sig_i < sa)
+        self.active = obs.sig_i < sa
+        self.var_g_next = torch.where(self.twisted, sb * sb - obs.sig2_i, 1.0)
+        self.sig_cross = torch.where(self.crossing, obs.sig_i, sa / 2)  # placeholder away from 0 / σ_a elsewhere
+        self.q_cross = eta**2 * self.sig_cross.square() * (sa * sa - self.sig_cross.square()) / (sa * sa)
+        self.m_cross = x0b + (self.sig_cross.square() - self.q_cross).clamp(min=0).sqrt() / sa * (xb - x0b)
+        self.var_g = torch.where(self.active, sa * sa - obs.sig2_i, 1.0)
+
+    def log_weight_increment(self, xb: Tensor) -> Tensor:
+        """``[B, N]``: × N(ȳ_i; m_i, q + σ_b² − σ_i²) (twisted), × N(ȳ_i; m'_i, q') (crossing),
+        ÷ g_a(x̄_a,i) (every coordinate with σ_i < σ_a)."""
+        ybar = self.obs.ybar
+        t = (torch.where(self.twisted, _gauss(ybar, self.m, self.q + self.var_g_next), 0.0)
+             + torch.where(self.crossing, _gauss(ybar, self.m_cross, self.q_cross), 0.0)
+             - torch.where(self.active, _gauss(xb, ybar, self.var_g), 0.0))
+        return t.reshape(*t.shape[:2], -1).sum(-1)
+
+    def propagate(self, m: Tensor, x0b: Tensor, z: Tensor) -> Tensor:
+        """x̄_b from the (resampled) kernel means ``m`` and x̄₀'s ``x0b``, noise ``z``: free
+        coordinates from N(m, q), twisted ones from N(m, q)·g_b, crossing ones by the DDIM(η)
+        bridge from x̄_{σ_i} = ȳ_i to σ_b."""
+        q, sb, ybar = self.q, self.sb, self.obs.ybar
+        x_free = m + math.sqrt(q) * z
+        gain = q / (q + self.var_g_next)
+        x_twisted = m + gain * (ybar - m) + (q * self.var_g_next / (q + self.var_g_next)).sqrt() * z
+        sig_c2 = self.sig_cross.square()
+        q_bridge = self.eta**2 * sb * sb * (sig_c2 - sb * sb).clamp(min=0) / sig_c2
+        x_bridge = x0b + (sb * sb - q_bridge).clamp(min=0).sqrt() / self.sig_cross * (ybar - x0b) + q_bridge.sqrt() * z
+        return torch.where(self.twisted, x_twisted, torch.where(self.crossing, x_bridge, x_free))
+
+
+def _weighted_mean(lw: Tensor, t: Tensor) -> Tensor:
+    """Σ_n softmax(lw)_n t_n over the particles: ``[B, N, *shape] -> [B, *shape]``."""
+    w = torch.softmax(lw, dim=1).reshape(*lw.shape, *([1] * (t.ndim - 2)))
+    return (w * t).sum(1)
+
+
 def mcgdiff(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generator=None, callback: Callback = None,
             particles: int = 64, eta: float = 1.0, resample: str = "multinomial", resample_threshold: float = 1.0,
             schedule=None, return_particles: bool = False, chunk: int | None = None):
@@ -115,20 +197,10 @@ def mcgdiff(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, genera
         raise ValueError(f"mcgdiff: chunk must be a positive integer or None, got {chunk!r}")
     pb = setup("mcgdiff", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
                needs=["linear", "svd"])
-    spec = Spectral(pb, "svd")
     B, N, shape = pb.B, particles, prior.shape
     sigmas = vp_sigmas(prior, steps, schedule)  # steps positive levels, then 0
     s_last = sigmas[-2]
-    # Observation level of every coefficient: [B, 1, *shape]; ∞ where unobserved.
-    ybar = spec.ybar.unsqueeze(1)
-    s = spec.s.unsqueeze(1)
-    sig_y = pb.per_sample(pb.sigma_y).unsqueeze(1)
-    sig_i = torch.where(s > 0, sig_y / torch.where(s > 0, s, 1.0), math.inf)
-    sig_i = torch.where((sig_i > 0) & (sig_i < s_last), torch.full_like(sig_i, s_last), sig_i)
-    noiseless = sig_i == 0
-    finite = torch.isfinite(sig_i)
-    ybar_f = torch.where(finite, ybar, 0.0)
-    sig2_i = torch.where(finite, sig_i.square(), 0.0)
+    obs = _Observed(pb, Spectral(pb, "svd"), s_last)
 
     def randn():
         return pb.randn((B, N, *shape))
@@ -139,79 +211,47 @@ def mcgdiff(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, genera
         d = torch.cat([pb.denoise(flat[j:j + size], sigma, step) for j in range(0, B * N, size)])
         return operator.V_adjoint(d).reshape(B, N, *shape)
 
-    def gauss(a, m, var):  # log N(a; m, var) up to the per-coordinate constant (same for every particle)
-        return -(a - m).square() / (2 * var)
+    def images(xb: Tensor) -> Tensor:
+        return operator.V(xb.reshape(B * N, *shape)).reshape(B, N, *shape)
 
-    def coord_sum(t: Tensor) -> Tensor:
-        return t.reshape(B, N, -1).sum(-1)
-
-    # Initial particles: N(0, c²) twisted by g_0 (or conditioned on ȳ_i when σ_i ≥ σ_0), c² = 1 + σ_0².
-    s0 = sigmas[0]
-    c2 = 1.0 + s0 * s0
-    p = torch.where(finite, (s0 * s0 - sig2_i).abs(), 1.0)
-    mean0 = torch.where(finite, ybar_f * c2 / (c2 + p), 0.0)
-    var0 = torch.where(finite, c2 * p / (c2 + p), c2)
-    xb = mean0 + var0.sqrt() * randn()
+    # 1. Initial particles, equal weights.
+    xb = _initial_particles(obs, sigmas[0], randn())
     lw = torch.zeros(B, N, dtype=torch.float64, device=pb.device)
     for k in range(steps):
         sa, sb = sigmas[k], sigmas[k + 1]
         x0b = denoise(xb, sa, k)
         if sb == 0:
             break
-        last = sb == s_last
-        q = eta**2 * sb * sb * (sa * sa - sb * sb) / (sa * sa)
-        m = x0b + math.sqrt(max(sb * sb - q, 0.0)) / sa * (xb - x0b)
-        twisted = sig_i < sb
-        crossing = (sig_i >= sb) & (sig_i < sa)
-        active = sig_i < sa
-        # weights of the current particles (auxiliary particle filter)
-        pt = torch.where(twisted, sb * sb - sig2_i, 1.0)
-        sig_c = torch.where(crossing, sig_i, sa / 2)  # placeholder away from 0 / σ_a where not crossing
-        qc = eta**2 * sig_c.square() * (sa * sa - sig_c.square()) / (sa * sa)
-        mc = x0b + (sig_c.square() - qc).clamp(min=0).sqrt() / sa * (xb - x0b)
-        pa = torch.where(active, sa * sa - sig2_i, 1.0)
-        inc = coord_sum(torch.where(twisted, gauss(ybar_f, m, q + pt), 0.0)
-                        + torch.where(crossing, gauss(ybar_f, mc, qc), 0.0)
-                        - torch.where(active, gauss(xb, ybar_f, pa), 0.0))
-        lw = lw + inc
+        # 2. Weights of the current particles (auxiliary particle filter).
+        step = _Step(obs, xb, x0b, sa, sb, eta)
+        lw = lw + step.log_weight_increment(xb)
         ess = _ess(lw)  # of the current particles' weights: what the resampling sees
         if pb.has_callback:
-            w_cur = torch.softmax(lw, dim=1).reshape(B, N, *([1] * len(shape)))
-            x0_img = operator.V((w_cur * x0b).sum(1))  # x̂₀ of the particles before propagation
-        if not last:
+            x0_img = operator.V(_weighted_mean(lw, x0b))  # x̂₀ of the particles before propagation
+        # 3. Resample the ancestors (not into the last level: its weights are returned).
+        m, x0b_a = step.m, x0b
+        if sb != s_last:
             redo = ess < resample_threshold * N if resample_threshold < 1 else torch.ones_like(ess, dtype=torch.bool)
             anc = torch.where(redo[:, None], _resample(lw, pb.generator, resample),
                               torch.arange(N, device=pb.device).expand(B, N))
             lw = torch.where(redo[:, None], torch.zeros_like(lw), lw)
             m, x0b_a = _take(m, anc), _take(x0b, anc)
-        else:
-            x0b_a = x0b
-        # propagate
-        z = randn()
-        free = m + math.sqrt(q) * z
-        kg = q / (q + pt)
-        tw = m + kg * (ybar_f - m) + (q * pt / (q + pt)).sqrt() * z
-        qb = eta**2 * sb * sb * (sig_c.square() - sb * sb).clamp(min=0) / sig_c.square()
-        br = x0b_a + (sb * sb - qb).clamp(min=0).sqrt() / sig_c * (ybar_f - x0b_a) + qb.sqrt() * z
-        xb = torch.where(twisted, tw, torch.where(crossing, br, free))
+        # 4. Propagate.
+        xb = step.propagate(m, x0b_a, randn())
         pb.check(k, xb)
         if pb.has_callback:
-            w = torch.softmax(lw, dim=1).reshape(B, N, *([1] * len(shape)))
-            x_img = operator.V((w * xb).sum(1))
-            pb.callback(k, x_img, x0_img, ess=ess, log_weights=torch.log_softmax(lw, 1),
-                        particles=operator.V(xb.reshape(B * N, *shape)).reshape(B, N, *shape))
-    # final step: x̄₀ = D(x, σ_min) (computed above), noiseless observations exactly
-    x0b = torch.where(noiseless, ybar_f, x0b)
+            pb.callback(k, operator.V(_weighted_mean(lw, xb)), x0_img, ess=ess, log_weights=torch.log_softmax(lw, 1),
+                        particles=images(xb))
+    # 5. Final step: x̄₀ = D(x, σ_min) (computed above), noiseless observations exactly; one
+    # particle per item drawn by the last weights.
+    x0b = torch.where(obs.noiseless, obs.ybar, x0b)
     pb.check(steps, x0b)
-    images = None
-    if pb.has_callback or return_particles:  # all particles as images, once
-        images = operator.V(x0b.reshape(B * N, *shape)).reshape(B, N, *shape)
+    all_images = images(x0b) if pb.has_callback or return_particles else None  # all particles, once
     if pb.has_callback:
-        w = torch.softmax(lw, dim=1).reshape(B, N, *([1] * len(shape)))
-        pb.callback(steps - 1, operator.V((w * xb).sum(1)), operator.V((w * x0b).sum(1)), ess=_ess(lw),
-                    log_weights=torch.log_softmax(lw, 1), particles=images)
+        pb.callback(steps - 1, operator.V(_weighted_mean(lw, xb)), operator.V(_weighted_mean(lw, x0b)), ess=_ess(lw),
+                    log_weights=torch.log_softmax(lw, 1), particles=all_images)
     pick = _resample(lw, pb.generator, "multinomial")[:, :1]
     out = pb.finish(operator.V(_take(x0b, pick)[:, 0]))
     if not return_particles:
         return out
-    return out, pb.prior.to_physical(images).to(pb.out_dtype), torch.log_softmax(lw, 1)
+    return out, pb.prior.to_physical(all_images).to(pb.out_dtype), torch.log_softmax(lw, 1)

@@ -24,13 +24,15 @@ NFE per iteration = the number of grid levels below ρ_k (the first one replaced
 one call when none is below); total = :func:`pnpdm_schedule`'s sum. Langevin likelihood steps
 (nonlinear operators) call only the operator, ``steps × langevin_steps`` in all.
 
-==========  ===================  ==================  ===========================
-code        paper                code                paper
-==========  ===================  ==================  ===========================
-``x``       x^(k)                ``rho``             ρ₀
-``z``       z^(k)                ``rho_decay``       the authors' decay rate
-``rhos``    ρ_k                  ``langevin_lr``     γ (the authors' 1e-4)
-==========  ===================  ==================  ===========================
+================  ===================  ===============  =======================
+code              paper                code             paper
+================  ===================  ===============  =======================
+``x``             x^(k)                ``rho``          ρ₀
+``z``             z^(k)                ``rho_decay``    the authors' decay rate
+``r``             ρ_k                  ``langevin_lr``  γ (the authors' 1e-4)
+``levels``        prior-step σ levels  ``sig``, ``sv``  σ_y (model units), s
+``x_p``, ``y_p``  x + ρε₁, y + σ_y ε₂  ``uty``          Uᵀy (model units)
+================  ===================  ===============  =======================
 
 Defaults: the authors' ``commands.sh`` for linear tasks: 100 iterations, ρ 10 → 0.3 with decay
 0.9 (ρ_min = 0.1 for phase retrieval / coded diffraction), ``edm_sde`` with 100 grid levels;
@@ -108,54 +110,74 @@ def pnpdm(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generato
         raise ValueError(f"pnpdm: rho = {rho} exceeds the prior's sigma_max = {prior.sigma_max}")
     pb = setup("pnpdm", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
                needs=needs)
-    sig = pb.sigma_y_b  # model space, [B, 1, ...]
     if likelihood == "langevin" and bool((pb.sigma_y == 0).any()):
         raise ValueError("pnpdm: the Langevin likelihood step needs sigma_y > 0")
     if likelihood == "prox" and bool((pb.sigma_y == 0).any()):
         require(operator, "pnpdm (prox likelihood with sigma_y = 0)", ["pinv"])
     schedule = pnpdm_schedule(prior, steps, rho, rho_decay, rho_min, prior_steps)
-
-    if likelihood == "svd":  # constant over the iterations
-        sv = operator.singular_values.to(device=pb.device, dtype=torch.float64)
-        uty = operator.U_adjoint(pb.y)
-    elif likelihood == "prox":
-        noisy = pb.sigma_y > 0
-    if pb.linear and "pinv" in caps:
-        x = operator.A_dagger(pb.y)
-    else:
-        x = pb.randn()
+    lik = _Likelihood(pb, likelihood, langevin_steps, langevin_lr)
+    x = operator.A_dagger(pb.y) if pb.linear and "pinv" in caps else pb.randn()
     for k, (r, levels) in enumerate(schedule):
         # 1. Likelihood step: z ~ π(z | x).
-        if likelihood == "svd":
-            den = sv * sv * r * r + sig * sig
-            mean = (sv * r * r * uty + sig * sig * operator.V_adjoint(x)) / den
-            std = (r * r * sig * sig / den).sqrt()
-            z = operator.V(mean + std * operator.V_adjoint(pb.randn()))
-        elif likelihood == "prox":
-            x_p = x + r * pb.randn()
-            y_p = pb.y + pb.per_meas(pb.sigma_y) * pb.randn(pb.y.shape)
-            gamma = torch.where(noisy, r * r / pb.sigma_y.clamp(min=1e-300).square(), 1.0)
-            z = operator.prox_l2(x_p, y_p, gamma)
-            if not bool(noisy.all()):
-                z_proj = x_p - operator.A_dagger(operator.A(x_p) - pb.y)
-                z = torch.where(pb.per_sample(noisy), z, z_proj)
-        else:
-            weight = 1.0 / pb.sigma_y.square()
-            z = x.clone()
-            for _ in range(langevin_steps):
-                z = z - langevin_lr * (pb.data_grad(z, weight) + (z - x) / (r * r)) + \
-                    math.sqrt(2 * langevin_lr) * pb.randn()
+        z = lik.sample(x, r)
         pb.check(k, z, "the likelihood step diverged (lower langevin_lr)")
         # 2. Prior step: x ~ p(x | z) at noise ρ_k, σ from ρ_k to 0.
-        x = z
-        for s, s_next in zip(levels[:-1], levels[1:]):
-            d = pb.denoise(x, s, k)
-            if s_next == 0:
-                x = d
-            elif prior_sampler == "sde":
-                x = x + (s_next - s) * 2 * (x - d) / s + math.sqrt(2 * s * (s - s_next)) * pb.randn()
-            else:
-                x = x + (s_next - s) * (x - d) / s
+        x = _prior_step(pb, z, levels, prior_sampler, k)
         pb.check(k, x)
         pb.callback(k, z, x)
     return pb.finish(x)
+
+
+class _Likelihood:
+    """Step 1, ``z ~ π(z | x) ∝ exp(−‖y − A z‖²/(2σ_y²) − ‖z − x‖²/(2ρ²))`` in model space, by
+    ``mode``: ``"svd"`` (exact, per coefficient), ``"prox"`` (exact, perturb-and-MAP) or
+    ``"langevin"`` (``steps`` steps of size ``lr`` from z = x). What does not change over the
+    iterations (Uᵀy, the singular values, which items are noiseless) is computed once."""
+
+    def __init__(self, pb, mode: str, steps: int, lr: float):
+        self.pb, self.mode, self.steps, self.lr = pb, mode, steps, lr
+        op = pb.op
+        if mode == "svd":
+            self.sv = op.singular_values.to(device=pb.device, dtype=torch.float64)
+            self.uty = op.U_adjoint(pb.y)
+        elif mode == "prox":
+            self.noisy = pb.sigma_y > 0
+
+    def sample(self, x: Tensor, r: float) -> Tensor:
+        pb, op = self.pb, self.pb.op
+        if self.mode == "svd":
+            sig, sv = pb.sigma_y_b, self.sv  # model space, [B, 1, ...]
+            den = sv * sv * r * r + sig * sig
+            mean = (sv * r * r * self.uty + sig * sig * op.V_adjoint(x)) / den
+            std = (r * r * sig * sig / den).sqrt()
+            return op.V(mean + std * op.V_adjoint(pb.randn()))
+        if self.mode == "prox":  # z = prox(x + ρε₁, y + σ_y ε₂, ρ²/σ_y²); σ_y = 0: x + ρε₁ projected on {A z = y}
+            x_p = x + r * pb.randn()
+            y_p = pb.y + pb.per_meas(pb.sigma_y) * pb.randn(pb.y.shape)
+            gamma = torch.where(self.noisy, r * r / pb.sigma_y.clamp(min=1e-300).square(), 1.0)
+            z = op.prox_l2(x_p, y_p, gamma)
+            if not bool(self.noisy.all()):
+                z_proj = x_p - op.A_dagger(op.A(x_p) - pb.y)
+                z = torch.where(pb.per_sample(self.noisy), z, z_proj)
+            return z
+        weight = 1.0 / pb.sigma_y.square()
+        z = x.clone()
+        for _ in range(self.steps):
+            z = z - self.lr * (pb.data_grad(z, weight) + (z - x) / (r * r)) + math.sqrt(2 * self.lr) * pb.randn()
+        return z
+
+
+def _prior_step(pb, z: Tensor, levels: list[float], sampler: str, k: int) -> Tensor:
+    """Step 2, ``x ~ p(x | z)``: z is the diffusion state at σ = ρ_k = ``levels[0]``, run down the
+    ``levels`` to 0 by Euler–Maruyama on the reverse SDE (``"sde"``) or Euler on the PF-ODE
+    (``"ode"``); the last step returns D(x, σ_min)."""
+    x = z
+    for s, s_next in zip(levels[:-1], levels[1:]):
+        d = pb.denoise(x, s, k)
+        if s_next == 0:
+            x = d
+        elif sampler == "sde":
+            x = x + (s_next - s) * 2 * (x - d) / s + math.sqrt(2 * s * (s - s_next)) * pb.randn()
+        else:
+            x = x + (s_next - s) * (x - d) / s
+    return x
