@@ -102,7 +102,7 @@ def pending(items: Sequence, folder: str | Path, *, resume: bool, id_of=lambda i
 
     Rank 0 first deletes the temporaries and claims that dead processes left in ``folder`` (and in
     ``folders``; only provably abandoned ones, so another job's file in progress is never touched:
-    :func:`invdiff.data.results.remove_stale_temporaries`), and every rank waits for that. Then the
+    :func:`invdiff.data.claims.remove_stale_temporaries`), and every rank waits for that. Then the
     items are sharded by position and, with ``resume``, those whose file is complete are dropped.
     Sharding before filtering keeps the assignment independent of what is already done or of
     which rank looks first. Iterate over :func:`claimed` of the result to share the work with other

@@ -21,7 +21,7 @@ from invdiff.apps.app import rerun, run
 from invdiff.apps.common import AppError, choices
 from invdiff.apps.cli import explain_overrides, main
 from crash import kill_and_resume
-from invdiff.data.claims import host_tag
+from invdiff.data.processes import host_tag
 from invdiff.data.results import is_complete, read_sample
 from invdiff.priors.analytic import smooth_gaussian
 

@@ -266,8 +266,8 @@ def test_fastmri_folder_without_files_and_slices_out_of_range(tmp_path):
 # σ_y, steps and the other numbers
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides, pattern", [
-    (["sigma_y=-0.1"], r"sigma_y must be a finite number >= 0, got -0\.1"),
-    (["sigma_y=nan"], r"sigma_y must be a finite number >= 0, got nan"),
+    (["sigma_y=-0.1"], r"sigma_y must be finite and >= 0, got -0\.1"),
+    (["sigma_y=nan"], r"sigma_y must be finite and >= 0, got nan"),
     (["noise.sigma=-0.1"], r"noise config \(operators\.GaussianNoise\): GaussianNoise: sigma must be finite and >= 0"),
     (["solver=ddrm", "solver.steps=0"], r"solver 'ddrm': steps must be a positive integer, got 0"),
     (["solver=dps", "solver.steps=-3"], r"solver 'dps': steps must be a positive integer, got -3"),
@@ -283,7 +283,7 @@ def test_bad_numbers_and_settings(overrides, pattern, tmp_path):
 
 def test_negative_noise_level_stated_by_the_data(tmp_path):
     y = npy(tmp_path / "y.npy", np.zeros((1, 8, 8)))
-    refused([*MEASURED[:-1], f"data.y={y}", "data.sigma_y=-0.5"], r"sigma_y must be a finite number >= 0, got -0\.5",
+    refused([*MEASURED[:-1], f"data.y={y}", "data.sigma_y=-0.5"], r"sigma_y must be finite and >= 0, got -0\.5",
             tmp_path)
 
 

@@ -16,7 +16,7 @@ import torch
 
 from invdiff import distributed
 from invdiff.apps import app, bench
-from invdiff.data.claims import host_tag
+from invdiff.data.processes import host_tag
 from invdiff.data.results import write_sample
 from crash import kill_and_resume
 

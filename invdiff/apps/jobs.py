@@ -12,7 +12,6 @@ solver's own checks (capabilities, y, σ_y, settings) run through
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from importlib import resources
 
@@ -23,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 import operators
 from operators import CapabilityError
 
-from ..checks import whole_number
+from ..checks import check_sigma_y, whole_number
 from ..evaluation import complex_image
 from ..memory import refusal
 from .common import AppError, build, choices, one_paragraph, resolve_device
@@ -66,8 +65,10 @@ def _sigma_y(cfg: DictConfig, noise, sample, mode: str) -> float:
             raise AppError(f"the measured data {sample.id} do not state their noise level; give sigma_y=<σ> "
                            "(measurement units) on the command line")
         s = float(sample.sigma_y)
-    if not math.isfinite(s) or s < 0:
-        raise AppError(f"sigma_y must be a finite number >= 0, got {s}")
+    try:
+        check_sigma_y(s, 1)  # (the check invdiff.reconstruct and the solvers make, before any work)
+    except (TypeError, ValueError) as err:
+        raise AppError(one_paragraph(err)) from None
     return s
 
 
@@ -235,8 +236,38 @@ def _check_memory(cfg: DictConfig, shape: tuple, device: torch.device) -> None:
 def setup(cfg: DictConfig) -> Job:
     """Build operator, noise, prior, solver and data from ``cfg`` and check every sample against
     them (shapes, ranges, the solver's capability needs) — before any simulation or output."""
-    from ..solvers import check_call
+    device = _check_config(cfg)
+    shape = _check_shape(cfg)
+    _check_memory(cfg, shape, device)  # (before the operator: its masks and factors are image-sized)
+    operator = build(cfg.operator, "operator") if cfg.get("operator") is not None else None
+    noise = build(cfg.noise, "noise") if cfg.get("noise") is not None else None
+    prior = build(cfg.prior, "prior")
+    solver = build(cfg.solver, "solver")
+    data = build(cfg.data, "data")
+    overlap = _check_prior(cfg, prior, shape)
+    mode = getattr(data, "mode", "synthetic")
+    samples = _samples(data, operator)
+    items, checked = [], set()
+    for s in samples:
+        op = s.operator if s.operator is not None else operator
+        if op is None:
+            raise AppError(f"sample {s.id} brings no operator and operator=null; choose an operator config")
+        if mode == "synthetic" and s.x is None:
+            raise AppError(f"synthetic data need ground truths; sample {s.id} has none")
+        _check_item(s, op, prior, tiled=overlap is not None)
+        sig = _sigma_y(cfg, noise, s, mode)
+        if (id(op), sig) not in checked:
+            _check_solver(cfg, solver, s, op, prior, sig, overlap)
+            checked.add((id(op), sig))
+        items.append(Item(s, op, sig))
+    if mode != "synthetic" and any(it.sample.operator is None for it in items):
+        _check_measured_operator(cfg, operator)
+    prior = prior.to(device)
+    return Job(cfg, operator, noise, prior, solver, data, device, items)
 
+
+def _check_config(cfg: DictConfig) -> torch.device:
+    """The top-level settings (counts, baseline, switches, runtime); returns the run's device."""
     device = resolve_device(cfg.get("device", "auto"))
     for key in ("num_samples", "batch_size"):
         v = cfg.get(key)
@@ -248,13 +279,11 @@ def setup(cfg: DictConfig) -> Job:
         raise AppError(f"baseline must be auto, pinv, adjoint or none, got {cfg.baseline!r}")
     _check_settings(cfg)
     runtime_settings(cfg)
-    shape = _check_shape(cfg)
-    _check_memory(cfg, shape, device)  # (before the operator: its masks and factors are image-sized)
-    operator = build(cfg.operator, "operator") if cfg.get("operator") is not None else None
-    noise = build(cfg.noise, "noise") if cfg.get("noise") is not None else None
-    prior = build(cfg.prior, "prior")
-    solver = build(cfg.solver, "solver")
-    data = build(cfg.data, "data")
+    return device
+
+
+def _check_prior(cfg: DictConfig, prior, shape: tuple) -> int | None:
+    """The prior against ``shape`` (equal, or smaller with tiling); returns ``tile_overlap``."""
     if prior is None or not hasattr(prior, "denoiser"):
         raise AppError(f"prior config did not give a prior (got {type(prior).__name__})")
     overlap = tile_overlap(cfg)
@@ -265,7 +294,11 @@ def setup(cfg: DictConfig) -> Job:
     if overlap is not None and (prior.shape[0] != shape[0] or any(p > s for p, s in zip(prior.shape[1:], shape[1:]))):
         raise AppError(f"tiling needs images at least as large as the prior's {list(prior.shape)} with as many "
                        f"channels; got shape={list(cfg.shape)}")
-    mode = getattr(data, "mode", "synthetic")
+    return overlap
+
+
+def _samples(data, operator) -> list:
+    """The data source's samples, with ids that can name result files and no duplicates."""
     try:
         samples = data.samples(operator)
     except (ValueError, TypeError, FileNotFoundError, OSError, IndexError, KeyError, EOFError) as err:
@@ -279,40 +312,31 @@ def setup(cfg: DictConfig) -> Job:
                            "must be non-empty names without '/', '\\' or NUL; rename the input file or dataset")
     if len(set(ids)) != len(ids):
         raise AppError(f"data gave duplicate sample ids {sorted({i for i in ids if ids.count(i) > 1})}")
-    items, checked = [], set()
-    for s in samples:
-        op = s.operator if s.operator is not None else operator
-        if op is None:
-            raise AppError(f"sample {s.id} brings no operator and operator=null; choose an operator config")
-        if mode == "synthetic" and s.x is None:
-            raise AppError(f"synthetic data need ground truths; sample {s.id} has none")
-        _check_item(s, op, prior, tiled=overlap is not None)
-        sig = _sigma_y(cfg, noise, s, mode)
-        key = (id(op), sig)
-        if key not in checked:  # the solver's own checks, on a stand-in y of the right shape
-            meas = tuple(getattr(op, "meas_size", ()))
-            probe = s.y[None] if s.y is not None else torch.zeros((1, *meas), dtype=torch.float64)
-            op_checked = op
-            if overlap is not None:  # the solver sees tile problems
-                from .. import tiling
+    return samples
 
-                try:
-                    restriction = tiling.Restriction(op)
-                    first = restriction.layout(tuple(prior.shape[1:]), overlap)[0]
-                except ValueError as err:
-                    raise AppError(one_paragraph(err)) from err
-                op_checked = restriction.problem(first.top, first.left, first.height, first.width)[0]
-                probe = tiling.crop_y(probe, first)
-            try:
-                check_call(solver, probe, op_checked, prior, sigma_y=sig)
-            except CapabilityError as err:
-                ok = _solver_choices_for(op, prior, sig)
-                raise AppError(f"{one_paragraph(err)} Solvers that accept this operator: {', '.join(ok) or 'none'}.") from err
-            except (ValueError, TypeError) as err:
-                raise AppError(f"solver config ({cfg.solver.get('_target_')}): {one_paragraph(err)}") from err
-            checked.add(key)
-        items.append(Item(s, op, sig))
-    if mode != "synthetic" and any(it.sample.operator is None for it in items):
-        _check_measured_operator(cfg, operator)
-    prior = prior.to(device)
-    return Job(cfg, operator, noise, prior, solver, data, device, items)
+
+def _check_solver(cfg: DictConfig, solver, sample, op, prior, sigma_y: float, overlap: int | None) -> None:
+    """The solver's own checks (:func:`invdiff.solvers.check_call`) on a stand-in y of the right
+    shape — on the first tile's problem when the image is solved in tiles."""
+    from ..solvers import check_call
+
+    meas = tuple(getattr(op, "meas_size", ()))
+    probe = sample.y[None] if sample.y is not None else torch.zeros((1, *meas), dtype=torch.float64)
+    op_checked = op
+    if overlap is not None:  # the solver sees tile problems
+        from .. import tiling
+
+        try:
+            restriction = tiling.Restriction(op)
+            first = restriction.layout(tuple(prior.shape[1:]), overlap)[0]
+        except ValueError as err:
+            raise AppError(one_paragraph(err)) from err
+        op_checked = restriction.problem(first.top, first.left, first.height, first.width)[0]
+        probe = tiling.crop_y(probe, first)
+    try:
+        check_call(solver, probe, op_checked, prior, sigma_y=sigma_y)
+    except CapabilityError as err:
+        ok = _solver_choices_for(op, prior, sigma_y)
+        raise AppError(f"{one_paragraph(err)} Solvers that accept this operator: {', '.join(ok) or 'none'}.") from err
+    except (ValueError, TypeError) as err:
+        raise AppError(f"solver config ({cfg.solver.get('_target_')}): {one_paragraph(err)}") from err
