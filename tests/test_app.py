@@ -64,9 +64,10 @@ def test_default_run_writes_samples_figures_and_metrics(default_run):
     assert rec["noise_seed"] == sample_seed(0, "shepp_logan", "noise") and rec["sigma_y"] == 0.01
     assert "measurement units" in rec["noise_convention"] and len(rec["config_hash"]) == 16
     m = rec["metrics"]
-    # even 12 steps of ΠGDM with phantom64 beat zero-filling by a wide margin
-    # (psnr: the average over the draws of single-draw scores; psnr_mean: the posterior mean's)
-    assert m["psnr_mean"] > m["psnr_baseline"] + 5 and m["psnr"] > m["psnr_baseline"] + 3
+    # even 12 steps of ΠGDM with phantom64 beat zero-filling by a wide margin (psnr: the average over
+    # the draws of single-draw scores; psnr_mean: the posterior mean's; both and the baseline clipped
+    # to the prior's range. Measured: mean 24.2 dB, zero-filled 19.5 dB clipped / 19.2 dB unclipped)
+    assert m["psnr_mean"] > m["psnr_baseline"] + 4 and m["psnr"] > m["psnr_baseline"] + 3
     assert m["nfe"] == 12 and 0 < m["nmse"] < m["nmse_baseline"]
     assert 0.3 < m["residual_chi"] < 3  # the reconstruction explains y to about the noise level
     summ = json.loads((out / "metrics.json").read_text())

@@ -82,7 +82,10 @@ def config_key(cfg, *, own_operator: bool = False, measured: bool = False) -> di
         c.pop(k, None)
     if isinstance(c.get("benchmark"), dict):
         c["benchmark"] = {k: v for k, v in c["benchmark"].items() if k not in PRESET_TEXT_KEYS}
-    return {k: v for k, v in _flatten(c, "", {}).items() if k not in EXECUTION_ONLY}
+    # runtime settings at their default (off) are left out: files written before the runtime node
+    # existed were computed that way and keep their keys
+    return {k: v for k, v in _flatten(c, "", {}).items()
+            if k not in EXECUTION_ONLY and not (k.startswith("runtime.") and v == _value(False))}
 
 
 def digest(tree) -> str | None:
