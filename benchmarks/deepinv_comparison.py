@@ -45,7 +45,7 @@ from skimage.metrics import peak_signal_noise_ratio
 import operators as O
 from invdiff import solvers
 from invdiff.priors import load
-from invdiff.solvers._common import vp_sigmas
+from invdiff.solvers import vp_sigmas
 from patches64_eval import SIGMA_Y, TEST, views
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -97,7 +97,7 @@ def deepinv_runner(name: str, prior, y, mask, sigma_y: float, steps: int, dev):
     import deepinv as dinv
     import numpy as np
 
-    from invdiff.solvers._common import vp_sigmas
+    from invdiff.solvers import vp_sigmas
 
     class Denoiser(torch.nn.Module):
         def __init__(self):

@@ -247,7 +247,7 @@ def main(argv=None):
             xm = self.prior.to_model(x.to(torch.float64))
             return self.prior.to_physical(self.prior.denoiser(xm, float(s))).to(x.dtype)
 
-    from invdiff.solvers._common import vp_sigmas
+    from invdiff.solvers import vp_sigmas
     grid = [s / 2 for s in vp_sigmas(unet, n)[:-1]]  # our DDRM's σ grid in [0, 1] units, positive
     compare = []
     for prior_label, prior in (("UNet (time)", unet), ("Wiener (PSNR)", wiener)):

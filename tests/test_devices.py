@@ -114,7 +114,7 @@ def test_noise_is_drawn_on_the_device_and_reproducible_there():
 def test_compiled_and_cuda_graph_network_calls_agree_on_cuda(mode, monkeypatch):
     from test_compile import OP, TinyEps
     from invdiff.priors import NetworkPrior, VPSchedule
-    from invdiff.solvers._common import Network
+    from invdiff.solvers.network import Network
 
     # IEEE float32 in both paths: TF32 (on by default for cuDNN convolutions) differs by ~5e-4
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)

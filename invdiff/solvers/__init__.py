@@ -13,10 +13,11 @@ a config of the same name.
 
 Run-time settings of the network call (bf16 autocast, ``torch.compile``, gradient checkpointing,
 channels-last) are not solver parameters: set them with :func:`runtime` (or the keyword
-arguments of ``invdiff.reconstruct``).
+arguments of ``invdiff.reconstruct``). :func:`vp_sigmas` is the σ grid of the VP-paper solvers
+(benchmarks compare other implementations on it).
 """
 
-from ._common import SolverDivergedError
+from ._common import SolverDivergedError, vp_sigmas
 from .baselines import dpir, pinv, tv
 from .daps import daps
 from .ddnm import ddnm
@@ -39,4 +40,5 @@ SOLVERS = {f.__name__: f for f in (ddrm, ddnm, pigdm, diffpir, score_sde, dps, m
 #: ``tv`` use no prior, ``dpir`` plugs the prior's denoiser into half-quadratic splitting).
 BASELINES = frozenset({"pinv", "tv", "dpir"})
 
-__all__ = ["SOLVERS", "BASELINES", "COMPILE_MODES", "SolverDivergedError", "check_call", "runtime", *SOLVERS]
+__all__ = ["SOLVERS", "BASELINES", "COMPILE_MODES", "SolverDivergedError", "check_call", "runtime", "vp_sigmas",
+           *SOLVERS]
