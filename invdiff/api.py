@@ -7,7 +7,7 @@
 
 Every posterior draw ``k`` of item ``id`` uses its own generator seeded by
 :func:`sample_seed` ``(seed, id, "solver/k")``, so a draw does not depend on which batch (or
-process) computed it (DESIGN.md). The app (:mod:`invdiff.app`) calls exactly this function.
+process) computed it (DESIGN.md). The app (:mod:`invdiff.apps.app`) calls exactly this function.
 """
 
 from __future__ import annotations
