@@ -45,7 +45,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import app
 from .bench_tables import TABLE_METRICS, collect, efficiency_plot, report, table  # noqa: F401  (the tables' API)
-from .common import GROUPS, USER_ERRORS, AppError, choices, one_paragraph, resolve_device
+from .common import GROUPS, AppError, choices, one_paragraph, resolve_device
 from .runs import check_resume, run_hash
 
 log = logging.getLogger("invdiff")
@@ -216,26 +216,11 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 # --------------------------------------------------------------------------------------------
 def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    from ..distributed import context
+    from .cli import run_job
 
     hc = HydraConfig.get()
-    cfg = _attach(cfg, hc.runtime.choices.get("solver"), list(hc.overrides.task))
-    try:
-        run(cfg, hc.runtime.output_dir)
-    except USER_ERRORS as err:
-        msg = f"invdiff-bench: {one_paragraph(err)}"
-        # a sweep records the error and goes on, except under torchrun: there the ranks must stay in
-        # step (a rank skipping a run would pair its barriers with another run's), so all stop
-        if hc.mode == RunMode.MULTIRUN and not context().active:
-            log.error(msg)
-            Path(hc.runtime.output_dir, "error.txt").write_text(msg + "\n")
-            return
-        from .cli import log_to_files
-
-        log_to_files(msg)  # (the console gets it once, from SystemExit)
-        raise SystemExit(msg) from None
+    run_job("invdiff-bench", run, _attach(cfg, hc.runtime.choices.get("solver"), list(hc.overrides.task)))
 
 
 class SweepTable(Callback):

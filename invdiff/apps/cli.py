@@ -233,15 +233,17 @@ def explain_overrides(overrides: list[str], config_fn=config, groups=GROUPS, che
     return None
 
 
-@hydra.main(version_base=None, config_path="pkg://invdiff.configs", config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
+def run_job(prog: str, fn, cfg: DictConfig) -> None:
+    """Run ``fn(cfg, output_dir)`` as a Hydra job of the command ``prog``: a user error becomes one
+    paragraph (in the log files and, from ``SystemExit``, on the console); in a sweep it is recorded
+    in the run's ``error.txt`` and the sweep goes on."""
     from ..distributed import context
 
     hc = HydraConfig.get()
     try:
-        run(cfg, hc.runtime.output_dir)
+        fn(cfg, hc.runtime.output_dir)
     except USER_ERRORS as err:
-        msg = f"invdiff: {one_paragraph(err)}"
+        msg = f"{prog}: {one_paragraph(err)}"
         # a sweep records the error and goes on, except under torchrun: there the ranks must stay in
         # step (a rank skipping a run would pair its barriers with another run's), so all stop
         if hc.mode == RunMode.MULTIRUN and not context().active:
@@ -251,8 +253,13 @@ def _hydra_main(cfg: DictConfig) -> None:
         log_to_files(msg)  # (the console gets it once, from SystemExit)
         raise SystemExit(msg) from None
     except Exception as err:  # not the user's input: the traceback goes to the console, the log says so too
-        log_to_files(f"invdiff: the run failed with {type(err).__name__}: {one_paragraph(err)}")
+        log_to_files(f"{prog}: the run failed with {type(err).__name__}: {one_paragraph(err)}")
         raise
+
+
+@hydra.main(version_base=None, config_path="pkg://invdiff.configs", config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    run_job("invdiff", run, cfg)
 
 
 HELP = """invdiff — imaging inverse problems with diffusion-model priors.
