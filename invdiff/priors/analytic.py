@@ -183,6 +183,34 @@ class GaussianMixturePrior(Prior):
         r, a = log_resp.exp(), c / v
         return (r * (1 - a)) @ self.means + (r * a).sum(1, keepdim=True) * x
 
+    def velocity(self, x_t: Tensor, t, path=None) -> Tensor:
+        """The exact probability-flow velocity on an interpolant ``path`` (x_t = α x₀ + σ ε, model
+        space), in closed form in x_t's own coordinates — not through :meth:`denoiser`, so that the
+        two check each other — and also at α(t) = 0:
+
+            p(k | x_t) ∝ π_k N(x_t; α μ_k, α² Σ_k + σ² I),   C_k = α² Σ_k + σ² I,
+            E[x₀ | x_t, k] = μ_k + α Σ_k C_k⁻¹ (x_t − α μ_k),   E[ε | x_t, k] = σ C_k⁻¹ (x_t − α μ_k),
+            v = Σ_k p(k | x_t) (α' E[x₀ | x_t, k] + σ' E[ε | x_t, k])."""
+        if path is None:
+            raise ValueError("GaussianMixturePrior.velocity needs an interpolant path (invdiff.priors.flow)")
+        B = x_t.shape[0]
+        tt = torch.as_tensor(t, dtype=torch.float64, device=x_t.device)
+        tt = (tt.expand(B) if tt.ndim == 0 else tt).reshape(B, 1)
+        a, s, da, ds = path.alpha(tt), path.sigma(tt), path.d_alpha(tt), path.d_sigma(tt)  # [B, 1]
+        flat = x_t.reshape(B, -1).to(torch.float64)
+        dev = flat[:, None, :] - a[:, :, None] * self.means[None]  # [B, K, d]
+        z = dev if self.Q is None else torch.einsum("kde,bkd->bke", self.Q, dev)
+        c = a[:, :, None] ** 2 * self.lam[None] + s[:, :, None] ** 2  # eigenvalues of C_k: [B, K, d]
+        log_n = -0.5 * (z * z / c).sum(-1) - 0.5 * torch.log(2 * math.pi * c).sum(-1)
+        resp = torch.softmax(self.weights.log()[None] + log_n, dim=1)  # [B, K]
+        w = z / c  # C_k⁻¹ (x_t − α μ_k) in the eigenbasis
+        x0_k = (a[:, :, None] * self.lam[None] * w)
+        eps_k = s[:, :, None] * w
+        drift = da[:, :, None] * x0_k + ds[:, :, None] * eps_k
+        drift = drift if self.Q is None else torch.einsum("kde,bke->bkd", self.Q, drift)
+        v = (resp[:, :, None] * (da[:, :, None] * self.means[None] + drift)).sum(1)
+        return v.reshape(x_t.shape).to(x_t.dtype)
+
     def log_prob(self, x_phys: Tensor) -> Tensor:
         """Exact log-density (physical units) of ``[B, *shape]`` points -> ``[B]``."""
         flat = self.to_model(x_phys).reshape(x_phys.shape[0], -1).to(torch.float64)

@@ -88,6 +88,27 @@ class Prior(torch.nn.Module):
         s = per_sample_sigma(sigma, x)
         return (self.denoiser(x, sigma) - x) / s**2
 
+    def velocity(self, x_t: Tensor, t, path=None) -> Tensor:
+        """The probability-flow velocity ``dx_t/dt = α'(t) x̂₀ + σ'(t) ε̂`` of this prior on an
+        interpolant ``path`` (:mod:`invdiff.priors.flow`: ``x_t = α(t) x₀ + σ(t) ε``), at a state
+        ``x_t`` ``[B, *shape]`` in model space and time ``t`` (a float or ``[B]``): one denoiser call at
+        ``x = x_t/α``, ``s = σ/α``, exact for an exact denoiser. Needs α(t) > 0 and σ(t) > 0 (a
+        :class:`~invdiff.priors.flow.FlowPrior` on its own path also answers at t = 1)."""
+        if path is None:
+            raise ValueError(f"{type(self).__name__}.velocity needs an interpolant path (invdiff.priors.flow): "
+                             "this prior has no path of its own")
+        tt = torch.as_tensor(t, dtype=torch.float64, device=x_t.device)
+        tt = (tt.expand(x_t.shape[0]) if tt.ndim == 0 else tt).reshape(-1, *([1] * (x_t.ndim - 1)))
+        if tt.shape[0] != x_t.shape[0]:
+            raise ValueError(f"t must be a float or a [B] tensor with B = {x_t.shape[0]}, got shape {tuple(tt.shape)}")
+        a, s = path.alpha(tt), path.sigma(tt)
+        if not bool(((a > 0) & (s > 0)).all()):
+            raise ValueError(f"velocity through the denoiser needs α(t) > 0 and σ(t) > 0 on the {path.name} path; "
+                             "t = 1 (pure noise) or t = 0 is outside it — use t in the prior's time range")
+        x64 = x_t.to(torch.float64)
+        x0 = self.denoiser((x64 / a).to(x_t.dtype), (s / a).reshape(-1).to(x_t.dtype)).to(torch.float64)
+        return path.velocity_from_x0(x64, x0, tt).to(x_t.dtype)
+
     def check_input(self, x: Tensor) -> None:
         if tuple(x.shape[1:]) != self.shape or x.ndim != len(self.shape) + 1:
             raise ValueError(f"{type(self).__name__}: expected x of shape [B, {', '.join(map(str, self.shape))}], "
@@ -101,6 +122,8 @@ class CountingPrior(Prior):
         super().__init__(inner.shape, data_range=inner.data_range, model_range=inner.model_range,
                          sigma_range=(inner.sigma_min, inner.sigma_max), differentiable=inner.differentiable)
         self.inner, self.calls = inner, 0
+        if getattr(inner, "path", None) is not None:  # a flow prior's own path (solvers default to it)
+            self.path = inner.path
 
     def denoiser(self, x: Tensor, sigma) -> Tensor:
         self.calls += 1
@@ -109,6 +132,10 @@ class CountingPrior(Prior):
     def raw_denoiser(self, x: Tensor, sigma: Tensor) -> Tensor:
         self.calls += 1
         return raw_call(self.inner)(x, sigma)
+
+    def velocity(self, x_t: Tensor, t, path=None) -> Tensor:
+        self.calls += 1
+        return self.inner.velocity(x_t, t, path)
 
 
 def raw_call(prior: Prior):

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .adapters import NetworkPrior
+from .flow import FlowPrior, make_path
 from .checkpoints import CheckpointError, safe_safetensors_load, save_safetensors, strict_load
 from .registry import ARCHITECTURES, Checkpoint, register_format
 from .schedules import EDMSchedule, VESchedule, VPSchedule
@@ -41,14 +42,23 @@ def schedule_from_dict(d: dict):
     return classes[kind](**d)
 
 
-def save(path: str | Path, prior: NetworkPrior, architecture: str, arch_kwargs: dict,
+def save(path: str | Path, prior: NetworkPrior | FlowPrior, architecture: str, arch_kwargs: dict,
          source: dict | None = None) -> Path:
     """Write ``prior`` in the project's format: one ``.safetensors`` file whose metadata holds the
-    architecture, its arguments, the parameterisation, schedule, shape, ranges and conditioning
-    (and ``source``, e.g. the file a converted prior came from). Written to a temporary name and
-    moved into place (never a partial file)."""
+    architecture, its arguments, the parameterisation, schedule, shape, ranges and conditioning —
+    or, for a :class:`~invdiff.priors.flow.FlowPrior` (``"kind": "flow"``), its interpolant path,
+    time convention, time scale and time range — (and ``source``, e.g. the file a converted prior
+    came from). Written to a temporary name and moved into place (never a partial file)."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; registered: {sorted(ARCHITECTURES)}")
+    if isinstance(prior, FlowPrior):
+        meta = {"format_version": FORMAT_VERSION, "kind": "flow", "architecture": architecture,
+                "arch_kwargs": arch_kwargs, "path": prior.path.to_dict(), "time_convention": prior.time_convention,
+                "time_scale": prior.time_scale, "t_range": list(prior.t_range), "shape": list(prior.shape),
+                "data_range": list(prior.data_range), "model_range": list(prior.model_range)}
+        if source is not None:
+            meta["source"] = source
+        return save_safetensors(path, prior.net.state_dict(), {"invdiff": json.dumps(meta)})
     meta = {
         "format_version": FORMAT_VERSION,
         "architecture": architecture,
@@ -77,7 +87,7 @@ def read_tagged(path: str | Path, key: str, what: str) -> tuple[dict[str, torch.
 
 
 @register_format("invdiff", lambda c: c.kind == "safetensors", "invdiff .safetensors files")
-def _load(checkpoint: Checkpoint, overrides: dict) -> NetworkPrior:
+def _load(checkpoint: Checkpoint, overrides: dict) -> NetworkPrior | FlowPrior:
     path = checkpoint.path
     tensors, info = read_tagged(path, "invdiff", "an invdiff prior file")
     if info.get("format_version") != FORMAT_VERSION:
@@ -89,6 +99,12 @@ def _load(checkpoint: Checkpoint, overrides: dict) -> NetworkPrior:
                               f"(registered: {sorted(ARCHITECTURES)})")
     net = ARCHITECTURES[arch](**info["arch_kwargs"])
     strict_load(net, tensors, str(path))
+    if info.get("kind", "network") == "flow":
+        kwargs = dict(shape=info["shape"], data_range=info["data_range"], model_range=info["model_range"],
+                      time_convention=info["time_convention"], time_scale=info["time_scale"],
+                      t_range=info["t_range"])
+        kwargs.update(overrides)
+        return FlowPrior(net.eval(), make_path(info["path"]), **kwargs)
     kwargs = dict(shape=info["shape"], data_range=info["data_range"], model_range=info["model_range"],
                   conditioning=info["conditioning"], learned_sigma=info["learned_sigma"])
     kwargs.update(overrides)

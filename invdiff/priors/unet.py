@@ -1,7 +1,8 @@
 """The project's compact score network: a small UNet with a noise-level embedding, inside EDM's
 preconditioning (Karras et al. 2022, Table 1, σ_data = 0.5), so ``net(x, σ) = D(x; σ)``.
 
-Registered as architecture ``"invdiff.unet"`` of the project's checkpoint format
+The same UNet as a velocity network ``v(x_t, t)`` for flow matching is architecture
+``"invdiff.flow_unet"`` (:func:`build_flow_unet`). Registered as architecture ``"invdiff.unet"`` of the project's checkpoint format
 (:mod:`invdiff.priors.registry`, :mod:`invdiff.priors.native`); ``invdiff-train``
 trains it and :func:`invdiff.priors.load` reads it back. Sized for CPU training of 64×64 priors:
 ``width=32, mults=(1, 2, 2), blocks=1`` is about 1 M parameters (4 MB in float32); ``patch=2``
@@ -117,3 +118,26 @@ def build_unet(channels: int = 1, width: int = 32, mults=(1, 2, 2), blocks: int 
                patch: int = 1, sigma_data: float = 0.5) -> EDMPreconditioned:
     """:class:`SmallUNet` inside EDM's preconditioning (``forward(x, σ) = D(x; σ)``)."""
     return EDMPreconditioned(SmallUNet(channels, width, tuple(mults), blocks, emb, patch), "edm", sigma_data)
+
+
+class FlowUNet(nn.Module):
+    """:class:`SmallUNet` as a velocity network ``forward(x_t, t) = v(x_t, t)``, t ∈ [0, 1] (noise at
+    1, :mod:`invdiff.priors.flow`). No input or output scaling: on the linear path x_t and the
+    target ε − x₀ keep unit order for data in [−1, 1]. Time enters the embedding as c = 250·t,
+    i.e. sinusoids of 1000·t (DDPM's timestep scale), zero-initialised output (v = 0 at start)."""
+
+    def __init__(self, channels: int = 1, width: int = 32, mults=(1, 2, 2), blocks: int = 1, emb: int = 128,
+                 patch: int = 1):
+        super().__init__()
+        self.unet = SmallUNet(channels, width, tuple(mults), blocks, emb, patch)
+
+    def forward(self, x, t):
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1)
+        return self.unet.forward_unet(x, 250.0 * t)
+
+
+@register_architecture("invdiff.flow_unet")
+def build_flow_unet(channels: int = 1, width: int = 32, mults=(1, 2, 2), blocks: int = 1, emb: int = 128,
+                    patch: int = 1) -> FlowUNet:
+    """:class:`FlowUNet` (velocity network of ``invdiff-train objective=flow``)."""
+    return FlowUNet(channels, width, tuple(mults), blocks, emb, patch)
