@@ -13,6 +13,8 @@ priors), not at t = 1 exactly, where α = 0.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -20,7 +22,11 @@ from ..priors.base import Prior
 from ..priors.flow import Interpolant
 from ..priors.flow_samplers import flow_time_grid, sampling_path
 
-__all__ = ["flow_path", "flow_times", "flow_point", "flow_x0", "flow_velocity", "flow_x0_graph"]
+#: Where flow solvers start on a prior with σ_max = ∞ (t = 1 itself has α = 0 on the linear and
+#: trigonometric paths: no denoiser point).
+T_MAX_UNBOUNDED = 1.0 - 1e-3
+
+__all__ = ["T_MAX_UNBOUNDED", "flow_path", "flow_times", "flow_point", "flow_x0", "flow_velocity", "flow_x0_graph"]
 
 
 def flow_path(prior: Prior, path=None) -> Interpolant:
@@ -31,9 +37,12 @@ def flow_path(prior: Prior, path=None) -> Interpolant:
 
 def flow_times(prior: Prior, path: Interpolant, steps: int, *, t_end: float = 0.0, grid: str = "uniform",
                shift: float = 1.0) -> list[float]:
-    """``steps + 1`` decreasing times from ``t(prior.sigma_max)`` to ``t_end``."""
-    t_max = float(path.t_of_sigma(prior.sigma_max))
-    return flow_time_grid(steps, min(t_max, 1.0), t_end, grid, shift).tolist()
+    """``steps + 1`` decreasing times from ``t(prior.sigma_max)`` to ``t_end``; from
+    :data:`T_MAX_UNBOUNDED` = 1 − 10⁻³ (a flow prior's default) for a prior without a largest noise
+    level (the analytic priors: σ_max = ∞)."""
+    t_max = float(path.t_of_sigma(prior.sigma_max)) if math.isfinite(prior.sigma_max) else math.nan
+    t_max = min(t_max, 1.0) if math.isfinite(t_max) else T_MAX_UNBOUNDED
+    return flow_time_grid(steps, t_max, t_end, grid, shift).tolist()
 
 
 def flow_point(path: Interpolant, t: float) -> tuple[float, float]:
