@@ -14,6 +14,9 @@ module              what it holds
 ``native``          the project's own ``.safetensors`` format (:func:`save`)
 ``formats``         the foreign formats (guided-diffusion, EDM/InverseBench, score_sde, diffusers)
                     and the architectures of deepinv and EDM
+``flow``            interpolant paths (linear, trig, VP, VE) and :class:`FlowPrior` (a velocity network)
+``flow_samplers``   unconditional samplers in flow time (Euler, Heun, the interpolant SDE)
+``flow_formats``    foreign flow checkpoints: diffusers flow-matching folders, plain state dicts
 ``unet``            the project's small UNet (architecture ``invdiff.unet``)
 ``shipped``         the priors shipped in the package, loadable by name (``"phantom64"``)
 ``checkpoints``     safe, strict reading of checkpoint files
@@ -33,6 +36,9 @@ from .adapters import NetworkPrior
 from .analytic import GaussianMixturePrior, GaussianPrior
 from .base import CountingPrior, Prior
 from .checkpoints import CheckpointError
+from .flow import PATHS, FlowPrior, Interpolant, LinearPath, TrigPath, VEPath, VPPath, make_path
+from .flow_formats import load_flow_state_dict
+from .flow_samplers import FLOW_SAMPLERS, flow_euler, flow_heun, flow_sde
 from .loaders import load, load_checkpoint
 from .native import save
 from .registry import ARCHITECTURES, register_architecture
@@ -45,6 +51,8 @@ __all__ = [
     "register_architecture", "GaussianPrior", "GaussianMixturePrior",
     "SAMPLERS", "ddpm", "ddim", "annealed_langevin", "reverse_sde", "pf_ode", "edm_heun",
     "VPSchedule", "VESchedule", "EDMSchedule", "edm_sigma_grid", "geometric_sigma_grid", "convert_edm_pickle",
+    "FlowPrior", "Interpolant", "LinearPath", "TrigPath", "VPPath", "VEPath", "PATHS", "make_path",
+    "FLOW_SAMPLERS", "flow_euler", "flow_heun", "flow_sde", "load_flow_state_dict",
 ]
 
 

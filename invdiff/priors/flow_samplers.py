@@ -14,6 +14,9 @@ sampler         scheme                                                NFE
                 2023, arXiv:2209.03003, §2.1)
 ``flow_heun``   Heun's 2nd order, Euler on the last step               2·steps − 1
                 (Karras et al. 2022, Alg. 1, in flow time)
+``flow_sde``    Euler–Maruyama on the interpolant's backward SDE       steps
+                with diffusion ε(t) (Albergo, Boffi & Vanden-Eijnden
+                2023, arXiv:2303.08797, §2.4): :func:`flow_sde`
 ==============  ====================================================  =========================
 
 Time grids (``grid``): ``"uniform"`` (equal steps in t, rectified flow) or ``"shift"`` with
@@ -24,6 +27,7 @@ the noise end for k > 1).
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Callable
 
 import torch
@@ -35,7 +39,7 @@ from .flow import Interpolant, LinearPath, make_path
 
 Callback = Callable[[int, Tensor, Tensor], None] | None
 
-__all__ = ["flow_time_grid", "flow_start", "flow_euler", "flow_heun", "FLOW_SAMPLERS"]
+__all__ = ["flow_time_grid", "flow_start", "flow_euler", "flow_heun", "flow_sde", "EPS_SCHEDULES", "FLOW_SAMPLERS"]
 
 
 def sampling_path(prior: Prior, path=None) -> Interpolant:
@@ -49,10 +53,13 @@ def sampling_path(prior: Prior, path=None) -> Interpolant:
 
 def flow_start(prior: Prior, path: Interpolant) -> float:
     """The first time of a flow sampler: 1 for a flow prior on its own path (the network knows
-    t = 1), else the time of the prior's largest noise level ``t(σ_max)``."""
+    t = 1), else the time of the prior's largest noise level ``t(σ_max)``, at most 1 (an analytic
+    prior has σ_max = ∞: t(∞) is 1, or NaN/∞ in floating point, and its closed-form velocity
+    answers at t = 1)."""
     if getattr(prior, "path", None) == path:
         return 1.0
-    return float(path.t_of_sigma(prior.sigma_max))
+    t = float(path.t_of_sigma(prior.sigma_max))
+    return t if t < 1.0 else 1.0  # NaN (∞/∞ on the linear path) and t > 1 (VE beyond its σ_max) -> 1
 
 
 def flow_time_grid(steps: int, t_max: float = 1.0, t_min: float = 0.0, grid: str = "uniform",
@@ -145,4 +152,110 @@ def flow_heun(prior: Prior, shape, *, steps: int = 25, generator: GeneratorArg =
     return prior.to_physical(x)
 
 
-FLOW_SAMPLERS = {"flow_euler": flow_euler, "flow_heun": flow_heun}
+def _eps_sigma(path: Interpolant, t: float) -> float:
+    return float(path.sigma(t))
+
+
+def _eps_sbdm(path: Interpolant, t: float) -> float:
+    a, s, da, ds = (float(f(t)) for f in (path.alpha, path.sigma, path.d_alpha, path.d_sigma))
+    return s * ds - s * s * da / a if a > 0 else math.inf
+
+
+#: Named diffusion coefficients ε(t) of :func:`flow_sde` (``path, t -> ε``), after SiT's
+#: ``diffusion_form`` (Ma et al. 2024, arXiv:2401.08740, ``transport/path.py``), in this module's time:
+#: ``"sigma"``: ε = σ(t) (SiT's sampling default); ``"sbdm"``: ε = σσ' − σ²α'/α = ½g(t)², the
+#: score-based diffusion model's reverse SDE (Song et al. 2021, arXiv:2011.13456, eq. 6) for the
+#: forward SDE whose marginals are the path (infinite where α = 0, e.g. t = 1 on the linear path).
+EPS_SCHEDULES: dict[str, Callable[[Interpolant, float], float]] = {"sigma": _eps_sigma, "sbdm": _eps_sbdm}
+
+
+def _eps_fn(eps, eps_scale: float, path: Interpolant) -> Callable[[float], float]:
+    """``t -> eps_scale · ε(t)`` from a number, a name of :data:`EPS_SCHEDULES` or a callable ``ε(t)``."""
+    if not (isinstance(eps_scale, (int, float)) and not isinstance(eps_scale, bool) and eps_scale >= 0
+            and math.isfinite(eps_scale)):
+        raise ValueError(f"eps_scale must be a finite number >= 0, got {eps_scale!r}")
+    if isinstance(eps, str):
+        if eps not in EPS_SCHEDULES:
+            raise ValueError(f"unknown diffusion schedule eps={eps!r}; choose one of {sorted(EPS_SCHEDULES)}, a number "
+                             "ε >= 0 or a callable t -> ε(t)")
+        named = EPS_SCHEDULES[eps]
+        return lambda t: eps_scale * named(path, t)
+    if callable(eps):
+        return lambda t: eps_scale * float(eps(t))
+    if isinstance(eps, (int, float)) and not isinstance(eps, bool):
+        return lambda t: eps_scale * float(eps)
+    raise TypeError(f"eps must be a number, a name ({sorted(EPS_SCHEDULES)}) or a callable t -> ε(t), got {eps!r}")
+
+
+def flow_sde(prior: Prior, shape, *, steps: int = 100, generator: GeneratorArg = None, callback: Callback = None,
+             path=None, eps: float | str | Callable[[float], float] = "sigma", eps_scale: float = 1.0,
+             grid: str = "uniform", shift: float = 1.0, noise: Tensor | None = None) -> Tensor:
+    """The stochastic-interpolant backward SDE (Albergo, Boffi & Vanden-Eijnden 2023,
+    arXiv:2303.08797, §2.4, the backward SDE with drift ``b_B = b − ε s``), by Euler–Maruyama from
+    t_max (1 for a flow prior) to 0. For every ``ε(t) ≥ 0`` it has the marginals of the
+    probability-flow ODE ``dx/dt = v``: in reverse time τ = 1 − t, ``dx = (−v + ε s) dτ + √(2ε) dW``
+    has the Fokker–Planck equation ``∂_τ p = ∇·(p v) − ε∇·(p s) + εΔp = ∇·(p v)`` (as ``p s = ∇p``),
+    which is the ODE's continuity equation ``∂_t p = −∇·(p v)`` run backwards.
+
+    ========================  ==========================  ==================================
+    code                      paper (Albergo et al.)      meaning
+    ========================  ==========================  ==================================
+    ``v``                     b(t, x)                     the velocity (probability flow)
+    ``score``                 s(t, x) = ∇ log ρ(t, x)     ``(α x̂₀ − x)/σ²`` (Tweedie)
+    ``eps_i``                 ε(t)                        the diffusion coefficient, ≥ 0
+    ``h``                     the step of the reverse     ``t_i − t_{i+1} > 0``
+                              time
+    ========================  ==========================  ==================================
+
+    Each step (``h = t_i − t_{i+1}``, ``z ~ N(0, I)``)::
+
+        x ← x − h·v(x, t_i) + h·ε(t_i)·s(x, t_i) + √(2 ε(t_i) h)·z
+
+    :param eps: ε(t): a number, a name of :data:`EPS_SCHEDULES` (``"sigma"``: ε = σ(t), the default,
+        SiT's ``diffusion_form="sigma"``; ``"sbdm"``: the diffusion model's reverse SDE) or a callable
+        ``t -> ε(t)``; multiplied by ``eps_scale`` (SiT's ``diffusion_norm``). ``eps = 0`` is
+        :func:`flow_euler`, draw for draw (no noise is drawn where ε = 0).
+    :param noise: the initial standard-normal draw ``[B, *shape]`` (the steps' noise still comes
+        from ``generator``).
+
+    NFE = ``steps`` (one velocity per step; the score is the same call's x̂₀). The callback's x̂₀ is
+    the velocity's x₀ estimate. Returns ``[B, *prior.shape]`` samples in physical units.
+
+    *Deviations*: the last step (to t = 0, where σ = 0 and the score is undefined) is the
+    probability-flow Euler step ``x − h·v`` — no noise, no score term; on the linear path it lands
+    exactly on x̂₀ = E[x₀ | x_t] (SiT's ``last_step="Tweedie"``; its default ``"Mean"`` keeps the
+    score term, which diverges as σ → 0 for ε = σ). ε is evaluated at the left end of each step
+    (Euler–Maruyama), and refused where it is not finite (``"sbdm"`` at t = 1 on the linear path:
+    start below 1 or choose ``"sigma"``).
+    """
+    shape, device = _setup(prior, shape, generator)
+    path = sampling_path(prior, path)
+    ts = flow_time_grid(steps, flow_start(prior, path), 0.0, grid, shift).tolist()
+    eps_of = _eps_fn(eps, eps_scale, path)
+    eps_ts = [eps_of(t) for t in ts[:-2]] + [0.0]  # the last step is deterministic
+    bad = [(t, e) for t, e in zip(ts, eps_ts) if not (math.isfinite(e) and e >= 0)]
+    if bad:
+        raise ValueError(f"flow_sde: the diffusion coefficient ε(t) = {bad[0][1]} at t = {bad[0][0]:.4g} on the "
+                         f"{path.name} path; ε must be finite and >= 0 at every step (eps={eps!r}: start below "
+                         "t = 1, or use eps='sigma' or a number)")
+    x = float(path.sigma(ts[0])) * _noise(shape, generator, device, noise)
+    for i in range(steps):
+        t_i, eps_i = ts[i], eps_ts[i]
+        h = ts[i] - ts[i + 1]
+        # 1. Velocity and x̂₀ from one network call.
+        v = _v(prior, x, t_i, path)
+        x0 = _x0(path, x, v, t_i)
+        # 2. Probability-flow (Euler) part: exactly flow_euler's update.
+        x_next = x + (ts[i + 1] - ts[i]) * v
+        if eps_i > 0:
+            # 3. Score correction and noise of the backward SDE (Euler–Maruyama).
+            score = path.score_from_x0(x, x0, torch.tensor(t_i, dtype=torch.float64))
+            z = randn(shape, generator, device=device)
+            x_next = x_next + (h * eps_i) * score + math.sqrt(2.0 * eps_i * h) * z
+        x = x_next
+        if callback is not None:
+            callback(i, x, x0)
+    return prior.to_physical(x)
+
+
+FLOW_SAMPLERS = {"flow_euler": flow_euler, "flow_heun": flow_heun, "flow_sde": flow_sde}

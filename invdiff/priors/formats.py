@@ -21,6 +21,7 @@ import torch
 
 from .adapters import NetworkPrior
 from .checkpoints import CheckpointError, safe_safetensors_load, safe_torch_load, strict_load
+from .flow_formats import is_diffusers_flow_folder, load_diffusers_flow
 from .registry import Checkpoint, register_architecture, register_format
 from .schedules import EDMSchedule, VPSchedule
 
@@ -273,8 +274,11 @@ def weights_file(folder: Path) -> Path:
 @register_format("diffusers", lambda c: c.kind == "folder", "diffusers folders", weights=weights_file)
 def _load_diffusers(checkpoint: Checkpoint, overrides: dict) -> NetworkPrior:
     """A diffusers ``UNet2DModel`` folder (``config.json`` + weights), or a pipeline folder with
-    ``unet/`` and ``scheduler/``."""
+    ``unet/`` and ``scheduler/``; one with a flow-matching scheduler is a
+    :class:`~invdiff.priors.flow.FlowPrior` (:mod:`invdiff.priors.flow_formats`)."""
     folder = checkpoint.path
+    if is_diffusers_flow_folder(folder):  # a flow-matching scheduler: the network is a velocity
+        return load_diffusers_flow(checkpoint, overrides)
     root = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
     cfg_path = root / "config.json"
     if not cfg_path.is_file():
