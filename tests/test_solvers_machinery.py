@@ -62,6 +62,15 @@ CALLS = {
     "mcgdiff": (dict(steps=5, particles=4), 5),
     "mcgdiff-chunk": (dict(steps=3, particles=4, chunk=3), 9),
     "mcgdiff-systematic": (dict(steps=4, particles=3, resample="systematic", resample_threshold=0.5, eta=0.7), 4),
+    # flow solvers: FlowDPS one call per step; D-Flow (steps + 1) solves of n ODE steps × k calls (Euler 1,
+    # midpoint 2) with the graph, plus n calls of the blend initialisation's inversion
+    "ot_ode": (dict(steps=6), 6),
+    "ot_ode-cg": (dict(steps=4, op=REFLECT_BLUR), 4),
+    "pnp_flow": (dict(steps=5, num_samples=2), 10),
+    "ictm": (dict(steps=4, iters=2), 12),
+    "flowdps": (dict(steps=6), 6),
+    "dflow": (dict(steps=3, ode_steps=2, ode="euler"), 4 * 2 + 2),
+    "dflow-midpoint": (dict(steps=2, ode_steps=2, ode="midpoint", init="noise"), 3 * 2 * 2),
 }
 
 
@@ -158,10 +167,11 @@ def test_nan_from_the_network_stops_with_a_clear_error(key):
         run(key, measurement(key, n=2), prior=prior, generator=torch.Generator().manual_seed(0))
 
 
-NONLINEAR_OK = {"dps", "reddiff", "daps", "pnpdm"}
+NONLINEAR_OK = {"dps", "reddiff", "daps", "pnpdm", "pnp_flow", "flowdps", "dflow"}
 # shorter inner loops where a test runs a solver's defaults (the paper's 100-level grid and 100
 # Langevin steps per iteration/level change nothing these tests check)
-FAST = {"pnpdm": dict(prior_steps=10, langevin_steps=20), "daps": dict(langevin_steps=20)}
+FAST = {"pnpdm": dict(prior_steps=10, langevin_steps=20), "daps": dict(langevin_steps=20),
+        "dflow": dict(ode_steps=2, init="noise")}
 
 
 @pytest.mark.parametrize("name", sorted(set(SAMPLERS) - NONLINEAR_OK))
@@ -392,11 +402,14 @@ class GradRecorder(Prior):
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_gradients_flow_only_where_needed(name):
     # only solvers that take a vector–Jacobian product through the network call it with a graph
-    needs_graph = {"dps", "mcg", "pigdm", "tmpd"}
+    needs_graph = {"dps", "mcg", "pigdm", "tmpd", "ot_ode", "ictm", "dflow"}
     prior = GradRecorder(PRIOR)
     solvers.SOLVERS[name](measurement(n=2), INPAINT, prior, sigma_y=0.05, steps=3, generator=torch.Generator().manual_seed(0),
                           **FAST.get(name, {}))
-    assert set(prior.grad_mode) == ({True} if name in needs_graph else {False})
+    # D-Flow differentiates through every ODE solve but its last one, which makes the returned image;
+    # ICTM through its local optimisation, not through the Euler step along the trajectory
+    expected = {True, False} if name in ("dflow", "ictm") else ({True} if name in needs_graph else {False})
+    assert set(prior.grad_mode) == expected
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

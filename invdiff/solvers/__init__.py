@@ -3,7 +3,11 @@ callback=None, **paper_params) -> x`` (one posterior sample per batch item, phys
 
 SVD / pseudo-inverse / prox family: ``ddrm``, ``ddnm``, ``pigdm``, ``diffpir``, ``score_sde``.
 Gradient-guided family: ``dps``, ``mcg``, ``reddiff``, ``tmpd``. Sampling-based family: ``daps``
-(annealed Langevin), ``pnpdm`` (split Gibbs), ``mcgdiff`` (sequential Monte Carlo). Baselines
+(annealed Langevin), ``pnpdm`` (split Gibbs), ``mcgdiff`` (sequential Monte Carlo). Flow family
+(flow time on an interpolant path, :mod:`~invdiff.solvers._flow`; any prior, a flow prior's own
+path by default): ``ot_ode`` (ΠGDM guidance in the flow ODE), ``pnp_flow`` (plug-and-play with the
+flow's denoiser; a point estimator), ``ictm`` (trajectory matching; MAP), ``flowdps``, ``dflow``
+(differentiates through the ODE; an optimiser). Baselines
 (:mod:`~invdiff.solvers.baselines`, same call shape, no posterior sampling): ``pinv``, ``tv``, ``dpir``.
 
 :data:`SOLVERS` is the one registry of solvers by name: ``invdiff.reconstruct(..., "tv")`` looks
@@ -22,20 +26,25 @@ from .baselines import dpir, pinv, tv
 from .daps import daps
 from .ddnm import ddnm
 from .ddrm import ddrm
+from .dflow import dflow
 from .diffpir import diffpir
 from .dps import dps
+from .flowdps import flowdps
+from .ictm import ictm
 from .mcg import mcg
 from .mcgdiff import mcgdiff
 from .network import COMPILE_MODES, check_call, runtime
+from .otode import ot_ode
 from .pigdm import pigdm
 from .pnpdm import pnpdm
+from .pnpflow import pnp_flow
 from .reddiff import reddiff
 from .score_sde import score_sde
 from .tmpd import tmpd
 
 #: Every solver by name (its function's ``__name__``): the posterior samplers, then the baselines.
 SOLVERS = {f.__name__: f for f in (ddrm, ddnm, pigdm, diffpir, score_sde, dps, mcg, reddiff, tmpd, daps, pnpdm,
-                                    mcgdiff, pinv, tv, dpir)}
+                                    mcgdiff, ot_ode, pnp_flow, ictm, flowdps, dflow, pinv, tv, dpir)}
 #: The names in :data:`SOLVERS` of the classical baselines (no posterior sampling: ``pinv`` and
 #: ``tv`` use no prior, ``dpir`` plugs the prior's denoiser into half-quadratic splitting).
 BASELINES = frozenset({"pinv", "tv", "dpir"})
