@@ -26,7 +26,7 @@ from ..priors.flow_samplers import flow_time_grid, sampling_path
 #: trigonometric paths: no denoiser point).
 T_MAX_UNBOUNDED = 1.0 - 1e-3
 
-__all__ = ["T_MAX_UNBOUNDED", "flow_path", "flow_times", "flow_point", "flow_x0", "flow_velocity", "flow_x0_graph"]
+__all__ = ["T_MAX_UNBOUNDED", "flow_t_max", "flow_path", "flow_times", "flow_point", "flow_x0", "flow_velocity", "flow_x0_graph"]
 
 
 def flow_path(prior: Prior, path=None) -> Interpolant:
@@ -35,14 +35,18 @@ def flow_path(prior: Prior, path=None) -> Interpolant:
     return sampling_path(prior, path)
 
 
+def flow_t_max(prior: Prior, path: Interpolant) -> float:
+    """Where a flow solver starts: ``t(prior.sigma_max)``, or :data:`T_MAX_UNBOUNDED` = 1 − 10⁻³ (a
+    flow prior's default end) where that is not inside (0, 1) — a prior without a largest noise
+    level (σ_max = ∞: the analytic priors), whose t = 1 would leave α = 0 and no denoiser point."""
+    t = float(path.t_of_sigma(prior.sigma_max)) if math.isfinite(prior.sigma_max) else math.nan
+    return t if 0.0 < t < 1.0 else T_MAX_UNBOUNDED
+
+
 def flow_times(prior: Prior, path: Interpolant, steps: int, *, t_end: float = 0.0, grid: str = "uniform",
                shift: float = 1.0) -> list[float]:
-    """``steps + 1`` decreasing times from ``t(prior.sigma_max)`` to ``t_end``; from
-    :data:`T_MAX_UNBOUNDED` = 1 − 10⁻³ (a flow prior's default) for a prior without a largest noise
-    level (the analytic priors: σ_max = ∞)."""
-    t_max = float(path.t_of_sigma(prior.sigma_max)) if math.isfinite(prior.sigma_max) else math.nan
-    t_max = min(t_max, 1.0) if math.isfinite(t_max) else T_MAX_UNBOUNDED
-    return flow_time_grid(steps, t_max, t_end, grid, shift).tolist()
+    """``steps + 1`` decreasing times from :func:`flow_t_max` to ``t_end``."""
+    return flow_time_grid(steps, flow_t_max(prior, path), t_end, grid, shift).tolist()
 
 
 def flow_point(path: Interpolant, t: float) -> tuple[float, float]:

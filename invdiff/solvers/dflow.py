@@ -59,21 +59,8 @@ import math
 import torch
 from torch import Tensor
 
-from ..priors.flow_samplers import flow_time_grid
 from ._common import Callback, Problem, SolverDivergedError, setup
-from ._flow import flow_path, flow_x0, flow_x0_graph
-
-#: where the grid starts when the prior covers every noise level (σ_max = ∞: analytic priors, a
-#: flow prior used up to t = 1): the default t_max of :class:`~invdiff.priors.flow.FlowPrior`
-T_MAX_DEFAULT = 1.0 - 1e-3
-
-
-def _times(prior, path, steps: int, grid: str, shift: float) -> list[float]:
-    t_max = float(path.t_of_sigma(prior.sigma_max))
-    if not (math.isfinite(t_max) and t_max < 1.0):
-        t_max = T_MAX_DEFAULT
-    return flow_time_grid(steps, t_max, 0.0, grid, shift).tolist()
-
+from ._flow import flow_path, flow_times, flow_x0, flow_x0_graph
 
 def _velocity(pb: Problem, x: Tensor, t: float, path) -> Tensor:
     """``v(x_t, t)`` with the autograd graph kept (one network call)."""
@@ -156,7 +143,7 @@ def dflow(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generato
     pb = setup("dflow", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
                needs=["differentiable"] + (["linear", "pinv"] if init == "blend" else []), prior_grad=True)
     path = flow_path(prior, path)
-    ts = _times(prior, path, ode_steps, grid, shift)
+    ts = flow_times(prior, path, ode_steps, grid=grid, shift=shift)
     # 1. Initial source point: blended (eq. in §5) or plain noise.
     z = pb.randn()
     eps = z if init == "noise" else math.sqrt(alpha) * _invert(pb, operator.A_dagger(pb.y), ts, path) \

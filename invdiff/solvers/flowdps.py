@@ -53,23 +53,8 @@ import math
 
 from torch import Tensor
 
-from ..priors.flow_samplers import flow_time_grid
 from ._common import Callback, setup
-from ._flow import flow_path, flow_x0
-
-#: where the grid starts when the prior covers every noise level (σ_max = ∞: analytic priors, a
-#: flow prior used up to t = 1): the default t_max of :class:`~invdiff.priors.flow.FlowPrior`
-T_MAX_DEFAULT = 1.0 - 1e-3
-
-
-def _times(prior, path, steps: int, grid: str, shift: float) -> list[float]:
-    """``steps + 1`` decreasing times from ``t(σ_max)`` (or :data:`T_MAX_DEFAULT` where that is 1
-    or undefined) to 0."""
-    t_max = float(path.t_of_sigma(prior.sigma_max))
-    if not (math.isfinite(t_max) and t_max < 1.0):
-        t_max = T_MAX_DEFAULT
-    return flow_time_grid(steps, t_max, 0.0, grid, shift).tolist()
-
+from ._flow import flow_path, flow_times, flow_x0
 
 def flowdps(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 28, generator=None, callback: Callback = None,
             path=None, zeta: float = 0.5, dc_steps: int = 3, eta: float | None = None, grid: str = "shift",
@@ -96,7 +81,7 @@ def flowdps(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 28, generat
     pb = setup("flowdps", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
                needs=["differentiable"])
     path = flow_path(prior, path)
-    ts = _times(prior, path, steps, grid, shift)
+    ts = flow_times(prior, path, steps, grid=grid, shift=shift)
     x = float(path.sigma(ts[0])) * pb.randn()
     for i in range(steps):
         t, t_next = ts[i], ts[i + 1]

@@ -57,14 +57,7 @@ from torch import Tensor
 
 from ..priors.flow_samplers import flow_time_grid
 from ._common import Callback, setup
-from ._flow import flow_path, flow_x0, flow_x0_graph
-
-
-def _t_max(prior, path) -> float:
-    """The largest time the prior covers, ``t(σ_max)``; 1 − 10⁻³ (the shipped flow priors' end) for
-    priors with σ_max = ∞ (analytic ones), where α = 0 would leave no denoiser."""
-    t = float(path.t_of_sigma(prior.sigma_max))
-    return t if 0.0 < t < 1.0 else 1.0 - 1e-3
+from ._flow import flow_path, flow_t_max, flow_x0, flow_x0_graph
 
 
 def _misfit_grad(pb, x: Tensor, target: Tensor, weight: float) -> Tensor:
@@ -104,7 +97,7 @@ def ictm(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generator
     pb = setup("ictm", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
                needs=["linear", ("adjoint", "differentiable")], prior_grad=True)
     path = flow_path(prior, path)
-    tau0 = min(1.0 - start_time, _t_max(prior, path))
+    tau0 = min(1.0 - start_time, flow_t_max(prior, path))
     ts = flow_time_grid(steps, tau0, 0.0).tolist()
     eps0 = pb.randn()
     s0 = float(path.sigma(tau0))

@@ -59,14 +59,7 @@ from torch import Tensor
 
 from ..priors.flow_samplers import flow_time_grid
 from ._common import Callback, Problem, setup
-from ._flow import flow_path, flow_x0_graph
-
-
-def _t_max(prior, path) -> float:
-    """The largest time the prior covers, ``t(σ_max)``; 1 − 10⁻³ (the shipped flow priors' end) for
-    priors with σ_max = ∞ (analytic ones), where α = 0 would leave no denoiser."""
-    t = float(path.t_of_sigma(prior.sigma_max))
-    return t if 0.0 < t < 1.0 else 1.0 - 1e-3
+from ._flow import flow_path, flow_t_max, flow_x0_graph
 
 
 def _pigdm_vector(pb: Problem, residual: Tensor, r2: float) -> Tensor:
@@ -106,7 +99,7 @@ def ot_ode(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 80, generato
     pb = setup("ot_ode", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
                needs=["linear", "prox_l2", "pinv"], prior_grad=True)
     path = flow_path(prior, path)
-    tau0 = min(1.0 - start_time, _t_max(prior, path))
+    tau0 = min(1.0 - start_time, flow_t_max(prior, path))
     ts = flow_time_grid(steps, tau0, 0.0).tolist()
     # Start at data time t₀ from the measurement (Alg. 1): x = α A⁺y + σ ε.
     x = float(path.alpha(tau0)) * operator.A_dagger(pb.y) + float(path.sigma(tau0)) * pb.randn()

@@ -47,14 +47,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ._common import Callback, setup
-from ._flow import flow_path, flow_x0
-
-
-def _t_max(prior, path) -> float:
-    """The largest time the prior covers, ``t(σ_max)``; 1 − 10⁻³ (the shipped flow priors' end) for
-    priors with σ_max = ∞ (analytic ones), where α = 0 would leave no denoiser."""
-    t = float(path.t_of_sigma(prior.sigma_max))
-    return t if 0.0 < t < 1.0 else 1.0 - 1e-3
+from ._flow import flow_path, flow_t_max, flow_x0
 
 
 def pnp_flow(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generator=None,
@@ -84,7 +77,7 @@ def pnp_flow(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, gener
     pb = setup("pnp_flow", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator,
                callback=callback, needs=grad_need)
     path = flow_path(prior, path)
-    t_max = _t_max(prior, path)
+    t_max = flow_t_max(prior, path)
     ts = [min(1.0 - k / steps, t_max) for k in range(steps)]  # the paper's t_k = k/N, data at 1
     x = pb.y.new_zeros(pb.shape)
     for i, t in enumerate(ts):
