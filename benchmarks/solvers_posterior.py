@@ -55,6 +55,15 @@ SETTINGS = [
     ("mcgdiff (paper: 64 particles, 100 steps)", "mcgdiff", None, {}),
     ("mcgdiff 8 particles", "mcgdiff", "toy_mcgdiff", {}),
     ("mcgdiff 1 particle", "mcgdiff", None, {"particles": 1}),
+    # flow solvers (flow time on the linear path; the mixture's exact velocity through its denoiser)
+    ("ot_ode (paper: 100-step grid from t₀ 0.2, γ 1)", "ot_ode", None, {}),
+    ("pnp_flow (paper: 100 steps, η 1, α 1, 5 draws)", "pnp_flow", None, {}),
+    ("pnp_flow toy (1 draw, α 0.01)", "pnp_flow", "toy_pnp_flow", {}),
+    ("ictm (paper: 100 steps, 1 Adam step, λ 1000, lr 0.01)", "ictm", None, {}),
+    ("ictm toy (lr 0.05)", "ictm", "toy_ictm", {}),
+    ("flowdps (paper: 28 steps, shift 4, ζ 0.5, 3 DC steps)", "flowdps", None, {}),
+    ("flowdps toy (ζ 1, 10 DC steps)", "flowdps", "toy_flowdps", {}),
+    ("dflow (paper: 100 L-BFGS it., 5 midpoint steps, α 0.1, λ 0.01)", "dflow", None, {}),
 ]
 
 
@@ -75,7 +84,8 @@ class CountingOperator:
 
 def nfe_extra(name):
     return {"pigdm": " (+ as many VJPs)", "dps": " (+ as many VJPs)", "mcg": " (+ as many VJPs)",
-            "tmpd": " (+ ≤ k+1 VJPs each)"}.get(name, "")
+            "tmpd": " (+ ≤ k+1 VJPs each)", "ot_ode": " (+ as many VJPs)", "ictm": " (+ 2 VJPs per Adam step)",
+            "dflow": " (+ a backward pass per differentiated call)"}.get(name, "")
 
 
 def write_table(args, rows, cases, only) -> None:
