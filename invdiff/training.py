@@ -42,7 +42,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -251,6 +251,7 @@ class Trainer:
         if info["arch"] != self.arch:
             raise CheckpointError(f"{path} holds a network {info['arch']}, but this run builds {self.arch}; "
                                   "resume with the same settings or use a new output folder")
+        self._check_objective(path, info.get("settings") or {})
         strict_load(self.net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, f"{path} (net)")
         strict_load(self.ema, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, f"{path} (ema)")
         opt = self.opt.state_dict()
@@ -265,6 +266,28 @@ class Trainer:
             self.gen.set_state(tensors["rng"])
         self.step = int(info["step"])
         self.losses = [tuple(r) for r in tensors["losses"].tolist()]
+
+    def _check_objective(self, path: Path, saved: dict) -> None:
+        """Refuse to resume a run under another training objective: the objective itself, the flow
+        path and the time distribution of flow/reflow, reflow's teacher and its steps. The same
+        weights (``arch``) would otherwise silently continue learning another target (e.g. the
+        velocity of another path), and the exported prior would be labelled with the new path.
+        Settings missing from an older checkpoint take the defaults they had then."""
+        defaults = {f.name: f.default for f in fields(TrainSettings) if f.default is not MISSING}
+        old = {k: saved.get(k, defaults.get(k)) for k in defaults}
+        new = asdict(self.s)
+        keys = ["objective"]
+        if self.s.objective in ("flow", "reflow"):
+            keys += ["path", "t_sampling"] + (["t_mean", "t_std"] if self.s.t_sampling == "logit_normal" else [])
+        if self.s.objective == "reflow":
+            keys += ["teacher", "teacher_steps"]
+        for k in keys:
+            a, b = old.get(k), new[k]
+            same = make_path(a) == make_path(b) if k == "path" and a is not None else a == b
+            if not same:
+                raise CheckpointError(f"{path} was trained with settings.{k}={a!r}, but this run has "
+                                      f"settings.{k}={b!r}: a resumed run would silently learn another target; "
+                                      "resume with the same settings or use a new output folder")
 
     # -- training ------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:

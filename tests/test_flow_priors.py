@@ -386,3 +386,22 @@ def test_flow_training_resumes_bit_for_bit_and_reflow_needs_a_flow_teacher(tmp_p
     edm = Trainer(data, tmp_path / "e", tiny_settings(objective="edm", steps=1), progress=False).export()
     with pytest.raises(ValueError, match="is a NetworkPrior, not a flow prior"):
         Trainer(data, tmp_path / "r2", tiny_settings(objective="reflow", teacher=str(edm)), progress=False)
+
+
+def test_a_flow_run_is_not_resumed_under_another_path_time_distribution_or_objective(tmp_path):
+    from invdiff.data.training_data import PhantomData
+    from invdiff.training import Trainer
+
+    data = PhantomData(16)
+    Trainer(data, tmp_path / "a", tiny_settings(steps=8), progress=False).train()
+    for change, key in [(dict(path="trig"), "path"), (dict(path="vp"), "path"),
+                        (dict(t_sampling="logit_normal"), "t_sampling"), (dict(objective="edm"), "holds a network")]:
+        with pytest.raises(CheckpointError, match=key):
+            Trainer(data, tmp_path / "a", tiny_settings(steps=8, **change), progress=False)
+    # what does not change the target resumes: more steps, another learning rate
+    resumed = Trainer(data, tmp_path / "a", tiny_settings(steps=10, lr=5e-4), progress=False)
+    assert resumed.step == 8
+    # a logit-normal run refuses another location of its time distribution
+    Trainer(data, tmp_path / "b", tiny_settings(steps=8, t_sampling="logit_normal"), progress=False).train()
+    with pytest.raises(CheckpointError, match="t_mean"):
+        Trainer(data, tmp_path / "b", tiny_settings(steps=8, t_sampling="logit_normal", t_mean=-0.5), progress=False)
