@@ -34,8 +34,8 @@ code            paper                                  code            paper
 
 Defaults (the paper's inverse-problem set-up as reproduced by PnP-Flow, Martin et al. ICLR 2025,
 ``config/method_config/d_flow.yaml``): midpoint solver with 5 steps (10 NFE per solve), α = 0.1,
-λ = 0.01, L-BFGS with history 20; 100 iterations (PnP-Flow: 20 × 20 L-BFGS iterations with line
-search). Loss in the prior's model space (e.g. [−1, 1]).
+λ = 0.01; L-BFGS with history 20 (this package's choice; PnP-Flow's code keeps torch's 100) and 100
+iterations (PnP-Flow: 20 × 20 L-BFGS iterations with line search). Loss in the prior's model space (e.g. [−1, 1]).
 
 Deviations:
 
@@ -45,7 +45,9 @@ Deviations:
 * The inversion Φ⁻¹ of the blended initialisation uses ``ode_steps`` Euler steps on the reversed
   grid with the velocity taken at the later time of each step (as DDIM inversion does; the
   velocity is undefined at t = 0); PnP-Flow uses an adaptive dopri5 solve.
-* The regulariser has the sign of a negative log-likelihood (PnP-Flow's code adds +λ·log χ).
+* The initial point inverts A⁺y (PnP-Flow's code inverts Aᵀy; the two agree for inpainting and
+  denoising, where AAᵀ = I). The regulariser is PnP-Flow's,
+  λ(½‖ε‖² − (d − 1) log ‖ε‖) = −λ log χ_d(‖ε‖) + const, without its clamp and its 10⁻⁵ in the log.
 * σ_y is not used (the paper's loss has no noise model; λ and the iteration count act as the
   regularisation); it is checked like every solver's.
 * Times start at ``t(σ_max)`` of the prior, not at 1 (1 − 10⁻³ for priors with σ_max = ∞), and
