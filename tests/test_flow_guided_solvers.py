@@ -157,3 +157,18 @@ def test_refusals_come_before_any_network_call():
     with pytest.raises(ValueError, match="dflow"):
         dflow(y, c.op, prior, sigma_y=0.1, steps=2, ode="rk4")
     assert prior.calls == 0 and flat.calls == 0
+
+
+def test_flowdps_grid_is_diffusers_flow_matching_grid():
+    # diffusers' FlowMatchEulerDiscreteScheduler(shift=k).set_timesteps(N), written out independently:
+    # σ_min = shift(1/1000) at construction; timesteps linspace(1000·1, 1000·σ_min, N); σ = shift(t/1000); then 0
+    from invdiff.solvers.flowdps import scheduler_times
+
+    for k, n in ((4.0, 28), (3.0, 10), (1.0, 5)):
+        def sh(s):
+            return k * s / (1 + (k - 1) * s)
+        sigma_min = sh(1.0 / 1000)
+        want = [sh(t / 1000) for t in torch.linspace(1000.0, 1000.0 * sigma_min, n, dtype=torch.float64).tolist()]
+        got = scheduler_times(1.0, n, "shift", k)
+        assert len(got) == n + 1 and got[-1] == 0.0
+        assert max(abs(a - b) for a, b in zip(got[:-1], want)) < 1e-9

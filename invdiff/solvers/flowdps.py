@@ -29,8 +29,9 @@ code            paper / official code       code            paper / official cod
 ``eps_hat``     x̂_{1|t} (``z1t``)           ``t``           σ (SD3's time, noise at 1)
 ==============  ==========================  ==============  ==========================
 
-Defaults: 28 steps on SD3's time grid with shift 4 (``flow_times(..., grid="shift", shift=4)``,
-Esser et al. 2024, eq. 23), K = 3 gradient steps, η = 1 − t_next (the official code's noise mix
+Defaults: 28 steps on SD3's time grid with shift 4 (:func:`scheduler_times`: diffusers'
+flow-matching grid, 28 network times from t_max towards 10⁻³, shifted as in Esser et al. 2024,
+eq. 23, then a last step to 0), K = 3 gradient steps, η = 1 − t_next (the official code's noise mix
 ``√t_next ε̂ + √(1 − t_next) z``), ζ = 0.5 on the model-space (e.g. [−1, 1]) residual.
 
 Deviations:
@@ -51,10 +52,38 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from ._common import Callback, setup
-from ._flow import flow_path, flow_times, flow_x0
+from ._flow import flow_path, flow_t_max, flow_x0
+
+#: The last noisy time of diffusers' flow-matching grid before its final step to 0 (σ_min = 1/T,
+#: T = 1000 training timesteps, as SD3's scheduler).
+T_LAST = 1e-3
+
+
+def scheduler_times(t_max: float, steps: int, grid: str, shift: float) -> list[float]:
+    """The official sampler's grid (diffusers' ``FlowMatchEulerDiscreteScheduler.set_timesteps``):
+    ``steps`` network times equally spaced from t_max down to the shifted :data:`T_LAST`, then
+    shifted ``k·t/(1 + (k − 1)·t)`` for ``grid="shift"`` (Esser et al. 2024, eq. 23; diffusers shifts
+    its σ_min once at construction and the grid again; kept ≤ t_max), then a final step to 0 — the
+    last call is near the data end (t ≈ 0.016 at k = 4), not at t_max/steps. With t_max = 1 it is
+    diffusers' grid exactly."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"flowdps: steps must be a whole number >= 1, got {steps!r}")
+    if grid not in ("shift", "uniform"):
+        raise ValueError(f"flowdps: grid must be 'shift' or 'uniform', got {grid!r}")
+    if grid == "shift" and not shift > 0:
+        raise ValueError(f"flowdps: shift must be > 0, got {shift}")
+    def shifted(v):
+        return shift * v / (1.0 + (shift - 1.0) * v) if grid == "shift" else v
+
+    # as diffusers: equally spaced between t_max and the *shifted* σ_min, then shifted (again)
+    t = torch.linspace(t_max, min(float(shifted(torch.tensor(T_LAST, dtype=torch.float64))), t_max), steps,
+                       dtype=torch.float64)
+    return shifted(t).clamp(max=t_max).tolist() + [0.0]
+
 
 def flowdps(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 28, generator=None, callback: Callback = None,
             path=None, zeta: float = 0.5, dc_steps: int = 3, eta: float | None = None, grid: str = "shift",
@@ -81,7 +110,7 @@ def flowdps(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 28, generat
     pb = setup("flowdps", y, operator, prior, sigma_y=sigma_y, steps=steps, generator=generator, callback=callback,
                needs=["differentiable"])
     path = flow_path(prior, path)
-    ts = flow_times(prior, path, steps, grid=grid, shift=shift)
+    ts = scheduler_times(flow_t_max(prior, path), steps, grid, shift)
     x = float(path.sigma(ts[0])) * pb.randn()
     for i in range(steps):
         t, t_next = ts[i], ts[i + 1]

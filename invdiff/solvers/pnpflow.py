@@ -35,8 +35,9 @@ inpainting), 0.3 (super-resolution), 0.5 (box inpainting) — experiment configs
 
 Deviations:
 
-* The start x is 0 in model space (the code's ``H_adj(1)``); at the first time t_0 = 1 the
-  interpolation erases it. Times above the prior's largest time t(σ_max) are clipped to it
+* The start x is 0 in model space (the code starts from ``H_adj(1)``, Aᵀ applied to an image of
+  ones); at the first time t_0 = 1 the interpolation erases either (at t_max = 1 − 10⁻³ up to a
+  weight 10⁻³). Times above the prior's largest time t(σ_max) are clipped to it
   (1 − 10⁻³ for priors with σ_max = ∞), so a prior that cannot be called at pure noise still works.
 * The data step is on the model-space residual (the paper's [−1, 1] images).
 * Any interpolant path: z̃ = α(t) z + σ(t) ε and x̂₀ on that path (the paper's is ``"linear"``).
