@@ -44,8 +44,8 @@ def solver_from_config(name: str, experiment: str | None = None):
 
 
 # measured, seed 0 (sw / sw_prior / sw_floor):
-#   flowdps toy (N = 400): inpaint 0.153/0.604/0.020, blur 0.166/0.410/0.051, dense_gmm 0.113/1.66/0.051
-#   flowdps paper defaults: blur 0.259/0.410 (fails the bound: hence configs/experiment/toy_flowdps.yaml)
+#   flowdps toy (N = 4000, diffusers grid): inpaint 0.158/0.578, blur 0.167/0.410, dense_gmm 0.124/1.689
+#   flowdps paper defaults: blur 0.262/0.410 (fails the bound: hence configs/experiment/toy_flowdps.yaml)
 #   dflow toy (N = 200): inpaint 0.092/0.591/0.025, dense_gmm 0.413/1.683/0.080, blur 0.230/0.421 (fails)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_flowdps_is_closer_to_the_posterior_than_half_the_prior(case):

@@ -57,6 +57,7 @@ from typing import Any
 
 import torch
 
+from .diffusers_unet import load_unet2d, read_unet_config
 from .checkpoints import (CheckpointError, checkpoint_kind, safe_safetensors_load, safe_torch_load, sha256_file,
                           strict_load)
 from .flow import TIME_CONVENTIONS, FlowPrior, make_path
@@ -85,14 +86,6 @@ def _read_json(path: Path) -> dict:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(obj).__name__}")
     return obj
-
-
-def _weights_file(root: Path) -> Path:
-    """The UNet's weights next to its config.json (the file the ``diffusers`` format hashes, too)."""
-    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
-        if (root / name).is_file():
-            return root / name
-    raise CheckpointError(f"{root}: no diffusion_pytorch_model.safetensors or .bin next to config.json")
 
 
 def is_diffusers_flow_folder(folder: Path) -> bool:
@@ -137,33 +130,18 @@ def load_diffusers_flow(checkpoint: Checkpoint, overrides: dict) -> FlowPrior:
                 f"{folder}: a {index.get('_class_name', 'diffusers')} pipeline whose network is a transformer "
                 f"({index['transformer']}); only unconditional UNet2DModel flow models are supported (text-conditioned "
                 "transformers such as SD3's need a prompt embedding that an inverse-problem prior does not have)")
-    root = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
-    cfg_path = root / "config.json"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{folder}: a flow model folder needs unet/config.json or config.json (diffusers layout)")
-    config = _read_json(cfg_path)
-    if config.get("_class_name") != "UNet2DModel":
-        raise CheckpointError(f"{cfg_path}: only diffusers UNet2DModel flow models are supported, got "
-                              f"{config.get('_class_name')!r}")
+    cfg_path, config = read_unet_config(folder)
     if config.get("class_embed_type") is not None or config.get("num_class_embeds") is not None:
         raise CheckpointError(f"{cfg_path}: a class-conditional UNet2DModel (class_embed_type="
                               f"{config.get('class_embed_type')!r}, num_class_embeds={config.get('num_class_embeds')!r}) "
                               "is not supported; invdiff's priors are unconditional")
-    try:
-        from diffusers import UNet2DModel
-    except ImportError as err:
-        raise CheckpointError(f"{folder} is a diffusers model: install the optional extra "
-                              "`pip install invdiff[diffusers]` to load it") from err
-    weights = _weights_file(root)
-    state = safe_safetensors_load(weights)[0] if weights.suffix == ".safetensors" else safe_torch_load(weights)
-    net = UNet2DModel.from_config(config)
-    strict_load(net, state, str(weights))
+    net = load_unet2d(folder, config)
     size = config.get("sample_size", 64)
     size = (size, size) if isinstance(size, int) else tuple(size)
     kwargs: dict[str, Any] = dict(shape=(config.get("in_channels", 3), *size), data_range=(0.0, 1.0),
                                   model_range=(-1.0, 1.0), time_convention="noise_at_1", time_scale=float(T))
     kwargs.update(overrides)
-    return FlowPrior(net.eval(), "linear", **kwargs)
+    return FlowPrior(net, "linear", **kwargs)
 
 
 def load_flow_state_dict(file: str | Path, *, architecture: str, arch_kwargs: dict, path, time_convention: str,

@@ -26,16 +26,16 @@ the noise end for k > 1).
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from .._random import GeneratorArg, check_generator, randn
+from .._random import GeneratorArg, randn
 from .base import Prior
 from .flow import Interpolant, LinearPath, make_path
+from .samplers import sampling_setup
 
 Callback = Callable[[int, Tensor, Tensor], None] | None
 
@@ -79,15 +79,6 @@ def flow_time_grid(steps: int, t_max: float = 1.0, t_min: float = 0.0, grid: str
     return t_min + (t_max - t_min) * u
 
 
-def _setup(prior: Prior, shape, generator: GeneratorArg) -> tuple[tuple, torch.device]:
-    shape = tuple(int(s) for s in shape)
-    if shape[1:] != prior.shape:
-        raise ValueError(f"shape must be [B, {', '.join(map(str, prior.shape))}] for this prior, got {list(shape)}")
-    check_generator(generator, shape[0])
-    tensors = itertools.chain(prior.parameters(), prior.buffers())
-    return shape, next((t.device for t in tensors), torch.device("cpu"))
-
-
 def _noise(shape, generator: GeneratorArg, device, noise: Tensor | None) -> Tensor:
     """The initial standard-normal draw, or the given ``noise`` (reflow's couplings keep their ε)."""
     if noise is None:
@@ -115,7 +106,7 @@ def flow_euler(prior: Prior, shape, *, steps: int = 50, generator: GeneratorArg 
     ``x_{i+1} = x_i + (t_{i+1} − t_i)·v(x_i, t_i)``. NFE = ``steps``; the callback's x̂₀ is the
     velocity's x₀ estimate (:meth:`Interpolant.x0_from_velocity`). ``noise``: the initial
     standard-normal draw ``[B, *shape]`` instead of one from ``generator``."""
-    shape, device = _setup(prior, shape, generator)
+    shape, device = sampling_setup(prior, shape, generator)
     path = sampling_path(prior, path)
     ts = flow_time_grid(steps, flow_start(prior, path), 0.0, grid, shift).tolist()
     x = float(path.sigma(ts[0])) * _noise(shape, generator, device, noise)
@@ -134,7 +125,7 @@ def flow_heun(prior: Prior, shape, *, steps: int = 25, generator: GeneratorArg =
     ``x̃ = x_i + h v(x_i, t_i)``, then ``x_{i+1} = x_i + h/2 (v(x_i, t_i) + v(x̃, t_{i+1}))``, except on
     the last step (t_{i+1} = 0, where no velocity is defined through a denoiser), which is Euler.
     NFE = ``2·steps − 1``."""
-    shape, device = _setup(prior, shape, generator)
+    shape, device = sampling_setup(prior, shape, generator)
     path = sampling_path(prior, path)
     ts = flow_time_grid(steps, flow_start(prior, path), 0.0, grid, shift).tolist()
     x = float(path.sigma(ts[0])) * _noise(shape, generator, device, noise)
@@ -228,7 +219,7 @@ def flow_sde(prior: Prior, shape, *, steps: int = 100, generator: GeneratorArg =
     (Euler–Maruyama), and refused where it is not finite (``"sbdm"`` at t = 1 on the linear path:
     start below 1 or choose ``"sigma"``).
     """
-    shape, device = _setup(prior, shape, generator)
+    shape, device = sampling_setup(prior, shape, generator)
     path = sampling_path(prior, path)
     ts = flow_time_grid(steps, flow_start(prior, path), 0.0, grid, shift).tolist()
     eps_of = _eps_fn(eps, eps_scale, path)

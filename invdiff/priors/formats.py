@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from .adapters import NetworkPrior
-from .checkpoints import CheckpointError, safe_safetensors_load, safe_torch_load, strict_load
+from .checkpoints import CheckpointError, strict_load
+from .diffusers_unet import load_unet2d, read_unet_config, unet_weights_file
 from .flow_formats import is_diffusers_flow_folder, load_diffusers_flow
 from .registry import Checkpoint, register_architecture, register_format
 from .schedules import EDMSchedule, VPSchedule
@@ -264,11 +265,7 @@ def build_edm_precond(unet: str, unet_kwargs: dict, precond: str = "edm", sigma_
 
 def weights_file(folder: Path) -> Path:
     """The weights file of a model folder (what the SHA-256 is taken of)."""
-    root = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
-    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
-        if (root / name).is_file():
-            return root / name
-    raise CheckpointError(f"{folder}: no diffusion_pytorch_model.safetensors or .bin next to config.json")
+    return unet_weights_file(folder)
 
 
 @register_format("diffusers", lambda c: c.kind == "folder", "diffusers folders", weights=weights_file)
@@ -279,23 +276,8 @@ def _load_diffusers(checkpoint: Checkpoint, overrides: dict) -> NetworkPrior:
     folder = checkpoint.path
     if is_diffusers_flow_folder(folder):  # a flow-matching scheduler: the network is a velocity
         return load_diffusers_flow(checkpoint, overrides)
-    root = folder / "unet" if (folder / "unet" / "config.json").is_file() else folder
-    cfg_path = root / "config.json"
-    if not cfg_path.is_file():
-        raise CheckpointError(f"{folder}: a model folder needs a config.json (diffusers layout)")
-    config = json.loads(cfg_path.read_text())
-    if config.get("_class_name") != "UNet2DModel":
-        raise CheckpointError(f"{cfg_path}: only diffusers UNet2DModel folders are supported, got "
-                              f"{config.get('_class_name')!r}")
-    try:
-        from diffusers import UNet2DModel
-    except ImportError as err:
-        raise CheckpointError(f"{folder} is a diffusers model: install the optional extra "
-                              "`pip install invdiff[diffusers]` to load it") from err
-    weights = weights_file(folder)
-    state = safe_safetensors_load(weights)[0] if weights.suffix == ".safetensors" else safe_torch_load(weights)
-    net = UNet2DModel.from_config(config)
-    strict_load(net, state, str(weights))
+    _, config = read_unet_config(folder)
+    net = load_unet2d(folder, config)
     sched_path = next((p for p in (folder / "scheduler" / "scheduler_config.json",
                                    folder / "scheduler_config.json") if p.is_file()), None)
     sched_cfg: dict[str, Any] = json.loads(sched_path.read_text()) if sched_path else {}
@@ -308,7 +290,7 @@ def _load_diffusers(checkpoint: Checkpoint, overrides: dict) -> NetworkPrior:
     kwargs = dict(shape=(config.get("in_channels", 3), *size), data_range=(0.0, 1.0), model_range=(-1.0, 1.0),
                   learned_sigma=False)
     kwargs.update(overrides)
-    return NetworkPrior(net.eval(), prediction, schedule, **kwargs)
+    return NetworkPrior(net, prediction, schedule, **kwargs)
 
 
 def _diffusers_schedule(cfg: dict, source: str) -> VPSchedule:

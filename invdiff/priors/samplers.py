@@ -33,7 +33,8 @@ from .schedules import VPSchedule, edm_sigma_grid, geometric_sigma_grid, vp_sche
 Callback = Callable[[int, Tensor, Tensor], None] | None
 
 
-def _setup(prior: Prior, shape, generator: GeneratorArg) -> tuple[tuple, torch.device]:
+def sampling_setup(prior: Prior, shape, generator: GeneratorArg) -> tuple[tuple, torch.device]:
+    """Check an unconditional sampler's ``shape`` ``[B, *prior.shape]`` and generator(s); the prior's device."""
     shape = tuple(int(s) for s in shape)
     if shape[1:] != prior.shape:
         raise ValueError(f"shape must be [B, {', '.join(map(str, prior.shape))}] for this prior, got {list(shape)}")
@@ -60,7 +61,7 @@ def _D(prior: Prior, x: Tensor, sigma: float | Tensor) -> Tensor:
 
 def _vp_start(prior: Prior, shape, steps: int, generator: GeneratorArg, schedule: VPSchedule | None):
     """Shape, device, the ᾱ of the respaced steps (then 1) and the initial VP state N(0, I)."""
-    shape, device = _setup(prior, shape, generator)
+    shape, device = sampling_setup(prior, shape, generator)
     sched = vp_schedule_of(prior, schedule)
     abar = sched.alphas_cumprod[vp_timesteps(prior, sched, steps)].tolist() + [1.0]
     return shape, device, abar, randn(shape, generator, device=device)
@@ -126,7 +127,7 @@ def annealed_langevin(prior: Prior, shape, *, steps: int = 10, generator: Genera
     Deviation: initialised from N(0, σ_1² I) instead of U(0, 1) (score_sde's choice; it matches
     the noise level of the first Langevin level). NFE = ``steps · n_steps_each`` (+1 with denoise).
     """
-    shape, device = _setup(prior, shape, generator)
+    shape, device = sampling_setup(prior, shape, generator)
     lo, hi = _range(prior, sigma_min, sigma_max)
     sigmas = geometric_sigma_grid(steps, lo, hi).tolist()
     x = sigmas[0] * randn(shape, generator, device=device)
@@ -158,7 +159,7 @@ def reverse_sde(prior: Prior, shape, *, steps: int = 1000, generator: GeneratorA
     makes a sample depend on its batch). The snr rule assumes high dimension, where ‖z‖ and
     ‖∇log p‖ concentrate; in 2-D it is unstable.
     """
-    shape, device = _setup(prior, shape, generator)
+    shape, device = sampling_setup(prior, shape, generator)
     lo, hi = _range(prior, sigma_min, sigma_max)
     sigmas = geometric_sigma_grid(steps, lo, hi).tolist()
     x = sigmas[0] * randn(shape, generator, device=device)
@@ -188,7 +189,7 @@ def pf_ode(prior: Prior, shape, *, steps: int = 1000, generator: GeneratorArg = 
     geometric levels, then x̂₀ = D(x, σ_min). Deterministic given the initial noise.
     Deviation: the paper integrates with RK45 (adaptive NFE); this fixed-step Euler version has an
     exact NFE = ``steps`` (use :func:`edm_heun` for a higher-order solver)."""
-    shape, device = _setup(prior, shape, generator)
+    shape, device = sampling_setup(prior, shape, generator)
     lo, hi = _range(prior, sigma_min, sigma_max)
     sigmas = geometric_sigma_grid(steps, lo, hi).tolist()
     x = sigmas[0] * randn(shape, generator, device=device)
@@ -211,7 +212,7 @@ def edm_heun(prior: Prior, shape, *, steps: int = 18, generator: GeneratorArg = 
     ``σ̂ = σ_i (1 + γ_i)``, Euler step ``d = (x̂ − D(x̂, σ̂))/σ̂``, and the 2nd-order correction
     except into σ = 0. NFE = ``2·steps − 1``.
     """
-    shape, device = _setup(prior, shape, generator)
+    shape, device = sampling_setup(prior, shape, generator)
     lo, hi = _range(prior, sigma_min, sigma_max)
     t_steps = edm_sigma_grid(steps, lo, hi, rho).tolist() + [0.0]
     x_next = t_steps[0] * randn(shape, generator, device=device)

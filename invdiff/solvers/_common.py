@@ -105,6 +105,23 @@ def ddpm_step_vp(pb: "Problem", x: Tensor, x0_hat: Tensor, sigma: float, sigma_n
     return out
 
 
+def pigdm_vector(pb: "Problem", residual: Tensor, r2: float) -> Tensor:
+    """ΠGDM's guidance vector ``Aᵀ (r² AAᵀ + σ_y² I)⁻¹ residual`` for each batch item (σ_y per
+    sample, model space; through ``prox_l2``, or ``A⁺ residual / r²`` where σ_y = 0): ΠGDM
+    (Song et al. 2023, eq. 7) and OT-ODE (Pokle et al. 2024, eq. 12) use it."""
+    op = pb.op
+    s2 = pb.sigma_y**2  # [B]
+    pos = s2 > 0
+    out = None
+    if bool(pos.any()):
+        gamma = torch.where(pos, r2 / torch.where(pos, s2, 1.0), 1.0)
+        out = op.prox_l2(torch.zeros(pb.shape, dtype=residual.dtype, device=residual.device), residual, gamma) / r2
+    if not bool(pos.all()):
+        exact = op.A_dagger(residual) / r2
+        out = exact if out is None else torch.where(pb.per_sample(pos), out, exact)
+    return out
+
+
 def ddim_step(pb: "Problem", x: Tensor, x0_hat: Tensor, sigma: float, sigma_next: float, eta: float) -> Tensor:
     """DDIM(η) step (Song, Meng & Ermon 2021, eqs. 12, 16) from the EDM state ``x`` at σ to the EDM
     state at σ_next: ``(√ᾱ_s x̂₀ + c₂ ε̂ + c₁ z)/√ᾱ_s`` with ε̂ = (x − x̂₀)/σ,

@@ -58,22 +58,8 @@ import torch
 from torch import Tensor
 
 from ..priors.flow_samplers import flow_time_grid
-from ._common import Callback, Problem, setup
+from ._common import Callback, pigdm_vector, setup
 from ._flow import flow_path, flow_t_max, flow_x0_graph
-
-
-def _pigdm_vector(pb: Problem, residual: Tensor, r2: float) -> Tensor:
-    """``Aᵀ (r² AAᵀ + σ_y² I)⁻¹ residual`` per batch item (σ_y per sample, model space)."""
-    op, s2 = pb.op, pb.sigma_y**2
-    pos = s2 > 0
-    out = None
-    if bool(pos.any()):
-        gamma = torch.where(pos, r2 / torch.where(pos, s2, 1.0), 1.0)
-        out = op.prox_l2(torch.zeros(pb.shape, dtype=residual.dtype, device=residual.device), residual, gamma) / r2
-    if not bool(pos.all()):
-        exact = op.A_dagger(residual) / r2
-        out = exact if out is None else torch.where(pb.per_sample(pos), out, exact)
-    return out
 
 
 def ot_ode(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 80, generator=None, callback: Callback = None,
@@ -115,7 +101,7 @@ def ot_ode(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 80, generato
         v = da * x0_hat + ds * (x - a * x0_hat) / s
         # 2. ΠGDM likelihood score (eq. 13 and ΠGDM): g = Jᵀ Aᵀ (r² AAᵀ + σ_y² I)⁻¹ (y − A x̂₀).
         r2 = prior_variance * s * s / (s * s + prior_variance * a * a)
-        w = _pigdm_vector(pb, pb.y - operator.A(x0_hat), r2)
+        w = pigdm_vector(pb, pb.y - operator.A(x0_hat), r2)
         (g,) = torch.autograd.grad(x0_graph, x_in, grad_outputs=w.to(x0_graph.dtype))
         # 3. Corrected velocity (eq. 12): v + γ σ² d ln(α/σ)/dt g, then an Euler step.
         coef = s * s * (da / a - ds / s)

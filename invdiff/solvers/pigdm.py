@@ -52,22 +52,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._common import Callback, Problem, ddim_step, setup, vp_scale, vp_sigmas
-
-
-def _guidance_vector(pb: Problem, residual: Tensor, r2: float) -> Tensor:
-    """``Aᵀ (r² AAᵀ + σ_y² I)⁻¹ residual`` for each batch item (σ_y per sample, model space)."""
-    op = pb.op
-    s2 = pb.sigma_y**2  # [B]
-    pos = s2 > 0
-    out = None
-    if bool(pos.any()):
-        gamma = torch.where(pos, r2 / torch.where(pos, s2, 1.0), 1.0)
-        out = op.prox_l2(torch.zeros(pb.shape, dtype=residual.dtype, device=residual.device), residual, gamma) / r2
-    if not bool(pos.all()):
-        exact = op.A_dagger(residual) / r2
-        out = exact if out is None else torch.where(pb.per_sample(pos), out, exact)
-    return out
+from ._common import Callback, ddim_step, pigdm_vector, setup, vp_scale, vp_sigmas
 
 
 def pigdm(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generator=None,
@@ -103,7 +88,7 @@ def pigdm(y: Tensor, operator, prior, *, sigma_y=0.0, steps: int = 100, generato
         pb.check(i, x0_hat, "the prior's denoiser returned NaN/Inf")
         # 2. Pseudo-inverse guidance: g = Jᵀ Aᵀ (r² AAᵀ + σ_y² I)⁻¹ (y − A x̂₀)   (EDM-state gradient).
         r2 = prior_variance * sigma**2 / (prior_variance + sigma**2)
-        w = _guidance_vector(pb, pb.y - operator.A(x0_hat), r2)
+        w = pigdm_vector(pb, pb.y - operator.A(x0_hat), r2)
         (grad,) = torch.autograd.grad(x0_graph, x_in, grad_outputs=w.to(x0_graph.dtype))
         grad = grad.to(torch.float64)
         # 3. DDIM(η) step (Alg. 1): with the posterior denoiser, or the unguided one plus √ᾱ_t g_vp
