@@ -17,8 +17,9 @@ module              what it holds
 ``flow``            interpolant paths (linear, trig, VP, VE) and :class:`FlowPrior` (a velocity network)
 ``flow_samplers``   unconditional samplers in flow time (Euler, Heun, the interpolant SDE)
 ``flow_formats``    foreign flow checkpoints: diffusers flow-matching folders, plain state dicts
-``unet``            the project's small UNet (architecture ``invdiff.unet``)
-``shipped``         the priors shipped in the package, loadable by name (``"phantom64"``)
+``diffusers_unet``  diffusers ``UNet2DModel`` folders read strictly (shared by both diffusers loaders)
+``unet``            the project's small UNet (architectures ``invdiff.unet``, ``invdiff.flow_unet``)
+``shipped``         the priors shipped in the package, loadable by name (``"phantom64"``, ``"phantom64_flow"``)
 ``checkpoints``     safe, strict reading of checkpoint files
 ``convert``         EDM pickle → invdiff file, running nothing from the pickle
 ==================  ==================================================================================
