@@ -14,11 +14,14 @@ module              what it holds
 ``native``          the project's own ``.safetensors`` format (:func:`save`)
 ``formats``         the foreign formats (guided-diffusion, EDM/InverseBench, score_sde, diffusers)
                     and the architectures of deepinv and EDM
+``consistency``     :class:`ConsistencyPrior` (f(x, σ) with f(x, σ_min) = x as the denoiser) and multistep
+                    consistency sampling
 ``flow``            interpolant paths (linear, trig, VP, VE) and :class:`FlowPrior` (a velocity network)
 ``flow_samplers``   unconditional samplers in flow time (Euler, Heun, the interpolant SDE)
 ``flow_formats``    foreign flow checkpoints: diffusers flow-matching folders, plain state dicts
 ``diffusers_unet``  diffusers ``UNet2DModel`` folders read strictly (shared by both diffusers loaders)
-``unet``            the project's small UNet (architectures ``invdiff.unet``, ``invdiff.flow_unet``)
+``unet``            the project's small UNet (architectures ``invdiff.unet``, ``invdiff.flow_unet``,
+                    ``invdiff.cm_unet``)
 ``shipped``         the priors shipped in the package, loadable by name (``"phantom64"``, ``"phantom64_flow"``)
 ``checkpoints``     safe, strict reading of checkpoint files
 ``convert``         EDM pickle → invdiff file, running nothing from the pickle
@@ -37,6 +40,7 @@ from .adapters import NetworkPrior
 from .analytic import GaussianMixturePrior, GaussianPrior
 from .base import CountingPrior, Prior
 from .checkpoints import CheckpointError
+from .consistency import CONSISTENCY_SAMPLERS, ConsistencyPrior, consistency_sampling
 from .flow import PATHS, FlowPrior, Interpolant, LinearPath, TrigPath, VEPath, VPPath, make_path
 from .flow_formats import load_flow_state_dict
 from .flow_samplers import FLOW_SAMPLERS, flow_euler, flow_heun, flow_sde
@@ -54,6 +58,7 @@ __all__ = [
     "VPSchedule", "VESchedule", "EDMSchedule", "edm_sigma_grid", "geometric_sigma_grid", "convert_edm_pickle",
     "FlowPrior", "Interpolant", "LinearPath", "TrigPath", "VPPath", "VEPath", "PATHS", "make_path",
     "FLOW_SAMPLERS", "flow_euler", "flow_heun", "flow_sde", "load_flow_state_dict",
+    "ConsistencyPrior", "consistency_sampling", "CONSISTENCY_SAMPLERS",
 ]
 
 

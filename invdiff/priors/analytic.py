@@ -309,3 +309,37 @@ def smooth_gaussian(shape, mean: float = 0.5, length: float = 2.0, var: float = 
     cov = torch.block_diag(*([block] * C))
     return GaussianPrior(torch.full((d,), float(mean)), cov, shape=(C, H, W), data_range=tuple(data_range),
                          model_range=tuple(model_range))
+
+
+def exact_consistency_function(prior: GaussianMixturePrior, x: Tensor, sigma, sigma_min: float) -> Tensor:
+    """The exact consistency function f*(x, σ) of a Gaussian prior N(μ, Σ = Q diag(λ) Qᵀ): the end
+    point at ``sigma_min`` of the probability-flow ODE dx/dσ = (x − D(x, σ))/σ (EDM form) through x
+    at σ. With D(x, σ) = μ + Σ(Σ + σ² I)⁻¹(x − μ) the ODE is linear and, per eigen-direction,
+    d(x − μ)_k/dσ = σ (x − μ)_k / (λ_k + σ²), so (x_σ − μ)_k / √(λ_k + σ²) is constant along it:
+
+        f*(x, σ) = μ + Q diag(√((λ + σ_min²) / (λ + σ²))) Qᵀ (x − μ).
+
+    It is the oracle of consistency models (Song et al. 2023, arXiv:2303.01469): f*(x, σ_min) = x,
+    and x_σ ~ N(μ, Σ + σ² I) is mapped onto N(μ, Σ + σ_min² I).
+
+    :param prior: a one-component :class:`GaussianMixturePrior` (a :class:`GaussianPrior`).
+    :param x: ``[B, *prior.shape]`` in model space.
+    :param sigma: a float or ``[B]`` tensor, > 0; ``sigma_min`` a float ≥ 0 (0: the data end point).
+    :returns: ``[B, *prior.shape]`` in x's dtype (computed in float64)."""
+    if prior.K != 1:
+        raise ValueError(f"the closed-form consistency function needs a Gaussian (K = 1), got K = {prior.K}: "
+                         "a mixture's PF-ODE is not linear")
+    sigma_min = float(sigma_min)
+    if not (math.isfinite(sigma_min) and sigma_min >= 0):
+        raise ValueError(f"sigma_min must be finite and >= 0, got {sigma_min}")
+    prior.check_input(x)
+    s2 = per_sample_sigma(sigma, x).reshape(-1, 1).to(torch.float64) ** 2  # [B, 1]
+    dev = x.reshape(x.shape[0], -1).to(torch.float64) - prior.means  # [B, d]
+    lam = prior.lam[:1]  # [1, d]
+    ratio = ((lam + sigma_min**2) / (lam + s2)).sqrt()  # [B, d]
+    if prior.Q is None:
+        out = prior.means + ratio * dev
+    else:
+        Q = prior.Q[0]
+        out = prior.means + (ratio * (dev @ Q)) @ Q.T
+    return out.reshape(x.shape).to(x.dtype)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .adapters import NetworkPrior
+from .consistency import ConsistencyPrior
 from .flow import FlowPrior, make_path
 from .checkpoints import CheckpointError, safe_safetensors_load, save_safetensors, strict_load
 from .registry import ARCHITECTURES, Checkpoint, register_format
@@ -42,12 +43,14 @@ def schedule_from_dict(d: dict):
     return classes[kind](**d)
 
 
-def save(path: str | Path, prior: NetworkPrior | FlowPrior, architecture: str, arch_kwargs: dict,
+def save(path: str | Path, prior: NetworkPrior | FlowPrior | ConsistencyPrior, architecture: str, arch_kwargs: dict,
          source: dict | None = None) -> Path:
     """Write ``prior`` in the project's format: one ``.safetensors`` file whose metadata holds the
     architecture, its arguments, the parameterisation, schedule, shape, ranges and conditioning —
     or, for a :class:`~invdiff.priors.flow.FlowPrior` (``"kind": "flow"``), its interpolant path,
-    time convention, time scale and time range — (and ``source``, e.g. the file a converted prior
+    time convention, time scale and time range; for a
+    :class:`~invdiff.priors.consistency.ConsistencyPrior` (``"kind": "consistency"``) its σ range
+    (σ_min is the boundary of f(x, σ_min) = x; the architecture builds f itself) — (and ``source``, e.g. the file a converted prior
     came from). Written to a temporary name and moved into place (never a partial file)."""
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; registered: {sorted(ARCHITECTURES)}")
@@ -56,6 +59,14 @@ def save(path: str | Path, prior: NetworkPrior | FlowPrior, architecture: str, a
                 "arch_kwargs": arch_kwargs, "path": prior.path.to_dict(), "time_convention": prior.time_convention,
                 "time_scale": prior.time_scale, "t_range": list(prior.t_range), "shape": list(prior.shape),
                 "data_range": list(prior.data_range), "model_range": list(prior.model_range)}
+        if source is not None:
+            meta["source"] = source
+        return save_safetensors(path, prior.net.state_dict(), {"invdiff": json.dumps(meta)})
+    if isinstance(prior, ConsistencyPrior):
+        meta = {"format_version": FORMAT_VERSION, "kind": "consistency", "architecture": architecture,
+                "arch_kwargs": arch_kwargs, "sigma_range": [prior.sigma_min, prior.sigma_max],
+                "shape": list(prior.shape), "data_range": list(prior.data_range),
+                "model_range": list(prior.model_range)}
         if source is not None:
             meta["source"] = source
         return save_safetensors(path, prior.net.state_dict(), {"invdiff": json.dumps(meta)})
@@ -87,7 +98,7 @@ def read_tagged(path: str | Path, key: str, what: str) -> tuple[dict[str, torch.
 
 
 @register_format("invdiff", lambda c: c.kind == "safetensors", "invdiff .safetensors files")
-def _load(checkpoint: Checkpoint, overrides: dict) -> NetworkPrior | FlowPrior:
+def _load(checkpoint: Checkpoint, overrides: dict) -> NetworkPrior | FlowPrior | ConsistencyPrior:
     path = checkpoint.path
     tensors, info = read_tagged(path, "invdiff", "an invdiff prior file")
     if info.get("format_version") != FORMAT_VERSION:
@@ -105,6 +116,11 @@ def _load(checkpoint: Checkpoint, overrides: dict) -> NetworkPrior | FlowPrior:
                       t_range=info["t_range"])
         kwargs.update(overrides)
         return FlowPrior(net.eval(), make_path(info["path"]), **kwargs)
+    if info.get("kind", "network") == "consistency":
+        kwargs = dict(shape=info["shape"], data_range=info["data_range"], model_range=info["model_range"],
+                      sigma_range=info["sigma_range"])
+        kwargs.update(overrides)
+        return ConsistencyPrior(net.eval(), **kwargs)
     kwargs = dict(shape=info["shape"], data_range=info["data_range"], model_range=info["model_range"],
                   conditioning=info["conditioning"], learned_sigma=info["learned_sigma"])
     kwargs.update(overrides)

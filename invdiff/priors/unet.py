@@ -1,7 +1,9 @@
 """The project's compact score network: a small UNet with a noise-level embedding, inside EDM's
 preconditioning (Karras et al. 2022, Table 1, σ_data = 0.5), so ``net(x, σ) = D(x; σ)``.
 
-The same UNet as a velocity network ``v(x_t, t)`` for flow matching is architecture
+The same UNet inside consistency models' boundary-condition scalings (Song et al. 2023, App. C),
+``net(x, σ) = f(x, σ)`` with f(x, σ_min) = x, is architecture ``"invdiff.cm_unet"``
+(:func:`build_cm_unet`). The same UNet as a velocity network ``v(x_t, t)`` for flow matching is architecture
 ``"invdiff.flow_unet"`` (:func:`build_flow_unet`). Registered as architecture ``"invdiff.unet"`` of the project's checkpoint format
 (:mod:`invdiff.priors.registry`, :mod:`invdiff.priors.native`); ``invdiff-train``
 trains it and :func:`invdiff.priors.load` reads it back. Sized for CPU training of 64×64 priors:
@@ -17,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .consistency import SIGMA_MIN, ConsistencyPreconditioned
 from .formats import EDMPreconditioned
 from .registry import register_architecture
 
@@ -141,3 +144,12 @@ def build_flow_unet(channels: int = 1, width: int = 32, mults=(1, 2, 2), blocks:
                     patch: int = 1) -> FlowUNet:
     """:class:`FlowUNet` (velocity network of ``invdiff-train objective=flow``)."""
     return FlowUNet(channels, width, tuple(mults), blocks, emb, patch)
+
+
+@register_architecture("invdiff.cm_unet")
+def build_cm_unet(channels: int = 1, width: int = 32, mults=(1, 2, 2), blocks: int = 1, emb: int = 128,
+                  patch: int = 1, sigma_data: float = 0.5, sigma_min: float = SIGMA_MIN) -> ConsistencyPreconditioned:
+    """:class:`SmallUNet` inside the consistency scalings (``forward(x, σ) = f(x, σ)``,
+    :class:`~invdiff.priors.consistency.ConsistencyPreconditioned`); its state dict has the keys of
+    :func:`build_unet`'s, so consistency distillation starts from an ``invdiff.unet`` teacher's weights."""
+    return ConsistencyPreconditioned(SmallUNet(channels, width, tuple(mults), blocks, emb, patch), sigma_data, sigma_min)
