@@ -1,5 +1,5 @@
-"""Training the project's networks (``invdiff-train``): EDM denoising score matching, flow matching
-and reflow.
+"""Training the project's networks (``invdiff-train``): EDM denoising score matching, flow matching,
+reflow, and consistency distillation / training.
 
 ``objective="edm"`` (Karras et al. 2022, eq. 2 with Table 1's choices): σ ~ logN(P_mean, P_std²),
 ``λ(σ) = (σ² + σ_d²)/(σ σ_d)²``, ``L = λ(σ) ‖D(x + σn; σ) − x‖²`` (per-pixel mean); the network is
@@ -22,6 +22,38 @@ loss on couplings (x̂₀, ε) where x̂₀ is the ``teacher`` flow's ODE soluti
 from 1-RF). Deviation: the couplings are generated afresh for every batch (from the run's generator)
 instead of once into a fixed set of pairs — the same coupling distribution, never a reused pair,
 and nothing to store; it costs ``2·teacher_steps − 1`` forward passes of the teacher per batch.
+
+``objective="cd"``: consistency distillation (Song, Dhariwal, Chen & Sutskever 2023, arXiv:2303.01469,
+Alg. 2). On the Karras grid σ_min = σ_1 < … < σ_N = σ_max (their eq. 5 / Karras et al. eq. 5, ρ = 7,
+N = ``cm_levels``), n ~ U{1, …, N−1}, x_{n+1} = x + σ_{n+1} z, one Heun step of the ``teacher``'s
+PF-ODE dx/dσ = (x − D(x, σ))/σ from σ_{n+1} to σ_n (:func:`~invdiff.priors.consistency.heun_step`,
+the step of the package's EDM Heun solver: two teacher calls) gives x̂_n, and
+
+    L = λ(σ_n) d(f_θ(x_{n+1}, σ_{n+1}), f_θ⁻(x̂_n, σ_n)),   θ⁻ ← stopgrad(μ θ⁻ + (1 − μ) θ),
+
+λ ≡ 1, μ = ``cm_target_ema`` (0.95 and N = 18: their CIFAR-10 CD settings, Table 3). The student
+starts from the teacher's weights when the teacher is an ``invdiff.unet`` of the same ``arch`` and
+σ_data (their App. C), else from the usual initialisation. The network is
+:func:`~invdiff.priors.unet.build_cm_unet` (the UNet inside the boundary-condition scalings, so
+f(x, σ_min) = x), exported as a :class:`~invdiff.priors.consistency.ConsistencyPrior`.
+
+``objective="ct"``: improved consistency training from data (Song & Dhariwal 2024, arXiv:2310.14189,
+"iCT"), no teacher: the same pair of levels, both noised with one z, x_i = x + σ_i z, the target
+network θ⁻ = stopgrad(θ) (their §3.2: no EMA target), weight λ(σ_i) = 1/(σ_{i+1} − σ_i) (§3.4), the
+discretisation curriculum N(k) = min(s₀ 2^⌊k/K'⌋, s₁) + 1 with K' = ⌊K/(log₂⌊s₁/s₀⌋ + 1)⌋,
+s₀ = 10, s₁ = 1280, K = ``steps`` (§3.5, eq. 7), and levels drawn from the discretised log-normal
+p(σ_i) ∝ erf((ln σ_{i+1} − P_mean)/(√2 P_std)) − erf((ln σ_i − P_mean)/(√2 P_std)), P_mean = −1.1,
+P_std = 2.0 (§3.5, eq. 8). iCT rather than easy consistency tuning (Geng et al. 2024,
+arXiv:2406.14548): it needs no pretrained diffusion model, which is what training "from data" asks;
+ECT's start from a diffusion prior is what ``cd`` already has. Because N(k) depends on K, a ``ct`` run
+is not resumed under another ``steps``.
+
+The distance d (``cm_distance``) is the pseudo-Huber metric √(‖a − b‖² + c²) − c, c = 0.00054 √d_x
+(iCT §3.3, d_x = C·H·W) by default for both, or ``l2``: the per-pixel mean of (a − b)² (Song et al.
+2023's L2, divided by d_x like this module's other losses). Pseudo-Huber because iCT found it close to
+LPIPS and well ahead of L2 (their Table 1, Fig. 3), LPIPS needs a pretrained ImageNet classifier this
+package does not ship (and that would leak ImageNet features into the metric), and it is robust to
+the rare large residuals of the high noise levels.
 
 Data are mapped from [0, 1] to the model range [−1, 1]; Adam with a linear warm-up, an exponential
 moving average (EMA) of the weights, random horizontal/vertical flips.
@@ -49,15 +81,18 @@ from typing import Callable, Protocol
 import torch
 from torch import Tensor
 
-from .priors import NetworkPrior, save
+from .priors import NetworkPrior, Prior, save
 from .priors.checkpoints import CheckpointError, save_safetensors, strict_load
+from .priors.consistency import SIGMA_MAX, SIGMA_MIN, ConsistencyPrior, heun_step
 from .priors.flow import FlowPrior, make_path
+from .priors.formats import EDMPreconditioned
 from .priors.native import read_tagged
-from .priors.schedules import EDMSchedule
-from .priors.unet import build_flow_unet, build_unet
+from .priors.schedules import EDMSchedule, edm_sigma_grid
+from .priors.unet import build_cm_unet, build_flow_unet, build_unet
 
-OBJECTIVES = ("edm", "flow", "reflow")
+OBJECTIVES = ("edm", "flow", "reflow", "cd", "ct")
 T_SAMPLINGS = ("logit_normal", "uniform")
+CM_DISTANCES = ("pseudo_huber", "l2")
 
 CKPT_VERSION = 1
 
@@ -95,8 +130,15 @@ class TrainSettings:
     t_sampling: str = "uniform"     # flow/reflow: "uniform" (Liu; Lipman) or "logit_normal" (t_mean, t_std)
     t_mean: float = 0.0
     t_std: float = 1.0
-    teacher: str | None = None      # reflow: the 1-rectified flow's prior file (or shipped name)
+    teacher: str | None = None      # reflow: the 1-rectified flow's prior file; cd: the diffusion prior (or shipped name)
     teacher_steps: int = 8          # reflow: Heun steps of the teacher's ODE per coupling
+    cm_levels: int = 18             # cd: N, levels of the Karras grid (Song et al. 2023, CIFAR-10)
+    cm_target_ema: float = 0.95     # cd: μ of the target network θ⁻ (Song et al. 2023, CIFAR-10)
+    cm_distance: str = "pseudo_huber"  # cd/ct: "pseudo_huber" (iCT, c = 0.00054·√d) or "l2"
+    ct_s0: int = 10                 # ct: iCT curriculum, initial and final number of steps (N − 1)
+    ct_s1: int = 1280
+    ct_p_mean: float = -1.1         # ct: iCT log-normal level distribution
+    ct_p_std: float = 2.0
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -109,6 +151,17 @@ class TrainSettings:
                              "ODE makes the couplings, e.g. settings.teacher=phantom64_flow")
         if self.objective == "reflow" and (isinstance(self.teacher_steps, bool) or int(self.teacher_steps) < 1):
             raise ValueError(f"settings.teacher_steps must be >= 1, got {self.teacher_steps!r}")
+        if self.objective == "cd" and not self.teacher:
+            raise ValueError("objective=cd needs settings.teacher: the diffusion prior (file or shipped name) whose "
+                             "PF-ODE is distilled, e.g. settings.teacher=phantom64")
+        if self.cm_distance not in CM_DISTANCES:
+            raise ValueError(f"settings.cm_distance must be one of {CM_DISTANCES}, got {self.cm_distance!r}")
+        if int(self.cm_levels) < 2:
+            raise ValueError(f"settings.cm_levels must be >= 2, got {self.cm_levels!r}")
+        if not 0.0 <= float(self.cm_target_ema) < 1.0:
+            raise ValueError(f"settings.cm_target_ema must be in [0, 1), got {self.cm_target_ema!r}")
+        if not 1 <= int(self.ct_s0) <= int(self.ct_s1):
+            raise ValueError(f"settings.ct_s0, ct_s1 must satisfy 1 <= s0 <= s1, got {self.ct_s0}, {self.ct_s1}")
 
 
 def edm_loss(net: torch.nn.Module, x: Tensor, generator: torch.Generator, s: TrainSettings) -> Tensor:
@@ -144,6 +197,74 @@ def flow_loss(net: torch.nn.Module, x0: Tensor, generator: torch.Generator, s: T
     return (v - target).square().mean()
 
 
+def karras_levels(N: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = 7.0) -> Tensor:
+    """The consistency models' levels σ_1 = σ_min < … < σ_N = σ_max (Song et al. 2023, §5 / App. C;
+    Karras et al. 2022, eq. 5), increasing, float64 ``[N]``."""
+    return edm_sigma_grid(int(N), sigma_min, sigma_max, rho).flip(0)
+
+
+def cm_distance(a: Tensor, b: Tensor, kind: str) -> Tensor:
+    """Per-item distance ``[B]`` between ``a`` and ``b`` ``[B, ...]``: pseudo-Huber
+    √(‖a − b‖² + c²) − c with c = 0.00054 √d (Song & Dhariwal 2024, §3.3), or the per-pixel mean
+    squared error (``l2``)."""
+    diff = (a - b).flatten(1)
+    if kind == "l2":
+        return diff.square().mean(1)
+    c = 0.00054 * math.sqrt(diff.shape[1])
+    return (diff.square().sum(1) + c * c).sqrt() - c
+
+
+def cd_loss(net: Callable[[Tensor, Tensor], Tensor], target: Callable[[Tensor, Tensor], Tensor], teacher: Prior,
+            x: Tensor, generator: torch.Generator, s: TrainSettings, levels: Tensor | None = None) -> Tensor:
+    """Mean consistency-distillation loss (Song et al. 2023, Alg. 2, λ ≡ 1) of a batch ``x``
+    ``[B, ...]`` in model units: ``net`` and ``target`` are f_θ and f_θ⁻ (``f(x, σ)``, σ ``[B]``),
+    ``teacher`` the diffusion prior whose Heun step goes from σ_{n+1} to σ_n; noise and levels drawn
+    from ``generator``."""
+    levels = karras_levels(s.cm_levels) if levels is None else levels
+    B = x.shape[0]
+    n = torch.randint(0, levels.shape[0] - 1, (B,), generator=generator)
+    z = torch.randn(x.shape, generator=generator).to(x.device)
+    sigma, sigma_next = levels[n].to(x.device, x.dtype), levels[n + 1].to(x.device, x.dtype)
+    x_next = x + sigma_next.reshape(B, *([1] * (x.ndim - 1))) * z
+    with torch.no_grad():
+        x_hat = heun_step(teacher, x_next, sigma_next, sigma)  # the teacher's ODE step σ_{n+1} → σ_n
+        f_target = target(x_hat, sigma)
+    return cm_distance(net(x_next, sigma_next), f_target, s.cm_distance).mean()
+
+
+def ct_levels(step: int, s: TrainSettings) -> int:
+    """iCT's discretisation curriculum N(k) = min(s₀ 2^⌊k/K'⌋, s₁) + 1, K' = ⌊K/(log₂⌊s₁/s₀⌋ + 1)⌋
+    (Song & Dhariwal 2024, eq. 7) at step ``k``, K = ``s.steps``."""
+    k_prime = max(1, math.floor(s.steps / (math.log2(math.floor(s.ct_s1 / s.ct_s0)) + 1)))
+    return min(s.ct_s0 * 2 ** (step // k_prime), s.ct_s1) + 1
+
+
+def ct_level_probs(levels: Tensor, s: TrainSettings) -> Tensor:
+    """iCT's discretised log-normal over the N − 1 pairs (σ_i, σ_{i+1}) (Song & Dhariwal 2024, eq. 8)."""
+    cdf = torch.erf((levels.log() - s.ct_p_mean) / (math.sqrt(2.0) * s.ct_p_std))
+    p = cdf[1:] - cdf[:-1]
+    return p / p.sum()
+
+
+def ct_loss(net: Callable[[Tensor, Tensor], Tensor], target: Callable[[Tensor, Tensor], Tensor], x: Tensor,
+            generator: torch.Generator, s: TrainSettings, step: int) -> Tensor:
+    """Mean improved consistency-training loss (Song & Dhariwal 2024) of a batch ``x`` in model
+    units at training step ``step``: λ(σ_i) d(f_θ(x + σ_{i+1} z, σ_{i+1}), f_θ⁻(x + σ_i z, σ_i)) with
+    ``target`` = the same network without gradient (θ⁻ = stopgrad θ)."""
+    levels = karras_levels(ct_levels(step, s))
+    B = x.shape[0]
+    i = torch.multinomial(ct_level_probs(levels, s), B, replacement=True, generator=generator)
+    z = torch.randn(x.shape, generator=generator).to(x.device)
+    sigma, sigma_next = levels[i], levels[i + 1]
+    weight = (1.0 / (sigma_next - sigma)).to(x.device, x.dtype)
+    sigma, sigma_next = sigma.to(x.device, x.dtype), sigma_next.to(x.device, x.dtype)
+    shape = (B, *([1] * (x.ndim - 1)))
+    with torch.no_grad():
+        f_target = target(x + sigma.reshape(shape) * z, sigma)
+    d = cm_distance(net(x + sigma_next.reshape(shape) * z, sigma_next), f_target, s.cm_distance)
+    return (weight * d).mean()
+
+
 def _flip(x: Tensor, generator: torch.Generator) -> Tensor:
     f = torch.rand(2, x.shape[0], generator=generator) < 0.5
     x = torch.where(f[0].to(x.device)[:, None, None, None], x.flip(-1), x)
@@ -161,19 +282,32 @@ class Trainer:
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.progress = progress and self.rank == 0
         self.flow = settings.objective in ("flow", "reflow")
+        self.cm = settings.objective in ("cd", "ct")
         if self.flow:
             self.arch, self.architecture, build = dict(channels=data.channels, **settings.arch), "invdiff.flow_unet", \
                 build_flow_unet
+        elif self.cm:
+            self.arch = dict(channels=data.channels, **settings.arch, sigma_data=settings.sigma_data,
+                             sigma_min=SIGMA_MIN)
+            self.architecture, build = "invdiff.cm_unet", build_cm_unet
         else:
             self.arch = dict(channels=data.channels, **settings.arch, sigma_data=settings.sigma_data)
             self.architecture, build = "invdiff.unet", build_unet
         torch.manual_seed(settings.seed)  # initial weights: the same on every rank
         self.net = build(**self.arch).to(self.device)
         self.ema = build(**self.arch).to(self.device)
-        self.teacher = None
+        self.teacher, self.target, self.from_teacher = None, None, False
         if settings.objective == "reflow":
             self.teacher = self._load_teacher(settings.teacher, data)
             self.net.load_state_dict(self.teacher.net.state_dict())  # 2-RF starts from 1-RF (Liu et al. §5)
+        if settings.objective == "cd":
+            self.teacher = self._load_cd_teacher(settings.teacher, data)
+            self.levels = karras_levels(settings.cm_levels)
+            if self.from_teacher:  # the student starts from the teacher's weights (Song et al. 2023, App. C)
+                self.net.load_state_dict(self.teacher.net.state_dict())
+            self.target = build(**self.arch).to(self.device)  # θ⁻, the EMA target of Alg. 2
+            self.target.load_state_dict(self.net.state_dict())
+            self.target.requires_grad_(False)
         self.ema.load_state_dict(self.net.state_dict())
         self.ema.requires_grad_(False)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=settings.lr)
@@ -214,6 +348,30 @@ class Trainer:
         prior.requires_grad_(False)
         return prior.to(self.device).eval()
 
+    def _load_cd_teacher(self, teacher: str, data: TrainData) -> Prior:
+        """Consistency distillation's teacher: any diffusion prior (not a consistency prior) of the
+        data's shape whose σ range covers [σ_min, σ_max]; sets ``from_teacher`` when its network is an
+        ``invdiff.unet`` with this run's weights layout and σ_data (the student then starts from it)."""
+        from .priors import load
+
+        prior = load(teacher)
+        if isinstance(prior, ConsistencyPrior):
+            raise ValueError(f"settings.teacher={teacher!r} is a ConsistencyPrior; distillation needs a diffusion "
+                             "prior whose denoiser is E[x₀ | x] (e.g. settings.teacher=phantom64)")
+        want = (data.channels, data.size, data.size)
+        if prior.shape != want:
+            raise ValueError(f"settings.teacher={teacher!r} makes images of shape {list(prior.shape)}, but the data "
+                             f"has shape {list(want)}")
+        if prior.sigma_min > SIGMA_MIN * (1 + 1e-9) or prior.sigma_max < SIGMA_MAX * (1 - 1e-9):
+            raise ValueError(f"settings.teacher={teacher!r} covers σ in [{prior.sigma_min:.4g}, {prior.sigma_max:.4g}]; "
+                             f"distillation runs its ODE on [{SIGMA_MIN}, {SIGMA_MAX}]")
+        net = getattr(prior, "net", None)
+        if isinstance(net, EDMPreconditioned) and net.precond == "edm" and net.sigma_data == self.s.sigma_data:
+            a, b = net.state_dict(), self.net.state_dict()
+            self.from_teacher = a.keys() == b.keys() and all(v.shape == b[k].shape for k, v in a.items())
+        prior.requires_grad_(False)
+        return prior.to(self.device).eval()
+
     def couplings(self, n: int) -> tuple[Tensor, Tensor]:
         """Reflow's couplings: ``n`` noises ε (from the run's generator) and the teacher's ODE
         solutions x̂₀ (model units), Heun with ``teacher_steps`` steps from t = 1."""
@@ -228,6 +386,8 @@ class Trainer:
     def state(self) -> tuple[dict[str, Tensor], dict]:
         tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
         tensors |= {f"ema.{k}": v for k, v in self.ema.state_dict().items()}
+        if self.target is not None:
+            tensors |= {f"target.{k}": v for k, v in self.target.state_dict().items()}
         opt = self.opt.state_dict()
         for i, st in opt["state"].items():
             for k, v in st.items():
@@ -254,6 +414,9 @@ class Trainer:
         self._check_objective(path, info.get("settings") or {})
         strict_load(self.net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, f"{path} (net)")
         strict_load(self.ema, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, f"{path} (ema)")
+        if self.target is not None:
+            strict_load(self.target, {k[7:]: v for k, v in tensors.items() if k.startswith("target.")},
+                        f"{path} (target)")
         opt = self.opt.state_dict()
         state: dict[int, dict] = {}
         for k, v in tensors.items():
@@ -269,7 +432,9 @@ class Trainer:
 
     def _check_objective(self, path: Path, saved: dict) -> None:
         """Refuse to resume a run under another training objective: the objective itself, the flow
-        path and the time distribution of flow/reflow, reflow's teacher and its steps. The same
+        path and the time distribution of flow/reflow, reflow's teacher and its steps, consistency
+        distillation's teacher, levels, target EMA and distance, consistency training's curriculum
+        (which depends on ``steps``), level distribution and distance. The same
         weights (``arch``) would otherwise silently continue learning another target (e.g. the
         velocity of another path), and the exported prior would be labelled with the new path.
         Settings missing from an older checkpoint take the defaults they had then."""
@@ -281,6 +446,10 @@ class Trainer:
             keys += ["path", "t_sampling"] + (["t_mean", "t_std"] if self.s.t_sampling == "logit_normal" else [])
         if self.s.objective == "reflow":
             keys += ["teacher", "teacher_steps"]
+        if self.s.objective == "cd":
+            keys += ["teacher", "cm_levels", "cm_target_ema", "cm_distance"]
+        if self.s.objective == "ct":
+            keys += ["steps", "ct_s0", "ct_s1", "ct_p_mean", "ct_p_std", "cm_distance"]
         for k in keys:
             a, b = old.get(k), new[k]
             same = make_path(a) == make_path(b) if k == "path" and a is not None else a == b
@@ -303,14 +472,21 @@ class Trainer:
                    dynamic_ncols=True)
         t0, run = time.time(), []
         while self.step < until:
-            if self.teacher is not None:
+            if self.s.objective == "reflow":
                 x, eps = self.couplings(self.s.batch)
             else:
                 x, eps = self.data.sample(self.s.batch, self.gen).to(self.device, torch.float32), None
                 x = _flip(x, self.gen) * 2.0 - 1.0
             for g in self.opt.param_groups:
                 g["lr"] = self.lr_at(self.step)
-            loss = flow_loss(model, x, self.gen, self.s, eps) if self.flow else edm_loss(model, x, self.gen, self.s)
+            if self.flow:
+                loss = flow_loss(model, x, self.gen, self.s, eps)
+            elif self.s.objective == "cd":
+                loss = cd_loss(model, self.target, self.teacher, x, self.gen, self.s, self.levels)
+            elif self.s.objective == "ct":
+                loss = ct_loss(model, self.net, x, self.gen, self.s, self.step)
+            else:
+                loss = edm_loss(model, x, self.gen, self.s)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.s.grad_clip > 0:
@@ -321,6 +497,9 @@ class Trainer:
                     pe.lerp_(p, 1.0 - self.s.ema_decay)
                 for be, b in zip(self.ema.buffers(), self.net.buffers()):
                     be.copy_(b)
+                if self.target is not None:  # θ⁻ ← μ θ⁻ + (1 − μ) θ (Song et al. 2023, Alg. 2)
+                    for pt, p in zip(self.target.parameters(), self.net.parameters()):
+                        pt.lerp_(p, 1.0 - self.s.cm_target_ema)
             self.step += 1
             value = float(loss.detach())
             if not math.isfinite(value):
@@ -347,9 +526,12 @@ class Trainer:
         bar.close()
 
     # -- outputs -------------------------------------------------------------------------------
-    def prior(self) -> NetworkPrior | FlowPrior:
-        """The EMA network as a :class:`NetworkPrior` (EDM) or a :class:`FlowPrior` (flow, reflow),
-        data [0, 1] ↔ model [−1, 1]."""
+    def prior(self) -> NetworkPrior | FlowPrior | ConsistencyPrior:
+        """The EMA network as a :class:`NetworkPrior` (EDM), a :class:`FlowPrior` (flow, reflow) or a
+        :class:`ConsistencyPrior` (cd, ct), data [0, 1] ↔ model [−1, 1]."""
+        if self.cm:
+            return ConsistencyPrior(self.ema.eval(), shape=(self.data.channels, self.data.size, self.data.size),
+                                    sigma_range=(SIGMA_MIN, SIGMA_MAX), data_range=(0.0, 1.0), model_range=(-1.0, 1.0))
         if self.flow:
             shape = (self.data.channels, self.data.size, self.data.size)
             return FlowPrior(self.ema.eval(), make_path(self.s.path), shape=shape, data_range=(0.0, 1.0),
@@ -365,12 +547,13 @@ class Trainer:
         return save(path, self.prior(), self.architecture, self.arch)
 
     def figures(self, samples: int = 16, sampler_steps: int = 40) -> tuple[Path, Path | None]:
-        """``loss.png`` (loss curve) and ``samples.png`` (EMA samples, EDM Heun; none for
-        ``samples = 0``) in the output folder."""
+        """``loss.png`` (loss curve) and ``samples.png`` (EMA samples: EDM Heun, flow Heun,
+        or 2-step consistency sampling for cd/ct; none for ``samples = 0``) in the output folder."""
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        from .priors.consistency import consistency_sampling
         from .priors.flow_samplers import flow_heun
         from .priors.samplers import edm_heun
 
@@ -381,7 +564,8 @@ class Trainer:
             ax.plot(st, lv)
             ax.set_yscale("log")
         ax.set_xlabel("step")
-        what = "EDM loss" if not self.flow else f"{self.s.objective} loss ({self.s.path} path)"
+        what = f"{self.s.objective} loss ({self.s.path} path)" if self.flow else \
+            f"{self.s.objective} loss ({self.s.cm_distance})" if self.cm else "EDM loss"
         ax.set_ylabel(f"{what} (mean over {self.s.log_every} steps)")
         ax.set_title(f"{self.data.describe()}")
         fig.tight_layout()
@@ -392,6 +576,8 @@ class Trainer:
             return loss_png, None
         prior = self.prior()
         sampler, label = (flow_heun, "flow Heun") if self.flow else (edm_heun, "EDM Heun")
+        if self.cm:
+            sampler, label, sampler_steps = consistency_sampling, "consistency sampling", min(sampler_steps, 2)
         x = sampler(prior, (samples, *prior.shape), steps=sampler_steps, generator=torch.Generator().manual_seed(0))
         x = x.clamp(0, 1).float().cpu()  # the samplers return physical units
         cols = int(math.ceil(math.sqrt(samples)))
