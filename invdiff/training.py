@@ -31,19 +31,19 @@ the step of the package's EDM Heun solver: two teacher calls) gives x̂_n, and
 
     L = λ(σ_n) d(f_θ(x_{n+1}, σ_{n+1}), f_θ⁻(x̂_n, σ_n)),   θ⁻ ← stopgrad(μ θ⁻ + (1 − μ) θ),
 
-λ ≡ 1, μ = ``cm_target_ema`` (0.95 and N = 18: their CIFAR-10 CD settings, Table 3). The student
+λ ≡ 1, μ = ``cm_target_ema`` (0.95 and N = 18: their CIFAR-10 CD settings, App. C). The student
 starts from the teacher's weights when the teacher is an ``invdiff.unet`` of the same ``arch`` and
-σ_data (their App. C), else from the usual initialisation. The network is
+σ_data (as they initialise from the teacher), else from the usual initialisation. The network is
 :func:`~invdiff.priors.unet.build_cm_unet` (the UNet inside the boundary-condition scalings, so
 f(x, σ_min) = x), exported as a :class:`~invdiff.priors.consistency.ConsistencyPrior`.
 
 ``objective="ct"``: improved consistency training from data (Song & Dhariwal 2024, arXiv:2310.14189,
 "iCT"), no teacher: the same pair of levels, both noised with one z, x_i = x + σ_i z, the target
-network θ⁻ = stopgrad(θ) (their §3.2: no EMA target), weight λ(σ_i) = 1/(σ_{i+1} − σ_i) (§3.4), the
+network θ⁻ = stopgrad(θ) (their §3.2: no EMA target), weight λ(σ_i) = 1/(σ_{i+1} − σ_i) (§3.1), the
 discretisation curriculum N(k) = min(s₀ 2^⌊k/K'⌋, s₁) + 1 with K' = ⌊K/(log₂⌊s₁/s₀⌋ + 1)⌋,
-s₀ = 10, s₁ = 1280, K = ``steps`` (§3.5, eq. 7), and levels drawn from the discretised log-normal
+s₀ = 10, s₁ = 1280, K = ``steps`` (§3.4), and levels drawn from the discretised log-normal
 p(σ_i) ∝ erf((ln σ_{i+1} − P_mean)/(√2 P_std)) − erf((ln σ_i − P_mean)/(√2 P_std)), P_mean = −1.1,
-P_std = 2.0 (§3.5, eq. 8). iCT rather than easy consistency tuning (Geng et al. 2024,
+P_std = 2.0 (§3.5). iCT rather than easy consistency tuning (Geng et al. 2024,
 arXiv:2406.14548): it needs no pretrained diffusion model, which is what training "from data" asks;
 ECT's start from a diffusion prior is what ``cd`` already has. Because N(k) depends on K, a ``ct`` run
 is not resumed under another ``steps``.
@@ -51,7 +51,7 @@ is not resumed under another ``steps``.
 The distance d (``cm_distance``) is the pseudo-Huber metric √(‖a − b‖² + c²) − c, c = 0.00054 √d_x
 (iCT §3.3, d_x = C·H·W) by default for both, or ``l2``: the per-pixel mean of (a − b)² (Song et al.
 2023's L2, divided by d_x like this module's other losses). Pseudo-Huber because iCT found it close to
-LPIPS and well ahead of L2 (their Table 1, Fig. 3), LPIPS needs a pretrained ImageNet classifier this
+LPIPS and ahead of L2 (§3.3), LPIPS needs a pretrained ImageNet classifier this
 package does not ship (and that would leak ImageNet features into the metric), and it is robust to
 the rare large residuals of the high noise levels.
 
@@ -234,13 +234,13 @@ def cd_loss(net: Callable[[Tensor, Tensor], Tensor], target: Callable[[Tensor, T
 
 def ct_levels(step: int, s: TrainSettings) -> int:
     """iCT's discretisation curriculum N(k) = min(s₀ 2^⌊k/K'⌋, s₁) + 1, K' = ⌊K/(log₂⌊s₁/s₀⌋ + 1)⌋
-    (Song & Dhariwal 2024, eq. 7) at step ``k``, K = ``s.steps``."""
+    (Song & Dhariwal 2024, §3.4) at step ``k``, K = ``s.steps``."""
     k_prime = max(1, math.floor(s.steps / (math.log2(math.floor(s.ct_s1 / s.ct_s0)) + 1)))
     return min(s.ct_s0 * 2 ** (step // k_prime), s.ct_s1) + 1
 
 
 def ct_level_probs(levels: Tensor, s: TrainSettings) -> Tensor:
-    """iCT's discretised log-normal over the N − 1 pairs (σ_i, σ_{i+1}) (Song & Dhariwal 2024, eq. 8)."""
+    """iCT's discretised log-normal over the N − 1 pairs (σ_i, σ_{i+1}) (Song & Dhariwal 2024, §3.5)."""
     cdf = torch.erf((levels.log() - s.ct_p_mean) / (math.sqrt(2.0) * s.ct_p_std))
     p = cdf[1:] - cdf[:-1]
     return p / p.sum()
