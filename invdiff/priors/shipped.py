@@ -8,6 +8,11 @@ name              what
 ``patches64``     64×64 grayscale crops at random scales of scikit-image's bundled scientific and
                   natural images (microscopy, astronomy, retina, textures, text, photographs);
                   ``camera`` and ``moon`` held out for evaluation
+``phantom64_flow``  the ``phantom64`` data, network size and budget as a rectified flow
+                  (:class:`~invdiff.priors.flow.FlowPrior`, linear path; ``invdiff-train
+                  settings.objective=flow``)
+``patches64_flow``  the ``patches64`` data, network size and budget as a rectified flow
+``phantom64_reflow``  ``phantom64_flow`` straightened by reflow (the 2-rectified flow)
 ================  ===============================================================================
 
 Each name is registered in :data:`invdiff.priors.registry.NAMED_PRIORS`, which is how
@@ -23,7 +28,7 @@ from pathlib import Path
 from .loaders import load
 from .registry import register_named_prior
 
-SHIPPED = ("phantom64", "patches64")
+SHIPPED = ("phantom64", "patches64", "phantom64_flow", "patches64_flow", "phantom64_reflow")
 
 
 def shipped_prior_path(name: str) -> Path:
