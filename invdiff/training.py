@@ -271,6 +271,12 @@ def _flip(x: Tensor, generator: torch.Generator) -> Tensor:
     return torch.where(f[1].to(x.device)[:, None, None, None], x.flip(-2), x)
 
 
+def _same_layout(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Whether two networks have the same state-dict keys and shapes (one's weights load into the other)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(v.shape == sb[k].shape for k, v in sa.items())
+
+
 class Trainer:
     """One training run in ``out_dir`` (resumes from its checkpoint when there is one)."""
 
@@ -327,22 +333,27 @@ class Trainer:
         if resume and self.ckpt.exists():
             self.load_checkpoint(self.ckpt)
 
-    def _load_teacher(self, teacher: str, data: TrainData) -> FlowPrior:
+    @staticmethod
+    def _teacher_of_shape(teacher: str, data: TrainData) -> Prior:
+        """The prior ``settings.teacher`` names, refused unless it makes images of the data's shape."""
         from .priors import load
 
         prior = load(teacher)
-        if not isinstance(prior, FlowPrior):
-            raise ValueError(f"settings.teacher={teacher!r} is a {type(prior).__name__}, not a flow prior; reflow "
-                             "straightens a flow's ODE: pass a prior trained with objective=flow")
         want = (data.channels, data.size, data.size)
         if prior.shape != want:
             raise ValueError(f"settings.teacher={teacher!r} makes images of shape {list(prior.shape)}, but the data "
                              f"has shape {list(want)}")
+        return prior
+
+    def _load_teacher(self, teacher: str, data: TrainData) -> FlowPrior:
+        prior = self._teacher_of_shape(teacher, data)
+        if not isinstance(prior, FlowPrior):
+            raise ValueError(f"settings.teacher={teacher!r} is a {type(prior).__name__}, not a flow prior; reflow "
+                             "straightens a flow's ODE: pass a prior trained with objective=flow")
         if prior.path != make_path(self.s.path):
             raise ValueError(f"settings.teacher={teacher!r} is on the {prior.path.name} path, settings.path is "
                              f"{self.s.path!r}: use the teacher's path")
-        if type(prior.net) is not type(self.net) or prior.net.state_dict().keys() != self.net.state_dict().keys() or \
-                any(v.shape != w.shape for v, w in zip(prior.net.state_dict().values(), self.net.state_dict().values())):
+        if type(prior.net) is not type(self.net) or not _same_layout(prior.net, self.net):
             raise ValueError(f"settings.teacher={teacher!r} has another network than settings.arch={self.s.arch}; the "
                              "2-rectified flow starts from the teacher's weights: use the teacher's settings.arch")
         prior.requires_grad_(False)
@@ -352,23 +363,16 @@ class Trainer:
         """Consistency distillation's teacher: any diffusion prior (not a consistency prior) of the
         data's shape whose σ range covers [σ_min, σ_max]; sets ``from_teacher`` when its network is an
         ``invdiff.unet`` with this run's weights layout and σ_data (the student then starts from it)."""
-        from .priors import load
-
-        prior = load(teacher)
+        prior = self._teacher_of_shape(teacher, data)
         if isinstance(prior, ConsistencyPrior):
             raise ValueError(f"settings.teacher={teacher!r} is a ConsistencyPrior; distillation needs a diffusion "
                              "prior whose denoiser is E[x₀ | x] (e.g. settings.teacher=phantom64)")
-        want = (data.channels, data.size, data.size)
-        if prior.shape != want:
-            raise ValueError(f"settings.teacher={teacher!r} makes images of shape {list(prior.shape)}, but the data "
-                             f"has shape {list(want)}")
         if prior.sigma_min > SIGMA_MIN * (1 + 1e-9) or prior.sigma_max < SIGMA_MAX * (1 - 1e-9):
             raise ValueError(f"settings.teacher={teacher!r} covers σ in [{prior.sigma_min:.4g}, {prior.sigma_max:.4g}]; "
                              f"distillation runs its ODE on [{SIGMA_MIN}, {SIGMA_MAX}]")
         net = getattr(prior, "net", None)
         if isinstance(net, EDMPreconditioned) and net.precond == "edm" and net.sigma_data == self.s.sigma_data:
-            a, b = net.state_dict(), self.net.state_dict()
-            self.from_teacher = a.keys() == b.keys() and all(v.shape == b[k].shape for k, v in a.items())
+            self.from_teacher = _same_layout(net, self.net)
         prior.requires_grad_(False)
         return prior.to(self.device).eval()
 
