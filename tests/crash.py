@@ -27,6 +27,7 @@ def kill_and_resume(cmd: list[str], samples: Path, total: int, at_least: int = 2
     assert at_least <= len(done) < total, "the run finished before it could be killed: make it longer"
     assert all(is_complete(p) for p in done)  # finished samples are whole; nothing half-written under a final name
     first = {p.name: p.read_bytes() for p in done}
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, f"the resumed run exited {rerun.returncode}:\n{rerun.stdout[-3000:]}\n{rerun.stderr[-6000:]}"
     assert len(list(samples.glob("*.h5"))) == total and not list(samples.glob(".*"))
     assert all((samples / n).read_bytes() == b for n, b in first.items())  # kept, not recomputed
