@@ -23,8 +23,8 @@ from 1-RF). Deviation: the couplings are generated afresh for every batch (from 
 instead of once into a fixed set of pairs — the same coupling distribution, never a reused pair,
 and nothing to store; it costs ``2·teacher_steps − 1`` forward passes of the teacher per batch.
 
-``objective="cd"``: consistency distillation (Song, Dhariwal, Chen & Sutskever 2023, arXiv:2303.01469,
-Alg. 2). On the Karras grid σ_min = σ_1 < … < σ_N = σ_max (their eq. 5 / Karras et al. eq. 5, ρ = 7,
+``objective="consistency_distillation"`` (short name ``"cd"``): consistency distillation (Song,
+Dhariwal, Chen & Sutskever 2023, arXiv:2303.01469, Alg. 2). On the Karras grid σ_min = σ_1 < … < σ_N = σ_max (their eq. 5 / Karras et al. eq. 5, ρ = 7,
 N = ``cm_levels``), n ~ U{1, …, N−1}, x_{n+1} = x + σ_{n+1} z, one Heun step of the ``teacher``'s
 PF-ODE dx/dσ = (x − D(x, σ))/σ from σ_{n+1} to σ_n (:func:`~invdiff.priors.consistency.heun_step`,
 the step of the package's EDM Heun solver: two teacher calls) gives x̂_n, and
@@ -37,8 +37,8 @@ starts from the teacher's weights when the teacher is an ``invdiff.unet`` of the
 :func:`~invdiff.priors.unet.build_cm_unet` (the UNet inside the boundary-condition scalings, so
 f(x, σ_min) = x), exported as a :class:`~invdiff.priors.consistency.ConsistencyPrior`.
 
-``objective="ct"``: improved consistency training from data (Song & Dhariwal 2024, arXiv:2310.14189,
-"iCT"), no teacher: the same pair of levels, both noised with one z, x_i = x + σ_i z, the target
+``objective="consistency_training"`` (short name ``"ct"``): improved consistency training from data
+(Song & Dhariwal 2024, arXiv:2310.14189, "iCT"), no teacher: the same pair of levels, both noised with one z, x_i = x + σ_i z, the target
 network θ⁻ = stopgrad(θ) (their §3.2: no EMA target), weight λ(σ_i) = 1/(σ_{i+1} − σ_i) (§3.1), the
 discretisation curriculum N(k) = min(s₀ 2^⌊k/K'⌋, s₁) + 1 with K' = ⌊K/(log₂⌊s₁/s₀⌋ + 1)⌋,
 s₀ = 10, s₁ = 1280, K = ``steps`` (§3.4), and levels drawn from the discretised log-normal
@@ -90,7 +90,9 @@ from .priors.native import read_tagged
 from .priors.schedules import EDMSchedule, edm_sigma_grid
 from .priors.unet import build_cm_unet, build_flow_unet, build_unet
 
-OBJECTIVES = ("edm", "flow", "reflow", "cd", "ct")
+OBJECTIVES = ("edm", "flow", "reflow", "consistency_distillation", "consistency_training")
+#: short names accepted for the objectives (``settings.objective=cd``); stored under the full name
+OBJECTIVE_ALIASES = {"cd": "consistency_distillation", "ct": "consistency_training"}
 T_SAMPLINGS = ("logit_normal", "uniform")
 CM_DISTANCES = ("pseudo_huber", "l2")
 
@@ -141,8 +143,10 @@ class TrainSettings:
     ct_p_std: float = 2.0
 
     def __post_init__(self):
+        self.objective = OBJECTIVE_ALIASES.get(self.objective, self.objective)
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"settings.objective must be one of {OBJECTIVES}, got {self.objective!r}")
+            raise ValueError(f"settings.objective must be one of {OBJECTIVES} (or the short names "
+                             f"{', '.join(OBJECTIVE_ALIASES)}), got {self.objective!r}")
         if self.t_sampling not in T_SAMPLINGS:
             raise ValueError(f"settings.t_sampling must be one of {T_SAMPLINGS}, got {self.t_sampling!r}")
         make_path(self.path)
@@ -151,8 +155,8 @@ class TrainSettings:
                              "ODE makes the couplings, e.g. settings.teacher=phantom64_flow")
         if self.objective == "reflow" and (isinstance(self.teacher_steps, bool) or int(self.teacher_steps) < 1):
             raise ValueError(f"settings.teacher_steps must be >= 1, got {self.teacher_steps!r}")
-        if self.objective == "cd" and not self.teacher:
-            raise ValueError("objective=cd needs settings.teacher: the diffusion prior (file or shipped name) whose "
+        if self.objective == "consistency_distillation" and not self.teacher:
+            raise ValueError("objective=consistency_distillation needs settings.teacher: the diffusion prior (file or shipped name) whose "
                              "PF-ODE is distilled, e.g. settings.teacher=phantom64")
         if self.cm_distance not in CM_DISTANCES:
             raise ValueError(f"settings.cm_distance must be one of {CM_DISTANCES}, got {self.cm_distance!r}")
@@ -288,7 +292,7 @@ class Trainer:
         self.world = int(os.environ.get("WORLD_SIZE", 1))
         self.progress = progress and self.rank == 0
         self.flow = settings.objective in ("flow", "reflow")
-        self.cm = settings.objective in ("cd", "ct")
+        self.cm = settings.objective in ("consistency_distillation", "consistency_training")
         if self.flow:
             self.arch, self.architecture, build = dict(channels=data.channels, **settings.arch), "invdiff.flow_unet", \
                 build_flow_unet
@@ -306,7 +310,7 @@ class Trainer:
         if settings.objective == "reflow":
             self.teacher = self._load_teacher(settings.teacher, data)
             self.net.load_state_dict(self.teacher.net.state_dict())  # 2-RF starts from 1-RF (Liu et al. §5)
-        if settings.objective == "cd":
+        if settings.objective == "consistency_distillation":
             self.teacher = self._load_cd_teacher(settings.teacher, data)
             self.levels = karras_levels(settings.cm_levels)
             if self.from_teacher:  # the student starts from the teacher's weights (Song et al. 2023, App. C)
@@ -444,15 +448,16 @@ class Trainer:
         Settings missing from an older checkpoint take the defaults they had then."""
         defaults = {f.name: f.default for f in fields(TrainSettings) if f.default is not MISSING}
         old = {k: saved.get(k, defaults.get(k)) for k in defaults}
+        old["objective"] = OBJECTIVE_ALIASES.get(old["objective"], old["objective"])  # (stored as "cd" before)
         new = asdict(self.s)
         keys = ["objective"]
         if self.s.objective in ("flow", "reflow"):
             keys += ["path", "t_sampling"] + (["t_mean", "t_std"] if self.s.t_sampling == "logit_normal" else [])
         if self.s.objective == "reflow":
             keys += ["teacher", "teacher_steps"]
-        if self.s.objective == "cd":
+        if self.s.objective == "consistency_distillation":
             keys += ["teacher", "cm_levels", "cm_target_ema", "cm_distance"]
-        if self.s.objective == "ct":
+        if self.s.objective == "consistency_training":
             keys += ["steps", "ct_s0", "ct_s1", "ct_p_mean", "ct_p_std", "cm_distance"]
         for k in keys:
             a, b = old.get(k), new[k]
@@ -485,9 +490,9 @@ class Trainer:
                 g["lr"] = self.lr_at(self.step)
             if self.flow:
                 loss = flow_loss(model, x, self.gen, self.s, eps)
-            elif self.s.objective == "cd":
+            elif self.s.objective == "consistency_distillation":
                 loss = cd_loss(model, self.target, self.teacher, x, self.gen, self.s, self.levels)
-            elif self.s.objective == "ct":
+            elif self.s.objective == "consistency_training":
                 loss = ct_loss(model, self.net, x, self.gen, self.s, self.step)
             else:
                 loss = edm_loss(model, x, self.gen, self.s)

@@ -307,6 +307,11 @@ def test_consistency_training_resumes_bit_for_bit_and_refuses_other_settings(tmp
 def test_consistency_settings_are_checked():
     with pytest.raises(ValueError, match="needs settings.teacher"):
         tiny_settings(objective="cd")
+    # DESIGN.md's names are the stored ones; cd / ct are accepted short names
+    assert tiny_settings(objective="ct").objective == "consistency_training"
+    assert tiny_settings(objective="cd", teacher="x").objective == "consistency_distillation"
+    with pytest.raises(ValueError, match="short names cd, ct"):
+        tiny_settings(objective="consistency")
     with pytest.raises(ValueError, match="cm_distance"):
         tiny_settings(cm_distance="lpips")
     from invdiff.training import ct_level_probs, ct_levels, karras_levels
