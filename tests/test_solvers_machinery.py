@@ -71,6 +71,11 @@ CALLS = {
     "flowdps": (dict(steps=6), 6),
     "dflow": (dict(steps=3, ode_steps=2, ode="euler"), 4 * 2 + 2),
     "dflow-midpoint": (dict(steps=2, ode_steps=2, ode="midpoint", init="noise"), 3 * 2 * 2),
+    # consistency-model solvers: one call per step
+    "cm4ir": (dict(steps=4), 4),
+    "cm4ir-zeta": (dict(steps=3, zeta=3.0, deltas=[0.1, 0.0, 0.2]), 3),
+    "pnp_cm": (dict(steps=4), 4),
+    "pnp_cm-cg": (dict(steps=3, data_step="cg", op=REFLECT_BLUR), 3),
 }
 
 
@@ -167,7 +172,7 @@ def test_nan_from_the_network_stops_with_a_clear_error(key):
         run(key, measurement(key, n=2), prior=prior, generator=torch.Generator().manual_seed(0))
 
 
-NONLINEAR_OK = {"dps", "reddiff", "daps", "pnpdm", "pnp_flow", "flowdps", "dflow"}
+NONLINEAR_OK = {"dps", "reddiff", "daps", "pnpdm", "pnp_flow", "flowdps", "dflow", "pnp_cm"}
 # shorter inner loops where a test runs a solver's defaults (the paper's 100-level grid and 100
 # Langevin steps per iteration/level change nothing these tests check)
 FAST = {"pnpdm": dict(prior_steps=10, langevin_steps=20), "daps": dict(langevin_steps=20),

@@ -49,6 +49,7 @@ TOY = {  # solver -> experiment file with toy-tuned parameters, or None for the 
     "dps": "toy_dps", "mcg": "toy_mcg", "reddiff": "toy_reddiff", "tmpd": "toy_tmpd",
     "daps": "toy_daps", "pnpdm": "toy_pnpdm", "mcgdiff": "toy_mcgdiff",
     "ot_ode": None, "pnp_flow": "toy_pnp_flow", "ictm": "toy_ictm", "flowdps": "toy_flowdps", "dflow": "toy_dflow",
+    "cm4ir": "toy_cm4ir", "pnp_cm": "toy_pnp_cm",
 }
 #: (solver, case) pairs that the sampler bound does not apply to, with the test that covers them instead
 NOT_A_SAMPLER_HERE = {

@@ -7,7 +7,10 @@ Gradient-guided family: ``dps``, ``mcg``, ``reddiff``, ``tmpd``. Sampling-based 
 (flow time on an interpolant path, :mod:`~invdiff.solvers._flow`; any prior, a flow prior's own
 path by default): ``ot_ode`` (ΠGDM guidance in the flow ODE), ``pnp_flow`` (plug-and-play with the
 flow's denoiser; a point estimator), ``ictm`` (trajectory matching; MAP), ``flowdps``, ``dflow``
-(differentiates through the ODE; an optimiser). Baselines
+(differentiates through the ODE; an optimiser). Consistency family (few-step solvers written for
+consistency priors, run on every prior through its denoiser): ``cm4ir`` (back-projection guidance
+with noise injection), ``pnp_cm`` (PnP-ADMM with the consistency function as the prior's
+proximal step). Baselines
 (:mod:`~invdiff.solvers.baselines`, same call shape, no posterior sampling): ``pinv``, ``tv``, ``dpir``.
 
 :data:`SOLVERS` is the one registry of solvers by name: ``invdiff.reconstruct(..., "tv")`` looks
@@ -23,6 +26,7 @@ arguments of ``invdiff.reconstruct``). :func:`vp_sigmas` is the σ grid of the V
 
 from ._common import SolverDivergedError, vp_sigmas
 from .baselines import dpir, pinv, tv
+from .cm4ir import cm4ir
 from .daps import daps
 from .ddnm import ddnm
 from .ddrm import ddrm
@@ -36,6 +40,7 @@ from .mcgdiff import mcgdiff
 from .network import COMPILE_MODES, check_call, runtime
 from .otode import ot_ode
 from .pigdm import pigdm
+from .pnpcm import pnp_cm
 from .pnpdm import pnpdm
 from .pnpflow import pnp_flow
 from .reddiff import reddiff
@@ -44,7 +49,7 @@ from .tmpd import tmpd
 
 #: Every solver by name (its function's ``__name__``): the posterior samplers, then the baselines.
 SOLVERS = {f.__name__: f for f in (ddrm, ddnm, pigdm, diffpir, score_sde, dps, mcg, reddiff, tmpd, daps, pnpdm,
-                                    mcgdiff, ot_ode, pnp_flow, ictm, flowdps, dflow, pinv, tv, dpir)}
+                                    mcgdiff, ot_ode, pnp_flow, ictm, flowdps, dflow, cm4ir, pnp_cm, pinv, tv, dpir)}
 #: The names in :data:`SOLVERS` of the classical baselines (no posterior sampling: ``pinv`` and
 #: ``tv`` use no prior, ``dpir`` plugs the prior's denoiser into half-quadratic splitting).
 BASELINES = frozenset({"pinv", "tv", "dpir"})
