@@ -24,11 +24,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
-from test_consistency import ExactF
 
 import operators
 from invdiff import exact_posterior as H
 from invdiff.priors import ConsistencyPrior, CountingPrior
+from invdiff.priors.analytic import ExactConsistencyNetwork as ExactF
+from invdiff.priors.analytic import exact_consistency_prior
 from invdiff.solvers.cm4ir import cm4ir, cm4ir_sigmas
 
 EPS, T = 0.002, 80.0
@@ -44,8 +45,7 @@ def gen(seed: int) -> torch.Generator:
 def exact_cm(prior) -> ConsistencyPrior:
     """A consistency prior whose f is the exact consistency function of the Gaussian ``prior``,
     with the prior's own affine map (model ↔ physical)."""
-    return ConsistencyPrior(ExactF(prior), shape=prior.shape, sigma_range=(EPS, T), data_range=prior.data_range,
-                            model_range=prior.model_range)
+    return exact_consistency_prior(prior, (EPS, T))
 
 
 def sample(case, prior, n, seed=0, sigma_y=None, **kw):

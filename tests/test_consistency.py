@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from invdiff.priors import ConsistencyPrior, CountingPrior, GaussianPrior, load, save
-from invdiff.priors.analytic import exact_consistency_function
+from invdiff.priors.analytic import ExactConsistencyNetwork, exact_consistency_function
 from invdiff.priors.consistency import (ConsistencyPreconditioned, consistency_sampling, consistency_scalings,
                                         default_sigmas, heun_step)
 from invdiff.priors.samplers import edm_heun
@@ -35,19 +35,7 @@ GAUSS = GaussianPrior(torch.tensor([0.8, -0.5, 0.3], dtype=F64), spd(3, 5, 0.05,
 DIAG = GaussianPrior(torch.tensor([0.2, -0.1], dtype=F64), torch.tensor([0.3, 0.04], dtype=F64))
 
 
-class ExactF(torch.nn.Module):
-    """The raw network F for which c_skip x + c_out F(c_in x, c_noise) = f* (solved from the scalings)."""
-
-    def __init__(self, prior: GaussianPrior, sigma_data: float = 0.5):
-        super().__init__()
-        self.prior, self.sigma_data = prior, sigma_data
-
-    def forward(self, x_in, c_noise):
-        sigma = torch.exp(4 * c_noise).reshape(-1, *([1] * (x_in.ndim - 1)))
-        c_skip, c_out, c_in, _ = consistency_scalings(sigma, self.sigma_data, EPS)
-        x = x_in / c_in
-        f = exact_consistency_function(self.prior, x, sigma.reshape(-1), EPS)
-        return torch.where(c_out == 0, torch.zeros_like(x), (f - c_skip * x) / c_out)
+ExactF = ExactConsistencyNetwork  # the raw F for which c_skip x + c_out F(c_in x, c_noise) = f*
 
 
 def exact_cm(prior: GaussianPrior) -> ConsistencyPrior:

@@ -19,8 +19,10 @@ import torch
 
 from invdiff import exact_posterior as H
 from invdiff import solvers
-from invdiff.priors import ConsistencyPrior, GaussianPrior
-from test_consistency import EPS, T, ExactF
+from invdiff.priors import GaussianPrior
+from invdiff.priors.analytic import exact_consistency_prior
+
+EPS, T = 0.002, 80.0
 
 CASES = {name: H.CASES[name]() for name in ("inpaint", "blur")}
 FEW = {"mcgdiff": dict(particles=4), "daps": dict(langevin_steps=3, ode_steps=1, ode_sigma_min=0.0), "pnpdm": dict(prior_steps=4),
@@ -34,8 +36,7 @@ def gen(seed: int) -> torch.Generator:
 def cm_and_twin(case):
     """The exact consistency prior of the case's Gaussian, and the Gaussian with the same σ range."""
     p = case.prior
-    cm = ConsistencyPrior(ExactF(p), shape=p.shape, sigma_range=(EPS, T), data_range=p.data_range,
-                          model_range=p.model_range)
+    cm = exact_consistency_prior(p, (EPS, T))
     twin = GaussianPrior(p.means[0], p.cov_matrices()[0], shape=p.shape, data_range=p.data_range,
                          model_range=p.model_range)
     twin.sigma_min, twin.sigma_max = cm.sigma_min, cm.sigma_max

@@ -20,7 +20,9 @@ import math
 import pytest
 import torch
 from hydra import compose, initialize_config_module
-from test_consistency import EPS, ExactF, T
+from invdiff.priors.analytic import exact_consistency_prior
+
+EPS, T = 0.002, 80.0
 
 import operators
 from invdiff import exact_posterior as H
@@ -39,8 +41,7 @@ def gen(seed: int = 0) -> torch.Generator:
 
 def exact_cm(prior: GaussianPrior) -> ConsistencyPrior:
     """The consistency prior whose f is the exact consistency function of ``prior`` (same affine map)."""
-    return ConsistencyPrior(ExactF(prior), shape=prior.shape, sigma_range=(EPS, T), data_range=prior.data_range,
-                            model_range=prior.model_range)
+    return exact_consistency_prior(prior, (EPS, T))
 
 
 def dense(op, n: int) -> torch.Tensor:

@@ -343,3 +343,34 @@ def exact_consistency_function(prior: GaussianMixturePrior, x: Tensor, sigma, si
         Q = prior.Q[0]
         out = prior.means + (ratio * (dev @ Q)) @ Q.T
     return out.reshape(x.shape).to(x.dtype)
+
+
+class ExactConsistencyNetwork(torch.nn.Module):
+    """The raw network F for which c_skip(σ) x + c_out(σ) F(c_in(σ) x, c_noise(σ)) is the exact f* of
+    a Gaussian prior (:func:`exact_consistency_function`; the scalings solved for F), so that a
+    :class:`~invdiff.priors.consistency.ConsistencyPrior` around it is the exact consistency model —
+    the oracle of the consistency solvers' tests. Called as ``F(x_in, c_noise)`` with c_noise = ¼ ln σ."""
+
+    def __init__(self, prior: GaussianMixturePrior, sigma_data: float = 0.5, sigma_min: float = 0.002):
+        super().__init__()
+        self.prior, self.sigma_data, self.sigma_min = prior, float(sigma_data), float(sigma_min)
+
+    def forward(self, x_in: Tensor, c_noise: Tensor) -> Tensor:
+        from .consistency import consistency_scalings
+
+        sigma = torch.exp(4 * c_noise).reshape(-1, *([1] * (x_in.ndim - 1)))
+        c_skip, c_out, c_in, _ = consistency_scalings(sigma, self.sigma_data, self.sigma_min)
+        x = x_in / c_in
+        f = exact_consistency_function(self.prior, x, sigma.reshape(-1), self.sigma_min)
+        return torch.where(c_out == 0, torch.zeros_like(x), (f - c_skip * x) / c_out)
+
+
+def exact_consistency_prior(prior: GaussianMixturePrior, sigma_range=(0.002, 80.0), sigma_data: float = 0.5):
+    """A :class:`~invdiff.priors.consistency.ConsistencyPrior` whose consistency function is the exact
+    f* of the Gaussian ``prior`` (same shape, data and model ranges), boundary σ_min = ``sigma_range[0]``."""
+    from .consistency import ConsistencyPrior
+
+    lo = float(sigma_range[0])
+    return ConsistencyPrior(ExactConsistencyNetwork(prior, sigma_data, lo), shape=prior.shape,
+                            sigma_range=sigma_range, sigma_data=sigma_data, data_range=prior.data_range,
+                            model_range=prior.model_range)
