@@ -13,6 +13,10 @@ name              what
                   settings.objective=flow``)
 ``patches64_flow``  the ``patches64`` data, network size and budget as a rectified flow
 ``phantom64_reflow``  ``phantom64_flow`` straightened by reflow (the 2-rectified flow)
+``phantom64_cm``  ``phantom64`` distilled into a consistency model
+                  (:class:`~invdiff.priors.consistency.ConsistencyPrior`; ``invdiff-train
+                  settings.objective=consistency_distillation settings.teacher=phantom64``)
+``patches64_cm``  ``patches64`` distilled into a consistency model
 ================  ===============================================================================
 
 Each name is registered in :data:`invdiff.priors.registry.NAMED_PRIORS`, which is how
@@ -28,7 +32,8 @@ from pathlib import Path
 from .loaders import load
 from .registry import register_named_prior
 
-SHIPPED = ("phantom64", "patches64", "phantom64_flow", "patches64_flow", "phantom64_reflow")
+SHIPPED = ("phantom64", "patches64", "phantom64_flow", "patches64_flow", "phantom64_reflow", "phantom64_cm",
+           "patches64_cm")
 
 
 def shipped_prior_path(name: str) -> Path:
