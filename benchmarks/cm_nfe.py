@@ -57,13 +57,16 @@ TASKS = {
     "sr2": dict(family="patches64", sigma_y=0.025, title="patches64 ×2 super-resolution"),
 }
 CM_SOLVERS = ("cm4ir", "pnp_cm", "ddnm", "dps", "daps")
-#: settings beside the paper defaults, per task: DPS's ζ (the shipped-prior tables'); CM4IR's time
+#: settings beside the paper defaults, per task: DPS's ζ (the shipped-prior tables'); DAPS's one
+#: consistency call per level; CM4IR's time
 #: points for 64×64 images from the paper's ImageNet-64 SR×2 settings at the same σ_y (i_N 50, γ 0.01
 #: at σ_y 0.01; i_N 75, γ 0.02 at 0.025; authors' evaluate_CM4IR.sh); PnP-CM's from the authors'
 #: task files (task_specific_args/): fastMRI R4 / R8 for MRI 4× / 8×, CelebA-HQ inpainting and
 #: SR for the patches tasks — their per-step δ_n apply at their N = 4 (``DELTAS4``), δ = 0.1 otherwise
 SOLVER_KW = {"dps": {"mri4x": dict(zeta=1.0), "mri8x": dict(zeta=1.0), "inpaint": dict(zeta=0.5),
                      "sr2": dict(zeta=0.3)},
+             # DAPS on a consistency prior: one call to σ = 0 per level is DAPS with the exact ODE (README)
+             "daps": {t: dict(ode_steps=1, ode_sigma_min=0.0) for t in ("mri4x", "mri8x", "inpaint", "sr2")},
              "cm4ir": {"mri4x": dict(i_N=50, gamma=0.01), "mri8x": dict(i_N=50, gamma=0.01),
                        "inpaint": dict(i_N=75, gamma=0.02), "sr2": dict(i_N=75, gamma=0.02)},
              "pnp_cm": {"mri4x": dict(i_N=50, gamma=0.1, rhos=(-4.5, -1.0), mu_0=0.2),
