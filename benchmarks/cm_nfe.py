@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from flow_nfe import distances, problem as flow_problem, run_solver, steps_for
+from flow_nfe import distances, plot, problem as flow_problem, run_solver, steps_for, unconditional_table
 from invdiff import phantoms as P
 from invdiff import solvers
 from invdiff.priors import CountingPrior, load
@@ -180,39 +180,10 @@ def write(args, cfg, results, unc, n_images, cm_label):
         lines += ["", f"Best consistency-prior result at ≤ 4 NFE: {best[1]}, {best[4]:.2f} dB ({best[6]} NFE)"
                   + "".join(f"; ΠGDM on the diffusion prior at {n} NFE: {r[4]:.2f} dB ({best[4] - r[4]:+.2f} dB)"
                             for n, r in ref.items() if r is not None) + "."]
-    lines += ["", "## Unconditional samples", "",
-              "256 samples (seed 7) against 256 held-out images. FD-16: Fréchet distance of 16×16 average-pooled "
-              "images; SW-pix: sliced W2 of pixel vectors. Lower is closer to the data.", "",
-              "| samples | NFE | FD-16 | SW-pix |", "|---|---|---|---|"]
-    for label, nfe, fd, sw in unc:
-        lines.append(f"| {label} | {nfe} | {fd:.3f} | {sw:.4f} |")
+    lines += unconditional_table("Unconditional samples", unc)
     out.write_text("\n".join(lines) + "\n")
-    plot(out.with_suffix(".png"), results, cfg)
+    plot(out.with_suffix(".png"), results, cfg, markers={"consistency": "o-", "diffusion": "s--", "flow": "^:"})
     print("wrote", out)
-
-
-def plot(path: Path, results, cfg) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    marker = {"consistency": "o-", "diffusion": "s--", "flow": "^:"}
-    for label, name in sorted({(r[0], r[1]) for r in results}):
-        pts = [(r[6], r[4]) for r in results if (r[0], r[1]) == (label, name) and r[3] is not None
-               and math.isfinite(r[4])]
-        if pts:
-            xs, ys = zip(*pts)
-            kind = label.split(" ")[0]
-            ax.plot(xs, ys, marker.get(kind, "x-"), label=f"{kind} {name}")
-    ax.set_xscale("log")
-    ax.set_xlabel("NFE (forward network calls)")
-    ax.set_ylabel("PSNR (dB)")
-    ax.set_title(cfg["title"])
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

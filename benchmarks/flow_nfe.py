@@ -219,12 +219,7 @@ def write(args, cfg, priors, results, unc, straight, n_images):
         lines += ["", f"Goal check: best flow result at ≤ 10 NFE — {bf[0]} {bf[1]}, {bf[4]:.2f} dB ({bf[6]} NFE) — "
                       f"against the best diffusion result at ≤ 100 NFE — {bd[1]}, {bd[4]:.2f} dB ({bd[6]} NFE): "
                       f"{bf[4] - bd[4]:+.2f} dB (goal: ≥ −0.5 dB)."]
-    lines += ["", "## Unconditional samples at ≤ 10 NFE", "",
-              "256 samples (seed 7) against 256 held-out images. FD-16: Fréchet distance of 16×16 average-pooled "
-              "images; SW-pix: sliced W2 of pixel vectors. Lower is closer to the data.", "",
-              "| samples | NFE | FD-16 | SW-pix |", "|---|---|---|---|"]
-    for label, nfe, fd, sw in unc:
-        lines.append(f"| {label} | {nfe} | {fd:.3f} | {sw:.4f} |")
+    lines += unconditional_table("Unconditional samples at ≤ 10 NFE", unc)
     if straight:
         lines += ["", "Straightness of each flow prior's ODE (Liu et al. 2023, eq. 3: ∫ E‖(x₀ − x₁) − v‖² dt per pixel, "
                   "64 trajectories of 50 Euler steps; 0 = straight paths, which one Euler step integrates exactly): "
@@ -234,22 +229,37 @@ def write(args, cfg, priors, results, unc, straight, n_images):
     print("wrote", out)
 
 
+def unconditional_table(title: str, unc) -> list[str]:
+    """The markdown section of the unconditional rows ``(label, NFE, FD-16, SW-pix)``."""
+    return ["", f"## {title}", "",
+            "256 samples (seed 7) against 256 held-out images. FD-16: Fréchet distance of 16×16 average-pooled "
+            "images; SW-pix: sliced W2 of pixel vectors. Lower is closer to the data.", "",
+            "| samples | NFE | FD-16 | SW-pix |", "|---|---|---|---|"] + \
+        [f"| {label} | {nfe} | {fd:.3f} | {sw:.4f} |" for label, nfe, fd, sw in unc]
+
+
 def argv_is_cli() -> bool:
     return Path(sys.argv[0]).name == "flow_nfe.py"
 
 
-def plot(path: Path, results, cfg) -> None:
+def plot(path: Path, results, cfg, markers=None) -> None:
+    """PSNR against measured NFE, one line per (prior, solver); rows with no run (steps ``None``) or a
+    NaN PSNR are left out. ``markers``: line style by the label's first word (default: diffusion
+    solid, others dashed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    markers = markers or {"diffusion": "o-"}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     keys = sorted({(r[0], r[1]) for r in results})
     for label, name in keys:
-        pts = [(r[6], r[4]) for r in results if (r[0], r[1]) == (label, name) and math.isfinite(r[4])]
+        pts = [(r[6], r[4]) for r in results if (r[0], r[1]) == (label, name) and r[3] is not None
+               and math.isfinite(r[4])]
         if pts:
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, "o-" if label.startswith("diffusion") else "s--", label=f"{label.split(' ')[0]} {name}")
+            kind = label.split(" ")[0]
+            ax.plot(xs, ys, markers.get(kind, "s--"), label=f"{kind} {name}")
     ax.set_xscale("log")
     ax.set_xlabel("NFE (forward network calls)")
     ax.set_ylabel("PSNR (dB)")
