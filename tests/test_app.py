@@ -135,6 +135,7 @@ def fill_user_files(name, cfg, shape, tmp_path):
 # small lr (its paper lr diverges on transmission CT), DPS with a smaller ζ, FlowDPS with a ζ far
 # below 1/‖A‖² of transmission CT's photon counts (~1e4), D-Flow with a 2-step ODE (wiring, not quality)
 FAST = {"daps": {"langevin_steps": 3, "ode_steps": 1, "tau": None, "lr": 1e-6}, "pnpdm": {"prior_steps": 4},
+        "pnp_cm": {"dc_optimizer": "adam", "dc_lr": 0.01},  # (SGD's default rate overshoots transmission-CT counts)
         "mcgdiff": {"particles": 4}, "dps": {"zeta": 0.3}, "flowdps": {"zeta": 1e-9}, "dflow": {"ode_steps": 2}}
 
 

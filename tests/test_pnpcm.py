@@ -20,16 +20,16 @@ import math
 import pytest
 import torch
 from hydra import compose, initialize_config_module
-from invdiff.priors.analytic import exact_consistency_prior
-
-EPS, T = 0.002, 80.0
 
 import operators
 from invdiff import exact_posterior as H
 from invdiff.priors import ConsistencyPrior, CountingPrior, GaussianPrior
-from invdiff.solvers import check_call
+from invdiff.priors.analytic import exact_consistency_prior
+from invdiff.solvers import SolverDivergedError, check_call
 from invdiff.solvers._common import setup
 from invdiff.solvers.pnpcm import DataStep, pnp_cm, pnp_cm_schedule
+
+EPS, T = 0.002, 80.0
 
 F64 = torch.float64
 CASES = {name: make() for name, make in H.CASES.items()}
@@ -276,6 +276,20 @@ def test_a_nonlinear_operator_runs_the_gradient_data_step():
     assert float((op.A(out) - y).norm()) < 0.5 * float((op.A(prior.means.reshape(1, *shape)) - y).norm())
     alone = pnp_cm(y[1:2], op, prior, generator=[gen(12)], **kw)
     torch.testing.assert_close(out[1:2], alone, rtol=1e-9, atol=1e-9)
+
+
+def test_a_gradient_data_step_out_of_scale_stops_with_a_clear_error_and_adam_runs():
+    """Transmission CT counts (I0 = 10⁴) against SGD's default dc_lr 5·10⁻⁴: the steps overshoot (some
+    overflow exp(−Rx) and are taken back); the run stops naming dc_lr and Adam, never returns the
+    far-off iterate. Adam (steps of about dc_lr whatever the gradient's scale) fits the counts."""
+    shape = (1, 8, 8)
+    prior = GaussianPrior(torch.full((64,), 0.5), 0.05, shape=shape)
+    op = operators.TransmissionCT(shape, angles=5, I0=1e4)
+    y = op.A(prior.sample(2, gen(0)))
+    with pytest.raises(SolverDivergedError, match=r"dc_lr = 0.0005 is too large.*dc_optimizer=adam"):
+        pnp_cm(y, op, prior, sigma_y=100.0, steps=2, generator=[gen(1), gen(2)])
+    out = pnp_cm(y, op, prior, sigma_y=100.0, steps=2, generator=[gen(1), gen(2)], dc_optimizer="adam", dc_lr=0.01)
+    assert torch.isfinite(out).all()  # (and every data step lowered its objective, else it would have stopped)
 
 
 def test_batch_independence_and_determinism():

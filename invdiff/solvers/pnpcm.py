@@ -71,6 +71,11 @@ Deviations:
   range as the authors' ``torch.clamp``): priors here need not be bounded.
 * σ_cm is clipped to the prior's σ range (the authors clip both σ_n and σ_cm to [0.002, 80]; σ_n
   never reaches a bound: σ_n ≥ √(1 − 0.9999) = 0.01).
+* A gradient data step whose result overflows (a non-finite loss or gradient, e.g. exp in a
+  transmission model far from its scale) is taken back and that sample's learning rate multiplied by
+  0.1 (``OVERFLOW_SHRINK``), and a data step that ends above its starting objective stops the run
+  with :class:`~invdiff.solvers.SolverDivergedError` naming ``dc_lr`` / ``dc_optimizer=adam``
+  (the authors' code has neither guard; finite descending steps are untouched).
 * The nonlinear data step runs per sample (its own learning rate and loss comparison per batch
   item, so batch items never interact; the authors compare the batch's summed loss) and each step
   uses its own gradient (the authors' loop never zeroes ``.grad``, so their step follows the
@@ -193,6 +198,10 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+#: learning-rate factor after a data step whose result overflows (a deviation: the authors' code has no guard)
+OVERFLOW_SHRINK = 0.1
+
+
 class DataStep:
     """Step 1, ``z = argmin_z ½‖A z − y‖² + ρ/2 ‖z − v‖²`` in model space (``pb.y``), by ``mode``:
     ``"prox"`` the operator's ``prox_l2(v, y, 1/ρ)``; ``"cg"`` ``cg_iters`` CG iterations from 0 on
@@ -224,6 +233,7 @@ class DataStep:
         lr = torch.full((pb.B,), self.lr, dtype=torch.float64, device=z.device)
         prev = torch.zeros_like(lr)
         m = s = torch.zeros_like(z)
+        z_prev = z.detach()
         for k in range(1, self.steps + 1):
             z_in = z.detach().requires_grad_(True)
             with torch.enable_grad():
@@ -231,10 +241,40 @@ class DataStep:
                     + 0.5 * rho * (z_in - v).square().flatten(1).sum(1)
                 (g,) = torch.autograd.grad(loss.sum(), z_in)
             g, loss = g.to(torch.float64), loss.detach().to(torch.float64)
+            if k == 1:
+                start = loss
+            bad = ~(torch.isfinite(loss) & torch.isfinite(g).flatten(1).all(1))
+            if bool(bad.any()):  # the last step overflowed (e.g. exp in a transmission model): take it back
+                keep = pb.per_sample(bad).bool()
+                z = torch.where(keep, z_prev, z.detach())
+                g = torch.where(keep, torch.zeros_like(g), g)  # no step for them this round
+                lr = torch.where(bad, lr * OVERFLOW_SHRINK, lr)
+                loss = torch.where(bad, prev, loss)
+            z_prev = z.detach()
             if self.optimizer == "adam":
                 m, s = b1 * m + (1 - b1) * g, b2 * s + (1 - b2) * g * g
                 g = (m / (1 - b1**k)) / ((s / (1 - b2**k)).sqrt() + 1e-8)
             z = z.detach() - pb.per_sample(lr) * g
             lr = torch.where(loss > prev, lr * self.decay, lr)
             prev = loss
+        ok = pb.per_sample(torch.isfinite(z).flatten(1).all(1)).bool()
+        z = torch.where(ok, z, z_prev)  # (a last step into overflow is not taken)
+        with torch.no_grad():
+            end = self._objective(z, v, rho)
+        worse = ~(end <= start * (1 + 1e-9) + 1e-300)
+        if bool(worse.any()):
+            i = int(worse.nonzero()[0])
+            from ._common import SolverDivergedError
+
+            raise SolverDivergedError(
+                f"pnp_cm: the gradient data step raised its objective ½‖A(z) − y‖² + ρ/2‖z − v‖² from "
+                f"{float(start[i]):.4g} to {float(end[i]):.4g} (item {i}) in {self.steps} steps: dc_lr = {self.lr:g} "
+                f"is too large for this operator's scale (measurements up to {float(pb.y.abs().max()):.4g} in model "
+                "units). Use dc_optimizer=adam (steps of about dc_lr whatever the gradient's scale) or a smaller "
+                "dc_lr. Nothing was written.")
         return z
+
+    def _objective(self, z: Tensor, v: Tensor, rho: float) -> Tensor:
+        pb = self.pb
+        return (0.5 * pb.residual(z).square().flatten(1).sum(1) + 0.5 * rho * (z - v).square().flatten(1).sum(1)
+                ).to(torch.float64)
