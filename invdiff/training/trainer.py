@@ -1,59 +1,5 @@
-"""Training the project's networks (``invdiff-train``): EDM denoising score matching, flow matching,
-reflow, and consistency distillation / training.
-
-``objective="edm"`` (Karras et al. 2022, eq. 2 with Table 1's choices): σ ~ logN(P_mean, P_std²),
-``λ(σ) = (σ² + σ_d²)/(σ σ_d)²``, ``L = λ(σ) ‖D(x + σn; σ) − x‖²`` (per-pixel mean); the network is
-:func:`~invdiff.priors.unet.build_unet` (EDM-preconditioned), exported as a ``NetworkPrior``.
-
-``objective="flow"``: conditional flow matching (Lipman et al. 2023, arXiv:2210.02747, eq. 9 with the
-conditional OT path, eq. 20–23) = rectified flow's loss (Liu, Gong & Liu 2023, arXiv:2209.03003,
-eq. 1): on an interpolant path x_t = α(t) x₀ + σ(t) ε (:mod:`invdiff.priors.flow`, ``linear`` by
-default), ``L = ‖v_θ(x_t, t) − (α'(t) x₀ + σ'(t) ε)‖²`` (per-pixel mean, weight 1 at every t), with t
-drawn ``uniform`` on [0, 1] (default: Lipman et al.; Liu et al.) or ``logit_normal`` (t =
-sigmoid(m + s·n), Esser et al. 2024, arXiv:2403.03206, eq. 19 and §5.1: m = 0, s = 1 ranked first of
-their rectified-flow variants for text-to-image FID; it puts 0.2 % of its draws below t = 0.05, where
-posterior solvers spend their last steps, against 5 % for uniform — the reason for the default). The
-network is :func:`~invdiff.priors.unet.build_flow_unet` (the same UNet, no preconditioning),
-exported as a :class:`~invdiff.priors.flow.FlowPrior`.
-
-``objective="reflow"``: the 2-rectified flow (Liu et al. 2023, §2.2, Alg. 1 with k = 2): the same
-loss on couplings (x̂₀, ε) where x̂₀ is the ``teacher`` flow's ODE solution from ε (Heun,
-``teacher_steps`` steps), the student initialised from the teacher's weights (their §5: 2-RF starts
-from 1-RF). Deviation: the couplings are generated afresh for every batch (from the run's generator)
-instead of once into a fixed set of pairs — the same coupling distribution, never a reused pair,
-and nothing to store; it costs ``2·teacher_steps − 1`` forward passes of the teacher per batch.
-
-``objective="consistency_distillation"`` (short name ``"cd"``): consistency distillation (Song,
-Dhariwal, Chen & Sutskever 2023, arXiv:2303.01469, Alg. 2). On the Karras grid σ_min = σ_1 < … < σ_N = σ_max (their eq. 5 / Karras et al. eq. 5, ρ = 7,
-N = ``cm_levels``), n ~ U{1, …, N−1}, x_{n+1} = x + σ_{n+1} z, one Heun step of the ``teacher``'s
-PF-ODE dx/dσ = (x − D(x, σ))/σ from σ_{n+1} to σ_n (:func:`~invdiff.priors.consistency.heun_step`,
-the step of the package's EDM Heun solver: two teacher calls) gives x̂_n, and
-
-    L = λ(σ_n) d(f_θ(x_{n+1}, σ_{n+1}), f_θ⁻(x̂_n, σ_n)),   θ⁻ ← stopgrad(μ θ⁻ + (1 − μ) θ),
-
-λ ≡ 1, μ = ``cm_target_ema`` (0.95 and N = 18: their CIFAR-10 CD settings, App. C). The student
-starts from the teacher's weights when the teacher is an ``invdiff.unet`` of the same ``arch`` and
-σ_data (as they initialise from the teacher), else from the usual initialisation. The network is
-:func:`~invdiff.priors.unet.build_cm_unet` (the UNet inside the boundary-condition scalings, so
-f(x, σ_min) = x), exported as a :class:`~invdiff.priors.consistency.ConsistencyPrior`.
-
-``objective="consistency_training"`` (short name ``"ct"``): improved consistency training from data
-(Song & Dhariwal 2024, arXiv:2310.14189, "iCT"), no teacher: the same pair of levels, both noised with one z, x_i = x + σ_i z, the target
-network θ⁻ = stopgrad(θ) (their §3.2: no EMA target), weight λ(σ_i) = 1/(σ_{i+1} − σ_i) (§3.1), the
-discretisation curriculum N(k) = min(s₀ 2^⌊k/K'⌋, s₁) + 1 with K' = ⌊K/(log₂⌊s₁/s₀⌋ + 1)⌋,
-s₀ = 10, s₁ = 1280, K = ``steps`` (§3.4), and levels drawn from the discretised log-normal
-p(σ_i) ∝ erf((ln σ_{i+1} − P_mean)/(√2 P_std)) − erf((ln σ_i − P_mean)/(√2 P_std)), P_mean = −1.1,
-P_std = 2.0 (§3.5). iCT rather than easy consistency tuning (Geng et al. 2024,
-arXiv:2406.14548): it needs no pretrained diffusion model, which is what training "from data" asks;
-ECT's start from a diffusion prior is what ``cd`` already has. Because N(k) depends on K, a ``ct`` run
-is not resumed under another ``steps``.
-
-The distance d (``cm_distance``) is the pseudo-Huber metric √(‖a − b‖² + c²) − c, c = 0.00054 √d_x
-(iCT §3.3, d_x = C·H·W) by default for both, or ``l2``: the per-pixel mean of (a − b)² (Song et al.
-2023's L2, divided by d_x like this module's other losses). Pseudo-Huber because iCT found it close to
-LPIPS and ahead of L2 (§3.3), LPIPS needs a pretrained ImageNet classifier this
-package does not ship (and that would leak ImageNet features into the metric), and it is robust to
-the rare large residuals of the high noise levels.
+"""The training loop (:class:`Trainer`): data, objectives (:mod:`~invdiff.training.objectives`,
+:mod:`~invdiff.training.consistency`), optimiser, EMA, checkpoints, export and figures.
 
 Data are mapped from [0, 1] to the model range [−1, 1]; Adam with a linear warm-up, an exponential
 moving average (EMA) of the weights, random horizontal/vertical flips.
@@ -74,199 +20,25 @@ import json
 import math
 import os
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from .priors import NetworkPrior, Prior, save
-from .priors.checkpoints import CheckpointError, save_safetensors, strict_load
-from .priors.consistency import SIGMA_MAX, SIGMA_MIN, ConsistencyPrior, heun_step
-from .priors.flow import FlowPrior, make_path
-from .priors.formats import EDMPreconditioned
-from .priors.native import read_tagged
-from .priors.schedules import EDMSchedule, edm_sigma_grid
-from .priors.unet import build_cm_unet, build_flow_unet, build_unet
+from ..priors import NetworkPrior, Prior, save
+from ..priors.checkpoints import CheckpointError, save_safetensors, strict_load
+from ..priors.consistency import SIGMA_MAX, SIGMA_MIN, ConsistencyPrior
+from ..priors.flow import FlowPrior, make_path
+from ..priors.formats import EDMPreconditioned
+from ..priors.native import read_tagged
+from ..priors.schedules import EDMSchedule
+from ..priors.unet import build_cm_unet, build_flow_unet, build_unet
 
-OBJECTIVES = ("edm", "flow", "reflow", "consistency_distillation", "consistency_training")
-#: short names accepted for the objectives (``settings.objective=cd``); stored under the full name
-OBJECTIVE_ALIASES = {"cd": "consistency_distillation", "ct": "consistency_training"}
-T_SAMPLINGS = ("logit_normal", "uniform")
-CM_DISTANCES = ("pseudo_huber", "l2")
-
-CKPT_VERSION = 1
-
-
-class TrainData(Protocol):
-    """Training images: ``sample(n, generator) -> [n, C, H, W]`` float32 in [0, 1]."""
-
-    channels: int
-    size: int
-
-    def sample(self, n: int, generator: torch.Generator) -> Tensor: ...
-
-    def describe(self) -> str: ...
-
-
-@dataclass
-class TrainSettings:
-    """Hyper-parameters of a run (stored in the checkpoint and the exported prior's folder)."""
-
-    steps: int = 20000
-    batch: int = 16
-    lr: float = 1e-3
-    warmup: int = 500
-    ema_decay: float = 0.999
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    sigma_data: float = 0.5
-    grad_clip: float = 1.0
-    seed: int = 0
-    ckpt_every: int = 500
-    log_every: int = 50
-    arch: dict = field(default_factory=lambda: dict(width=32, mults=[1, 2, 2], blocks=1, emb=128))
-    objective: str = "edm"          # "edm", "flow" or "reflow" (module docstring)
-    path: str = "linear"            # flow/reflow: the interpolant path (invdiff.priors.flow.PATHS)
-    t_sampling: str = "uniform"     # flow/reflow: "uniform" (Liu; Lipman) or "logit_normal" (t_mean, t_std)
-    t_mean: float = 0.0
-    t_std: float = 1.0
-    teacher: str | None = None      # reflow: the 1-rectified flow's prior file; cd: the diffusion prior (or shipped name)
-    teacher_steps: int = 8          # reflow: Heun steps of the teacher's ODE per coupling
-    cm_levels: int = 18             # cd: N, levels of the Karras grid (Song et al. 2023, CIFAR-10)
-    cm_target_ema: float = 0.95     # cd: μ of the target network θ⁻ (Song et al. 2023, CIFAR-10)
-    cm_distance: str = "pseudo_huber"  # cd/ct: "pseudo_huber" (iCT, c = 0.00054·√d) or "l2"
-    ct_s0: int = 10                 # ct: iCT curriculum, initial and final number of steps (N − 1)
-    ct_s1: int = 1280
-    ct_p_mean: float = -1.1         # ct: iCT log-normal level distribution
-    ct_p_std: float = 2.0
-
-    def __post_init__(self):
-        self.objective = OBJECTIVE_ALIASES.get(self.objective, self.objective)
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"settings.objective must be one of {OBJECTIVES} (or the short names "
-                             f"{', '.join(OBJECTIVE_ALIASES)}), got {self.objective!r}")
-        if self.t_sampling not in T_SAMPLINGS:
-            raise ValueError(f"settings.t_sampling must be one of {T_SAMPLINGS}, got {self.t_sampling!r}")
-        make_path(self.path)
-        if self.objective == "reflow" and not self.teacher:
-            raise ValueError("objective=reflow needs settings.teacher: the flow prior (file or shipped name) whose "
-                             "ODE makes the couplings, e.g. settings.teacher=phantom64_flow")
-        if self.objective == "reflow" and (isinstance(self.teacher_steps, bool) or int(self.teacher_steps) < 1):
-            raise ValueError(f"settings.teacher_steps must be >= 1, got {self.teacher_steps!r}")
-        if self.objective == "consistency_distillation" and not self.teacher:
-            raise ValueError("objective=consistency_distillation needs settings.teacher: the diffusion prior (file or shipped name) whose "
-                             "PF-ODE is distilled, e.g. settings.teacher=phantom64")
-        if self.cm_distance not in CM_DISTANCES:
-            raise ValueError(f"settings.cm_distance must be one of {CM_DISTANCES}, got {self.cm_distance!r}")
-        if int(self.cm_levels) < 2:
-            raise ValueError(f"settings.cm_levels must be >= 2, got {self.cm_levels!r}")
-        if not 0.0 <= float(self.cm_target_ema) < 1.0:
-            raise ValueError(f"settings.cm_target_ema must be in [0, 1), got {self.cm_target_ema!r}")
-        if not 1 <= int(self.ct_s0) <= int(self.ct_s1):
-            raise ValueError(f"settings.ct_s0, ct_s1 must satisfy 1 <= s0 <= s1, got {self.ct_s0}, {self.ct_s1}")
-
-
-def edm_loss(net: torch.nn.Module, x: Tensor, generator: torch.Generator, s: TrainSettings) -> Tensor:
-    """Mean EDM loss of a batch ``x`` in model units (noise drawn from ``generator``)."""
-    B = x.shape[0]
-    sigma = (s.p_mean + s.p_std * torch.randn(B, generator=generator)).exp().to(x.device)
-    n = torch.randn(x.shape, generator=generator).to(x.device) * sigma[:, None, None, None]
-    d = net(x + n, sigma)
-    w = (sigma**2 + s.sigma_data**2) / (sigma * s.sigma_data) ** 2
-    return (w[:, None, None, None] * (d - x).square()).mean()
-
-
-def sample_t(B: int, generator: torch.Generator, s: TrainSettings) -> Tensor:
-    """Flow-matching times ``[B]`` in (0, 1): logit-normal (Esser et al. 2024, eq. 19) or uniform."""
-    if s.t_sampling == "uniform":
-        return torch.rand(B, generator=generator)
-    return torch.sigmoid(s.t_mean + s.t_std * torch.randn(B, generator=generator))
-
-
-def flow_loss(net: torch.nn.Module, x0: Tensor, generator: torch.Generator, s: TrainSettings,
-              eps: Tensor | None = None) -> Tensor:
-    """Mean conditional flow-matching loss ``‖v_θ(x_t, t) − (α' x₀ + σ' ε)‖²`` of a batch ``x0`` in
-    model units; ``eps`` given (reflow's coupled noise) or drawn from ``generator``."""
-    path = make_path(s.path)
-    B = x0.shape[0]
-    t = sample_t(B, generator, s).to(torch.float64)
-    if eps is None:
-        eps = torch.randn(x0.shape, generator=generator).to(x0.device)
-    tt = t.reshape(B, 1, 1, 1).to(x0.device)
-    a, sg = path.alpha(tt).to(x0.dtype), path.sigma(tt).to(x0.dtype)
-    target = path.velocity_target(x0, eps, tt).to(x0.dtype)
-    v = net(a * x0 + sg * eps, t.to(x0.device, x0.dtype))
-    return (v - target).square().mean()
-
-
-def karras_levels(N: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = 7.0) -> Tensor:
-    """The consistency models' levels σ_1 = σ_min < … < σ_N = σ_max (Song et al. 2023, §5 / App. C;
-    Karras et al. 2022, eq. 5), increasing, float64 ``[N]``."""
-    return edm_sigma_grid(int(N), sigma_min, sigma_max, rho).flip(0)
-
-
-def cm_distance(a: Tensor, b: Tensor, kind: str) -> Tensor:
-    """Per-item distance ``[B]`` between ``a`` and ``b`` ``[B, ...]``: pseudo-Huber
-    √(‖a − b‖² + c²) − c with c = 0.00054 √d (Song & Dhariwal 2024, §3.3), or the per-pixel mean
-    squared error (``l2``)."""
-    diff = (a - b).flatten(1)
-    if kind == "l2":
-        return diff.square().mean(1)
-    c = 0.00054 * math.sqrt(diff.shape[1])
-    return (diff.square().sum(1) + c * c).sqrt() - c
-
-
-def cd_loss(net: Callable[[Tensor, Tensor], Tensor], target: Callable[[Tensor, Tensor], Tensor], teacher: Prior,
-            x: Tensor, generator: torch.Generator, s: TrainSettings, levels: Tensor | None = None) -> Tensor:
-    """Mean consistency-distillation loss (Song et al. 2023, Alg. 2, λ ≡ 1) of a batch ``x``
-    ``[B, ...]`` in model units: ``net`` and ``target`` are f_θ and f_θ⁻ (``f(x, σ)``, σ ``[B]``),
-    ``teacher`` the diffusion prior whose Heun step goes from σ_{n+1} to σ_n; noise and levels drawn
-    from ``generator``."""
-    levels = karras_levels(s.cm_levels) if levels is None else levels
-    B = x.shape[0]
-    n = torch.randint(0, levels.shape[0] - 1, (B,), generator=generator)
-    z = torch.randn(x.shape, generator=generator).to(x.device)
-    sigma, sigma_next = levels[n].to(x.device, x.dtype), levels[n + 1].to(x.device, x.dtype)
-    x_next = x + sigma_next.reshape(B, *([1] * (x.ndim - 1))) * z
-    with torch.no_grad():
-        x_hat = heun_step(teacher, x_next, sigma_next, sigma)  # the teacher's ODE step σ_{n+1} → σ_n
-        f_target = target(x_hat, sigma)
-    return cm_distance(net(x_next, sigma_next), f_target, s.cm_distance).mean()
-
-
-def ct_levels(step: int, s: TrainSettings) -> int:
-    """iCT's discretisation curriculum N(k) = min(s₀ 2^⌊k/K'⌋, s₁) + 1, K' = ⌊K/(log₂⌊s₁/s₀⌋ + 1)⌋
-    (Song & Dhariwal 2024, §3.4) at step ``k``, K = ``s.steps``."""
-    k_prime = max(1, math.floor(s.steps / (math.log2(math.floor(s.ct_s1 / s.ct_s0)) + 1)))
-    return min(s.ct_s0 * 2 ** (step // k_prime), s.ct_s1) + 1
-
-
-def ct_level_probs(levels: Tensor, s: TrainSettings) -> Tensor:
-    """iCT's discretised log-normal over the N − 1 pairs (σ_i, σ_{i+1}) (Song & Dhariwal 2024, §3.5)."""
-    cdf = torch.erf((levels.log() - s.ct_p_mean) / (math.sqrt(2.0) * s.ct_p_std))
-    p = cdf[1:] - cdf[:-1]
-    return p / p.sum()
-
-
-def ct_loss(net: Callable[[Tensor, Tensor], Tensor], target: Callable[[Tensor, Tensor], Tensor], x: Tensor,
-            generator: torch.Generator, s: TrainSettings, step: int) -> Tensor:
-    """Mean improved consistency-training loss (Song & Dhariwal 2024) of a batch ``x`` in model
-    units at training step ``step``: λ(σ_i) d(f_θ(x + σ_{i+1} z, σ_{i+1}), f_θ⁻(x + σ_i z, σ_i)) with
-    ``target`` = the same network without gradient (θ⁻ = stopgrad θ)."""
-    levels = karras_levels(ct_levels(step, s))
-    B = x.shape[0]
-    i = torch.multinomial(ct_level_probs(levels, s), B, replacement=True, generator=generator)
-    z = torch.randn(x.shape, generator=generator).to(x.device)
-    sigma, sigma_next = levels[i], levels[i + 1]
-    weight = (1.0 / (sigma_next - sigma)).to(x.device, x.dtype)
-    sigma, sigma_next = sigma.to(x.device, x.dtype), sigma_next.to(x.device, x.dtype)
-    shape = (B, *([1] * (x.ndim - 1)))
-    with torch.no_grad():
-        f_target = target(x + sigma.reshape(shape) * z, sigma)
-    d = cm_distance(net(x + sigma_next.reshape(shape) * z, sigma_next), f_target, s.cm_distance)
-    return (weight * d).mean()
+from .consistency import cd_loss, ct_loss, karras_levels
+from .objectives import edm_loss, flow_loss
+from .settings import CKPT_VERSION, OBJECTIVE_ALIASES, TrainData, TrainSettings
 
 
 def _flip(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -340,7 +112,7 @@ class Trainer:
     @staticmethod
     def _teacher_of_shape(teacher: str, data: TrainData) -> Prior:
         """The prior ``settings.teacher`` names, refused unless it makes images of the data's shape."""
-        from .priors import load
+        from ..priors import load
 
         prior = load(teacher)
         want = (data.channels, data.size, data.size)
@@ -383,7 +155,7 @@ class Trainer:
     def couplings(self, n: int) -> tuple[Tensor, Tensor]:
         """Reflow's couplings: ``n`` noises ε (from the run's generator) and the teacher's ODE
         solutions x̂₀ (model units), Heun with ``teacher_steps`` steps from t = 1."""
-        from .priors.flow_samplers import flow_heun
+        from ..priors.flow_samplers import flow_heun
 
         shape = (n, self.data.channels, self.data.size, self.data.size)
         eps = torch.randn(shape, generator=self.gen)
@@ -562,9 +334,9 @@ class Trainer:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from .priors.consistency import consistency_sampling
-        from .priors.flow_samplers import flow_heun
-        from .priors.samplers import edm_heun
+        from ..priors.consistency import consistency_sampling
+        from ..priors.flow_samplers import flow_heun
+        from ..priors.samplers import edm_heun
 
         self.out.mkdir(parents=True, exist_ok=True)
         fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -1,0 +1,93 @@
+"""Settings of a training run (:class:`TrainSettings`, stored in the checkpoint and the exported prior's
+folder) and the data protocol (:class:`TrainData`); the objectives are described in
+:mod:`invdiff.training`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from ..priors.flow import make_path
+
+
+OBJECTIVES = ("edm", "flow", "reflow", "consistency_distillation", "consistency_training")
+#: short names accepted for the objectives (``settings.objective=cd``); stored under the full name
+OBJECTIVE_ALIASES = {"cd": "consistency_distillation", "ct": "consistency_training"}
+T_SAMPLINGS = ("logit_normal", "uniform")
+CM_DISTANCES = ("pseudo_huber", "l2")
+
+CKPT_VERSION = 1
+
+
+
+class TrainData(Protocol):
+    """Training images: ``sample(n, generator) -> [n, C, H, W]`` float32 in [0, 1]."""
+
+    channels: int
+    size: int
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor: ...
+
+    def describe(self) -> str: ...
+
+
+@dataclass
+class TrainSettings:
+    """Hyper-parameters of a run (stored in the checkpoint and the exported prior's folder)."""
+
+    steps: int = 20000
+    batch: int = 16
+    lr: float = 1e-3
+    warmup: int = 500
+    ema_decay: float = 0.999
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    sigma_data: float = 0.5
+    grad_clip: float = 1.0
+    seed: int = 0
+    ckpt_every: int = 500
+    log_every: int = 50
+    arch: dict = field(default_factory=lambda: dict(width=32, mults=[1, 2, 2], blocks=1, emb=128))
+    objective: str = "edm"          # "edm", "flow" or "reflow" (module docstring)
+    path: str = "linear"            # flow/reflow: the interpolant path (invdiff.priors.flow.PATHS)
+    t_sampling: str = "uniform"     # flow/reflow: "uniform" (Liu; Lipman) or "logit_normal" (t_mean, t_std)
+    t_mean: float = 0.0
+    t_std: float = 1.0
+    teacher: str | None = None      # reflow: the 1-rectified flow's prior file; cd: the diffusion prior (or shipped name)
+    teacher_steps: int = 8          # reflow: Heun steps of the teacher's ODE per coupling
+    cm_levels: int = 18             # cd: N, levels of the Karras grid (Song et al. 2023, CIFAR-10)
+    cm_target_ema: float = 0.95     # cd: μ of the target network θ⁻ (Song et al. 2023, CIFAR-10)
+    cm_distance: str = "pseudo_huber"  # cd/ct: "pseudo_huber" (iCT, c = 0.00054·√d) or "l2"
+    ct_s0: int = 10                 # ct: iCT curriculum, initial and final number of steps (N − 1)
+    ct_s1: int = 1280
+    ct_p_mean: float = -1.1         # ct: iCT log-normal level distribution
+    ct_p_std: float = 2.0
+
+    def __post_init__(self):
+        self.objective = OBJECTIVE_ALIASES.get(self.objective, self.objective)
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"settings.objective must be one of {OBJECTIVES} (or the short names "
+                             f"{', '.join(OBJECTIVE_ALIASES)}), got {self.objective!r}")
+        if self.t_sampling not in T_SAMPLINGS:
+            raise ValueError(f"settings.t_sampling must be one of {T_SAMPLINGS}, got {self.t_sampling!r}")
+        make_path(self.path)
+        if self.objective == "reflow" and not self.teacher:
+            raise ValueError("objective=reflow needs settings.teacher: the flow prior (file or shipped name) whose "
+                             "ODE makes the couplings, e.g. settings.teacher=phantom64_flow")
+        if self.objective == "reflow" and (isinstance(self.teacher_steps, bool) or int(self.teacher_steps) < 1):
+            raise ValueError(f"settings.teacher_steps must be >= 1, got {self.teacher_steps!r}")
+        if self.objective == "consistency_distillation" and not self.teacher:
+            raise ValueError("objective=consistency_distillation needs settings.teacher: the diffusion prior (file or shipped name) whose "
+                             "PF-ODE is distilled, e.g. settings.teacher=phantom64")
+        if self.cm_distance not in CM_DISTANCES:
+            raise ValueError(f"settings.cm_distance must be one of {CM_DISTANCES}, got {self.cm_distance!r}")
+        if int(self.cm_levels) < 2:
+            raise ValueError(f"settings.cm_levels must be >= 2, got {self.cm_levels!r}")
+        if not 0.0 <= float(self.cm_target_ema) < 1.0:
+            raise ValueError(f"settings.cm_target_ema must be in [0, 1), got {self.cm_target_ema!r}")
+        if not 1 <= int(self.ct_s0) <= int(self.ct_s1):
+            raise ValueError(f"settings.ct_s0, ct_s1 must satisfy 1 <= s0 <= s1, got {self.ct_s0}, {self.ct_s1}")
