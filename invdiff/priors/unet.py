@@ -66,11 +66,11 @@ class SmallUNet(nn.Module):
     ``forward_unet(x, c_noise)`` is EDM's raw network F."""
 
     def __init__(self, channels: int = 1, width: int = 32, mults=(1, 2, 2), blocks: int = 1, emb: int = 128,
-                 patch: int = 1):
+                 patch: int = 1, in_channels: int | None = None):
         super().__init__()
         self.patch = int(patch)
         self.embed = _Embed(emb)
-        self.inp = nn.Conv2d(channels * self.patch**2, width, 3, padding=1)
+        self.inp = nn.Conv2d((in_channels or channels) * self.patch**2, width, 3, padding=1)
         chans = [width * m for m in mults]
         self.down = nn.ModuleList()
         c = width
@@ -144,6 +144,41 @@ def build_flow_unet(channels: int = 1, width: int = 32, mults=(1, 2, 2), blocks:
                     patch: int = 1) -> FlowUNet:
     """:class:`FlowUNet` (velocity network of ``invdiff-train objective=flow``)."""
     return FlowUNet(channels, width, tuple(mults), blocks, emb, patch)
+
+
+class AmbientPreconditioned(EDMPreconditioned):
+    """An ambient-diffusion denoiser (Daras et al. 2023, §3; Aali et al. 2024): EDM's preconditioning
+    around a :class:`SmallUNet` that also reads the corruption pattern as extra input channels —
+    ``forward(x, σ, mask) = c_skip x + c_out F([c_in x, mask], c_noise)`` where ``x`` is the further
+    corrupted noisy image and ``mask`` its observed set (pixels, or the centred k-space indicator).
+    Without ``mask`` (every solver's call ``forward(x, σ)``) the input counts as fully observed (a
+    mask of ones): the network then predicts E[x₀ | x] from a complete noisy image, the case it
+    extrapolates to (it was trained on subsets of observed entries only). ``sigma_min``: the lowest
+    level it was trained at (the data's noise floor, :mod:`invdiff.training.corrupted`)."""
+
+    def __init__(self, unet: nn.Module, sigma_data: float = 0.5, sigma_min: float = 0.002):
+        super().__init__(unet, "edm", sigma_data)
+        self.sigma_min = float(sigma_min)
+
+    def sigma_range(self) -> tuple[float, float]:
+        return self.sigma_min, 80.0
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
+        sd = self.sigma_data
+        c_skip, c_out = sd**2 / (s**2 + sd**2), s * sd / (s**2 + sd**2).sqrt()
+        c_in, c_noise = 1 / (sd**2 + s**2).sqrt(), sigma.log() / 4
+        mask = torch.ones_like(x) if mask is None else mask.to(x).expand_as(x)
+        return c_skip * x + c_out * self.model.forward_unet(torch.cat([c_in * x, mask], 1), c_noise.flatten())
+
+
+@register_architecture("invdiff.ambient_unet")
+def build_ambient_unet(channels: int = 1, width: int = 32, mults=(1, 2, 2), blocks: int = 1, emb: int = 128,
+                       patch: int = 1, sigma_data: float = 0.5, sigma_min: float = 0.002) -> AmbientPreconditioned:
+    """:class:`AmbientPreconditioned` (``invdiff-train settings.objective=ambient``): a :class:`SmallUNet`
+    with ``2·channels`` inputs (image and mask) and ``channels`` outputs."""
+    return AmbientPreconditioned(SmallUNet(channels, width, tuple(mults), blocks, emb, patch, in_channels=2 * channels),
+                                 sigma_data, sigma_min)
 
 
 @register_architecture("invdiff.cm_unet")

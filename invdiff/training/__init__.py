@@ -1,9 +1,11 @@
 """Training the project's networks (``invdiff-train``): EDM denoising score matching, flow matching,
-reflow, and consistency distillation / training.
+reflow, consistency distillation / training, and from corrupted data (ambient diffusion, noisy
+data) without clean images.
 
 The package: :mod:`~invdiff.training.settings` (:class:`TrainSettings`, the data protocol),
 :mod:`~invdiff.training.objectives` (EDM, flow, reflow), :mod:`~invdiff.training.consistency`
-(consistency distillation and training), :mod:`~invdiff.training.trainer` (:class:`Trainer`: the loop,
+(consistency distillation and training), :mod:`~invdiff.training.corrupted` (ambient, noisy:
+measurements only), :mod:`~invdiff.training.trainer` (:class:`Trainer`: the loop,
 checkpoints, export). A new objective adds its loss in a module here, its name to ``OBJECTIVES`` and
 its branch in the trainer.
 
@@ -21,11 +23,13 @@ generator is seeded with ``seed + rank``), gradients are averaged by DDP, and ra
 """
 
 from .consistency import cd_loss, cm_distance, ct_level_probs, ct_levels, ct_loss, karras_levels
+from .corrupted import FourierDomain, PixelDomain, corrupted_loss, make_domain, noise_floor
 from .objectives import edm_loss, flow_loss, sample_t
-from .settings import (CKPT_VERSION, CM_DISTANCES, OBJECTIVE_ALIASES, OBJECTIVES, T_SAMPLINGS, TrainData,
+from .settings import (CKPT_VERSION, CM_DISTANCES, CORRUPTED_OBJECTIVES, OBJECTIVE_ALIASES, OBJECTIVES, T_SAMPLINGS, TrainData,
                        TrainSettings)
 from .trainer import Trainer
 
-__all__ = ["Trainer", "TrainSettings", "TrainData", "OBJECTIVES", "OBJECTIVE_ALIASES", "T_SAMPLINGS", "CM_DISTANCES",
+__all__ = ["corrupted_loss", "make_domain", "noise_floor", "FourierDomain", "PixelDomain", "CORRUPTED_OBJECTIVES",
+           "Trainer", "TrainSettings", "TrainData", "OBJECTIVES", "OBJECTIVE_ALIASES", "T_SAMPLINGS", "CM_DISTANCES",
            "CKPT_VERSION", "edm_loss", "flow_loss", "sample_t", "karras_levels", "cm_distance", "cd_loss", "ct_levels",
            "ct_level_probs", "ct_loss"]

@@ -14,7 +14,9 @@ from torch import Tensor
 from ..priors.flow import make_path
 
 
-OBJECTIVES = ("edm", "flow", "reflow", "consistency_distillation", "consistency_training")
+OBJECTIVES = ("edm", "flow", "reflow", "consistency_distillation", "consistency_training", "ambient", "noisy")
+#: the objectives that train on measurements (``data=measurements``) and never on clean images
+CORRUPTED_OBJECTIVES = ("ambient", "noisy")
 #: short names accepted for the objectives (``settings.objective=cd``); stored under the full name
 OBJECTIVE_ALIASES = {"cd": "consistency_distillation", "ct": "consistency_training"}
 T_SAMPLINGS = ("logit_normal", "uniform")
@@ -66,6 +68,7 @@ class TrainSettings:
     ct_s1: int = 1280
     ct_p_mean: float = -1.1         # ct: iCT log-normal level distribution
     ct_p_std: float = 2.0
+    ambient_delta: float = 0.2      # ambient: fraction of the observed columns (MRI) / pixels dropped further
 
     def __post_init__(self):
         self.objective = OBJECTIVE_ALIASES.get(self.objective, self.objective)
@@ -89,5 +92,7 @@ class TrainSettings:
             raise ValueError(f"settings.cm_levels must be >= 2, got {self.cm_levels!r}")
         if not 0.0 <= float(self.cm_target_ema) < 1.0:
             raise ValueError(f"settings.cm_target_ema must be in [0, 1), got {self.cm_target_ema!r}")
+        if not 0.0 < float(self.ambient_delta) < 1.0:
+            raise ValueError(f"settings.ambient_delta must be in (0, 1), got {self.ambient_delta!r}")
         if not 1 <= int(self.ct_s0) <= int(self.ct_s1):
             raise ValueError(f"settings.ct_s0, ct_s1 must satisfy 1 <= s0 <= s1, got {self.ct_s0}, {self.ct_s1}")

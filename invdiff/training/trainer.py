@@ -34,11 +34,12 @@ from ..priors.flow import FlowPrior, make_path
 from ..priors.formats import EDMPreconditioned
 from ..priors.native import read_tagged
 from ..priors.schedules import EDMSchedule
-from ..priors.unet import build_cm_unet, build_flow_unet, build_unet
+from ..priors.unet import build_ambient_unet, build_cm_unet, build_flow_unet, build_unet
 
 from .consistency import cd_loss, ct_loss, karras_levels
+from .corrupted import corrupted_loss, make_domain, noise_floor
 from .objectives import edm_loss, flow_loss
-from .settings import CKPT_VERSION, OBJECTIVE_ALIASES, TrainData, TrainSettings
+from .settings import CKPT_VERSION, CORRUPTED_OBJECTIVES, OBJECTIVE_ALIASES, TrainData, TrainSettings
 
 
 def _flip(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -65,7 +66,17 @@ class Trainer:
         self.progress = progress and self.rank == 0
         self.flow = settings.objective in ("flow", "reflow")
         self.cm = settings.objective in ("consistency_distillation", "consistency_training")
-        if self.flow:
+        self.corrupted = settings.objective in CORRUPTED_OBJECTIVES
+        self.sigma_floor = None
+        self._check_data(data, settings)
+        if self.corrupted:
+            self.domain = make_domain(data.kind, data.image_shape, keep=data.mask.amin(0))
+            self.sigma_floor = max(noise_floor(data, self.domain), 0.002)
+        if settings.objective == "ambient":
+            self.arch = dict(channels=data.channels, **settings.arch, sigma_data=settings.sigma_data,
+                             sigma_min=self.sigma_floor)
+            self.architecture, build = "invdiff.ambient_unet", build_ambient_unet
+        elif self.flow:
             self.arch, self.architecture, build = dict(channels=data.channels, **settings.arch), "invdiff.flow_unet", \
                 build_flow_unet
         elif self.cm:
@@ -108,6 +119,24 @@ class Trainer:
                 stale.unlink(missing_ok=True)
         if resume and self.ckpt.exists():
             self.load_checkpoint(self.ckpt)
+
+    @staticmethod
+    def _check_data(data, s: TrainSettings) -> None:
+        """Measurements go with the corrupted-data objectives only, and each of those with its kind."""
+        measured = bool(getattr(data, "measurements", False))
+        if s.objective in CORRUPTED_OBJECTIVES and not measured:
+            raise ValueError(f"settings.objective={s.objective} trains from measurements, but data is "
+                             f"{data.describe()}: use data=measurements data.source=<file.h5> "
+                             "(invdiff.data.measurements), or objective=edm for clean images")
+        if measured and s.objective not in CORRUPTED_OBJECTIVES:
+            raise ValueError(f"data={data.describe()} holds measurements, not clean images: train on it with "
+                             f"settings.objective={' or '.join(CORRUPTED_OBJECTIVES)}")
+        if s.objective == "noisy" and data.kind != "denoising":
+            raise ValueError(f"settings.objective=noisy learns from noisy complete images, but the data are "
+                             f"{data.kind} measurements: use settings.objective=ambient for masks and k-space")
+        if s.objective == "ambient" and data.kind == "denoising":
+            raise ValueError("settings.objective=ambient learns around masks, but the data are noisy complete images: "
+                             "use settings.objective=noisy")
 
     @staticmethod
     def _teacher_of_shape(teacher: str, data: TrainData) -> Prior:
@@ -231,6 +260,8 @@ class Trainer:
             keys += ["teacher", "cm_levels", "cm_target_ema", "cm_distance"]
         if self.s.objective == "consistency_training":
             keys += ["steps", "ct_s0", "ct_s1", "ct_p_mean", "ct_p_std", "cm_distance"]
+        if self.s.objective == "ambient":
+            keys += ["ambient_delta"]
         for k in keys:
             a, b = old.get(k), new[k]
             same = make_path(a) == make_path(b) if k == "path" and a is not None else a == b
@@ -255,12 +286,19 @@ class Trainer:
         while self.step < until:
             if self.s.objective == "reflow":
                 x, eps = self.couplings(self.s.batch)
+            elif self.corrupted:  # measurements only: no image is drawn, no flips (they would move k-space)
+                idx = torch.randint(len(self.data), (self.s.batch,), generator=self.gen)
+                x = tuple(t.to(self.device) for t in self.data.batch(idx))
+                x = (x[0].float(), x[1].float(), x[2])
             else:
                 x, eps = self.data.sample(self.s.batch, self.gen).to(self.device, torch.float32), None
                 x = _flip(x, self.gen) * 2.0 - 1.0
             for g in self.opt.param_groups:
                 g["lr"] = self.lr_at(self.step)
-            if self.flow:
+            if self.corrupted:
+                loss = corrupted_loss(model, x, self.domain, self.gen, self.s, ambient=self.s.objective == "ambient",
+                                      sigma_floor=self.sigma_floor, data_range=self.data.data_range)
+            elif self.flow:
                 loss = flow_loss(model, x, self.gen, self.s, eps)
             elif self.s.objective == "consistency_distillation":
                 loss = cd_loss(model, self.target, self.teacher, x, self.gen, self.s, self.levels)
@@ -318,6 +356,8 @@ class Trainer:
             return FlowPrior(self.ema.eval(), make_path(self.s.path), shape=shape, data_range=(0.0, 1.0),
                              model_range=(-1.0, 1.0))
         lo, hi = self.ema.sigma_range()
+        if self.corrupted:  # the data's noise floor: solvers stop there (invdiff.training.corrupted)
+            lo = self.sigma_floor
         return NetworkPrior(self.ema.eval(), "x0", EDMSchedule(lo, hi), shape=(self.data.channels, self.data.size,
                             self.data.size), data_range=(0.0, 1.0), model_range=(-1.0, 1.0), conditioning="sigma",
                             learned_sigma=False)
@@ -346,7 +386,8 @@ class Trainer:
             ax.set_yscale("log")
         ax.set_xlabel("step")
         what = f"{self.s.objective} loss ({self.s.path} path)" if self.flow else \
-            f"{self.s.objective} loss ({self.s.cm_distance})" if self.cm else "EDM loss"
+            f"{self.s.objective} loss ({self.s.cm_distance})" if self.cm else \
+            f"{self.s.objective} loss (observed entries)" if self.corrupted else "EDM loss"
         ax.set_ylabel(f"{what} (mean over {self.s.log_every} steps)")
         ax.set_title(f"{self.data.describe()}")
         fig.tight_layout()
