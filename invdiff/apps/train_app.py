@@ -35,6 +35,15 @@ def run(cfg: DictConfig) -> Trainer:
     settings = settings_of(cfg)
     data = instantiate(cfg.data)
     out = Path(cfg.out)
+    if settings.objective == "em":  # rounds of posterior sampling and training (invdiff.training.em)
+        from ..training.em import EMRun
+
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        log.info("invdiff-train %s: EM on %s, %d rounds, E-step %s (%d steps), M-step %d steps", cfg.name,
+                 data.describe(), settings.em_rounds, settings.em_solver, settings.em_solver_steps, settings.em_m_steps)
+        EMRun(data, out, settings, device=cfg.device, log=log.info).run()
+        return None
     trainer = Trainer(data, out, settings, device=cfg.device, resume=cfg.resume)
     if trainer.rank == 0:
         out.mkdir(parents=True, exist_ok=True)

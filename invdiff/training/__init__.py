@@ -5,7 +5,7 @@ data) without clean images.
 The package: :mod:`~invdiff.training.settings` (:class:`TrainSettings`, the data protocol),
 :mod:`~invdiff.training.objectives` (EDM, flow, reflow), :mod:`~invdiff.training.consistency`
 (consistency distillation and training), :mod:`~invdiff.training.corrupted` (ambient, noisy:
-measurements only), :mod:`~invdiff.training.trainer` (:class:`Trainer`: the loop,
+measurements only), :mod:`~invdiff.training.em` (expectation–maximisation with the package's solvers), :mod:`~invdiff.training.trainer` (:class:`Trainer`: the loop,
 checkpoints, export). A new objective adds its loss in a module here, its name to ``OBJECTIVES`` and
 its branch in the trainer.
 
@@ -24,12 +24,15 @@ generator is seeded with ``seed + rank``), gradients are averaged by DDP, and ra
 
 from .consistency import cd_loss, cm_distance, ct_level_probs, ct_levels, ct_loss, karras_levels
 from .corrupted import FourierDomain, PixelDomain, corrupted_loss, make_domain, noise_floor
+from .em import EMRun, expectation_maximisation, fit_gaussian, gaussian_em, gaussian_em_posterior_samples, \
+    gaussian_posterior_samples
 from .objectives import edm_loss, flow_loss, sample_t
 from .settings import (CKPT_VERSION, CM_DISTANCES, CORRUPTED_OBJECTIVES, OBJECTIVE_ALIASES, OBJECTIVES, T_SAMPLINGS, TrainData,
                        TrainSettings)
 from .trainer import Trainer
 
-__all__ = ["corrupted_loss", "make_domain", "noise_floor", "FourierDomain", "PixelDomain", "CORRUPTED_OBJECTIVES",
+__all__ = ["EMRun", "expectation_maximisation", "fit_gaussian", "gaussian_em", "gaussian_em_posterior_samples",
+           "gaussian_posterior_samples", "corrupted_loss", "make_domain", "noise_floor", "FourierDomain", "PixelDomain", "CORRUPTED_OBJECTIVES",
            "Trainer", "TrainSettings", "TrainData", "OBJECTIVES", "OBJECTIVE_ALIASES", "T_SAMPLINGS", "CM_DISTANCES",
            "CKPT_VERSION", "edm_loss", "flow_loss", "sample_t", "karras_levels", "cm_distance", "cd_loss", "ct_levels",
            "ct_level_probs", "ct_loss"]

@@ -14,9 +14,9 @@ from torch import Tensor
 from ..priors.flow import make_path
 
 
-OBJECTIVES = ("edm", "flow", "reflow", "consistency_distillation", "consistency_training", "ambient", "noisy")
+OBJECTIVES = ("edm", "flow", "reflow", "consistency_distillation", "consistency_training", "ambient", "noisy", "em")
 #: the objectives that train on measurements (``data=measurements``) and never on clean images
-CORRUPTED_OBJECTIVES = ("ambient", "noisy")
+CORRUPTED_OBJECTIVES = ("ambient", "noisy", "em")
 #: short names accepted for the objectives (``settings.objective=cd``); stored under the full name
 OBJECTIVE_ALIASES = {"cd": "consistency_distillation", "ct": "consistency_training"}
 T_SAMPLINGS = ("logit_normal", "uniform")
@@ -69,6 +69,12 @@ class TrainSettings:
     ct_p_mean: float = -1.1         # ct: iCT log-normal level distribution
     ct_p_std: float = 2.0
     ambient_delta: float = 0.2      # ambient: fraction of the observed columns (MRI) / pixels dropped further
+    em_rounds: int = 4              # em: rounds of E-step (posterior sampling) + M-step (training)
+    em_solver: str = "ddnm"         # em: the E-step's solver (invdiff.solvers.SOLVERS)
+    em_solver_steps: int = 50       # em: its steps
+    em_m_steps: int = 2000          # em: training steps per M-step (continuing from the last round)
+    em_init: str = "gaussian"       # em: θ₀ — "gaussian" (closed-form EM) or a prior file / shipped name
+    em_gaussian_iters: int = 20     # em: closed-form EM iterations of the Gaussian θ₀
 
     def __post_init__(self):
         self.objective = OBJECTIVE_ALIASES.get(self.objective, self.objective)
@@ -94,5 +100,8 @@ class TrainSettings:
             raise ValueError(f"settings.cm_target_ema must be in [0, 1), got {self.cm_target_ema!r}")
         if not 0.0 < float(self.ambient_delta) < 1.0:
             raise ValueError(f"settings.ambient_delta must be in (0, 1), got {self.ambient_delta!r}")
+        if self.objective == "em" and (int(self.em_rounds) < 1 or int(self.em_m_steps) < 1 or int(self.em_solver_steps) < 1):
+            raise ValueError(f"settings.em_rounds, em_m_steps and em_solver_steps must be >= 1, got {self.em_rounds}, "
+                             f"{self.em_m_steps}, {self.em_solver_steps}")
         if not 1 <= int(self.ct_s0) <= int(self.ct_s1):
             raise ValueError(f"settings.ct_s0, ct_s1 must satisfy 1 <= s0 <= s1, got {self.ct_s0}, {self.ct_s1}")

@@ -66,6 +66,9 @@ class Trainer:
         self.progress = progress and self.rank == 0
         self.flow = settings.objective in ("flow", "reflow")
         self.cm = settings.objective in ("consistency_distillation", "consistency_training")
+        if settings.objective == "em":
+            raise ValueError("settings.objective=em is a loop of rounds, not one training run: use "
+                             "invdiff.training.em.EMRun (invdiff-train settings.objective=em)")
         self.corrupted = settings.objective in CORRUPTED_OBJECTIVES
         self.sigma_floor = None
         self._check_data(data, settings)
