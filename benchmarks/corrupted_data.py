@@ -140,9 +140,11 @@ def main(argv=None):
 def em_table(args, cfg, cmd, test, op, y, sy, results):
     run = Path(args.em)
     table = Rows(test)
-    g0 = run / "round_0" / "gaussian.pt"
+    from invdiff.training.em import load_gaussian
+
+    g0 = run / "round_0" / "gaussian.safetensors"
     if g0.is_file():
-        g = torch.load(g0, weights_only=True)
+        g = load_gaussian(g0)
         table.record("round 0: closed-form Gaussian θ₀, exact posterior mean", lambda: gaussian_posterior_mean(g, op, y, sy))
     k = 1
     while (run / f"round_{k}" / "prior.safetensors").is_file():

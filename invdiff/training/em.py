@@ -144,6 +144,31 @@ def gaussian_em_posterior_samples(g: dict, ms, generator: torch.Generator, chunk
     return torch.cat(out).float()
 
 
+def save_gaussian(path, g: dict) -> Path:
+    """Write :func:`gaussian_em`'s result as safetensors (real and imaginary parts of the mean)."""
+    from ..priors.checkpoints import save_safetensors
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mean = torch.as_tensor(g["mean"])
+    tensors = {"mean_re": mean.real.contiguous() if mean.is_complex() else mean.contiguous(),
+               "mean_im": mean.imag.contiguous() if mean.is_complex() else torch.zeros_like(mean),
+               "var": torch.as_tensor(g["var"]).contiguous()}
+    meta = {"kind": g["kind"], "image_shape": list(g["image_shape"]), "iters": g["iters"], "complex": mean.is_complex()}
+    save_safetensors(path, tensors, {"invdiff_gaussian_em": json.dumps(meta)})
+    return path
+
+
+def load_gaussian(path) -> dict:
+    """Read :func:`save_gaussian`'s file."""
+    from ..priors.native import read_tagged
+
+    t, meta = read_tagged(Path(path), "invdiff_gaussian_em", "a Gaussian EM file")
+    mean = torch.complex(t["mean_re"], t["mean_im"]) if meta["complex"] else t["mean_re"]
+    return {"mean": mean, "var": t["var"], "kind": meta["kind"], "image_shape": tuple(meta["image_shape"]),
+            "iters": meta["iters"]}
+
+
 def gaussian_em_mean_image(g: dict) -> Tensor:
     dom = make_domain(g["kind"], g["image_shape"])
     return dom.to_image(g["mean"][None])[0]
@@ -194,14 +219,11 @@ class EMRun:
 
     def initial_prior(self):
         if self.s.em_init == "gaussian":
-            path = self.out / "round_0" / "gaussian.pt"
+            path = self.out / "round_0" / "gaussian.safetensors"
             if path.is_file():
-                return torch.load(path, weights_only=True)
+                return load_gaussian(path)
             g = gaussian_em(self.ms, iters=self.s.em_gaussian_iters)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(g, tmp)
-            tmp.replace(path)
+            save_gaussian(path, g)
             return g
         from ..priors import load
 
