@@ -120,15 +120,17 @@ class VPSchedule:
         """ᾱ = 1/(1 + σ²) for any σ (not only on the grid)."""
         return 1.0 / (1.0 + _as64(sigma) ** 2)
 
-    def timesteps(self, steps: int, t_max: int | None = None) -> Tensor:
-        """``steps`` integer timesteps, decreasing from ``t_max`` (default T−1) to 0, evenly spread
-        (a rounded ``linspace``, as guided-diffusion's respacing; DDIM's code uses
+    def timesteps(self, steps: int, t_max: int | None = None, t_min: int = 0) -> Tensor:
+        """``steps`` integer timesteps, decreasing from ``t_max`` (default T−1) to ``t_min`` (default 0),
+        evenly spread (a rounded ``linspace``, as guided-diffusion's respacing; DDIM's code uses
         ``range(0, T, T // steps)``, which starts lower, at T − T/steps)."""
         t_max = self.T - 1 if t_max is None else int(t_max)
-        if not 1 <= steps <= t_max + 1:
-            raise ValueError(f"steps must be in [1, {t_max + 1}] (the timesteps of the {self.T}-step VP schedule whose "
-                             f"σ lies in the prior's range), got {steps}; steps={t_max + 1} takes every one of them")
-        return torch.linspace(t_max, 0, steps, dtype=torch.float64).round()
+        t_min = int(t_min)
+        if not 1 <= steps <= t_max - t_min + 1:
+            raise ValueError(f"steps must be in [1, {t_max - t_min + 1}] (the timesteps of the {self.T}-step VP schedule "
+                             f"whose σ lies in the prior's range), got {steps}; steps={t_max - t_min + 1} takes every one "
+                             "of them")
+        return torch.linspace(t_max, t_min, steps, dtype=torch.float64).round()
 
     def sigma_grid(self, steps: int) -> Tensor:
         return self.sigmas[self.timesteps(steps).long()]
@@ -147,12 +149,16 @@ def vp_schedule_of(prior, schedule: "VPSchedule | None" = None) -> "VPSchedule":
 
 
 def vp_timesteps(prior, schedule: "VPSchedule", steps: int) -> Tensor:
-    """``steps`` respaced integer timesteps (decreasing, int64), starting at the last training step
-    whose σ the prior covers (``prior.sigma_max``)."""
-    t_max = schedule.T - 1
+    """``steps`` respaced integer timesteps (decreasing, int64) within the prior's σ range: from the
+    last training step whose σ ≤ ``prior.sigma_max`` down to the first whose σ ≥ ``prior.sigma_min``
+    (a prior learned from noisy data is not evaluated below its noise floor; for every prior trained
+    down to σ ≈ 0 this is step 0)."""
+    t_max, t_min = schedule.T - 1, 0
     if prior.sigma_max < schedule.sigma_max:
         t_max = int(schedule.t(prior.sigma_max).floor())
-    return schedule.timesteps(steps, t_max=t_max).long()
+    if prior.sigma_min > float(schedule.sigmas[0]):
+        t_min = min(int(schedule.t(prior.sigma_min).ceil()), t_max)
+    return schedule.timesteps(steps, t_max=t_max, t_min=t_min).long()
 
 
 class VESchedule:

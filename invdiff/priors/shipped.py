@@ -17,6 +17,11 @@ name              what
                   (:class:`~invdiff.priors.consistency.ConsistencyPrior`; ``invdiff-train
                   settings.objective=consistency_distillation settings.teacher=phantom64``)
 ``patches64_cm``  ``patches64`` distilled into a consistency model
+``phantom64_ambient``  the ``phantom64`` network learned by ambient diffusion from 4×-undersampled,
+                  σ_y = 0.01 single-coil k-space only (``invdiff-train data=measurements
+                  settings.objective=ambient``; :mod:`invdiff.training.corrupted`)
+``patches64_noisy``  the ``patches64`` network learned from crops with σ_n = 0.1 noise only
+                  (``settings.objective=noisy``, Tweedie); its σ range starts at the noise floor
 ================  ===============================================================================
 
 Each name is registered in :data:`invdiff.priors.registry.NAMED_PRIORS`, which is how
@@ -33,7 +38,7 @@ from .loaders import load
 from .registry import register_named_prior
 
 SHIPPED = ("phantom64", "patches64", "phantom64_flow", "patches64_flow", "phantom64_reflow", "phantom64_cm",
-           "patches64_cm")
+           "patches64_cm", "phantom64_ambient", "patches64_noisy")
 
 
 def shipped_prior_path(name: str) -> Path:
