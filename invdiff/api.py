@@ -25,6 +25,7 @@ from torch import Tensor
 
 from .checks import check_measurement, check_sigma_y, whole_number
 from .priors.base import CountingPrior, Prior
+from .priors.bridge import BridgePrior
 
 log = logging.getLogger("invdiff")
 
@@ -79,15 +80,17 @@ def solver_of(solver: str | Callable) -> Callable:
     ``functools.partial`` with settings), returned as is."""
     import difflib
 
-    from .solvers import SOLVERS
+    from .solvers import BRIDGE_SOLVERS, SOLVERS
 
     if callable(solver):
         return solver
-    if solver not in SOLVERS:
-        close = difflib.get_close_matches(str(solver), list(SOLVERS), n=1)
-        raise ValueError(f"unknown solver {solver!r}. Choose one of: {', '.join(sorted(SOLVERS))}, or pass a "
-                         f"callable with the solver call shape." + (f" Did you mean '{close[0]}'?" if close else ""))
-    return SOLVERS[solver]
+    every = {**SOLVERS, **BRIDGE_SOLVERS}
+    if solver not in every:
+        close = difflib.get_close_matches(str(solver), list(every), n=1)
+        raise ValueError(f"unknown solver {solver!r}. Choose one of: {', '.join(sorted(SOLVERS))}; with a bridge "
+                         f"prior: {', '.join(sorted(BRIDGE_SOLVERS))}; or pass a callable with the solver call shape."
+                         + (f" Did you mean '{close[0]}'?" if close else ""))
+    return every[solver]
 
 
 def solver_name(solver: Callable) -> str:
@@ -179,7 +182,7 @@ def reconstruct(y: Tensor, operator, prior: Prior, solver: str | Callable = "pig
     chunk = len(jobs) if batch_size is None or auto else batch_size
     _refuse_what_cannot_fit(operator, y, n_draws, 1 if auto else min(chunk, len(jobs)))
     seeds = [[sample_seed(seed, ids[i], f"solver/{k}") for k in range(n_draws)] for i in range(B)]
-    counting = CountingPrior(prior)
+    counting = prior if isinstance(prior, BridgePrior) else CountingPrior(prior)  # a bridge counts its own calls
     t0 = time.perf_counter()
     with runtime(autocast=autocast, compile=compile, checkpoint=checkpoint, channels_last=channels_last), \
             _progress_callback(progress, solver_name(fn), solver_kwargs.pop("callback", None)) as callback:

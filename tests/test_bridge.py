@@ -186,3 +186,71 @@ def test_degrade_simulates_the_family_with_a_fresh_mask_per_image():
     op = O.Downsampling(2, (1, 16, 16))
     assert torch.allclose(op.A(sr), op.A(x), atol=1e-10)
     assert math.isfinite(sr.sum().item())
+
+
+def test_a_bridge_runs_through_reconstruct_and_diffusion_solvers_refuse_it(tmp_path):
+    from invdiff import reconstruct, solvers
+    from invdiff.priors import load
+    from invdiff.priors.native import save
+
+    spec = family_spec("mri", sigma_y=0.01, acceleration=4, center_fraction=0.125)
+    br = _tiny_bridge(spec)
+    path = save(tmp_path / "b.safetensors", br, "invdiff.unet", dict(width=8, mults=(1,), emb=16))
+    again = load(path)
+    assert isinstance(again, BridgePrior) and again.spec == spec and again.path == br.path
+    x_t = torch.randn(2, 1, 16, 16, dtype=DT)
+    assert torch.allclose(again.x0_hat(x_t, 0.4), br.x0_hat(x_t, 0.4), atol=1e-6)
+    op = O.SingleCoilMRI(O.FastMRIMask("random", [0.125], [4]), (1, 16, 16), seed=0)
+    y = op.measure(torch.rand(2, 1, 16, 16, dtype=DT), O.GaussianNoise(0.01), generator=torch.Generator().manual_seed(0))
+    rec = reconstruct(y, op, again, "i2sb", sigma_y=0.01, steps=4, num_samples=2)
+    assert rec.samples.shape == (2, 2, 1, 16, 16) and rec.nfe == 4 and bool(torch.isfinite(rec.samples).all())
+    det = reconstruct(y, op, again, "indi", sigma_y=0.01, steps=4, num_samples=2)
+    assert torch.equal(det.samples[:, 0], det.samples[:, 1])        # InDI is deterministic
+    assert not torch.equal(rec.samples[:, 0], rec.samples[:, 1])    # I²SB draws
+    with pytest.raises(TypeError, match="is a bridge from degraded to clean images: run it with a bridge solver"):
+        solvers.ddnm(y, op, again, sigma_y=0.01, steps=2)
+
+
+def test_bridge_training_starts_from_the_teacher_resumes_and_refuses_other_bridge_settings(tmp_path):
+    from invdiff.data.training_data import PhantomData
+    from invdiff.priors import load
+    from invdiff.training import Trainer, TrainSettings
+    from operators.checkpoints import CheckpointError
+
+    arch = dict(width=8, mults=[1], blocks=1, emb=16)
+    base = dict(batch=2, arch=arch, ckpt_every=2, log_every=2)
+    teacher = Trainer(PhantomData(16), tmp_path / "t", TrainSettings(steps=2, **base), progress=False)
+    teacher.train()
+    tpath = teacher.export()
+    s = TrainSettings(steps=4, objective="bridge", teacher=str(tpath), bridge_acceleration=4, bridge_center_fraction=0.125,
+                      **base)
+    t = Trainer(PhantomData(16), tmp_path / "b", s, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(t.net.state_dict().values(), load(tpath).net.state_dict().values()))
+    t.train(until=2)
+    t2 = Trainer(PhantomData(16), tmp_path / "b", s, progress=False)
+    assert t2.step == 2
+    t2.train()
+    ref = Trainer(PhantomData(16), tmp_path / "c", s, progress=False)
+    ref.train()
+    assert all(torch.equal(a, b) for a, b in zip(t2.net.state_dict().values(), ref.net.state_dict().values()))
+    br = load(t2.export())
+    assert isinstance(br, BridgePrior) and br.spec["family"] == "mri" and br.path.b == 0.15
+    loss_png, grid = t2.figures(4)
+    assert grid.is_file()
+    with pytest.raises(CheckpointError, match="settings.bridge_b=0.15, but this run has settings.bridge_b=0.0"):
+        Trainer(PhantomData(16), tmp_path / "b", TrainSettings(**{**s.__dict__, "bridge_b": 0.0}), progress=False)
+    with pytest.raises(ValueError, match="bridge_operator must be one of"):
+        TrainSettings(objective="bridge", bridge_operator="blur")
+
+
+def test_a_bridge_is_not_run_in_tiles():
+    from invdiff import tiling
+
+    spec = family_spec("sr", sigma_y=0.025, factor=2)
+    op = O.Downsampling(2, (1, 64, 64))
+    r = tiling.Restriction(op)
+    first = r.layout((32, 32), 12)[0]
+    tile = r.problem(first.top, first.left, first.height, first.width)[0]
+    with pytest.raises(ValueError, match="bridges are not run in tiles"):
+        check_operator(spec, tile, 0.025)
+    check_operator(spec, O.Downsampling(2, (1, 16, 16)), 0.025)

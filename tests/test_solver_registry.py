@@ -35,19 +35,21 @@ def measurement():
 def test_every_solver_config_targets_the_solver_of_its_name(config):
     target = OmegaConf.load(CONFIGS[config])._target_
     name = CONFIG_NAME_TO_SOLVER.get(config, config)
-    assert name in solvers.SOLVERS, f"configs/solver/{config}.yaml: '{name}' is not in invdiff.solvers.SOLVERS"
-    assert get_method(target) is solvers.SOLVERS[name], f"configs/solver/{config}.yaml targets {target}"
+    every = {**solvers.SOLVERS, **solvers.BRIDGE_SOLVERS}
+    assert name in every, f"configs/solver/{config}.yaml: '{name}' is not in invdiff.solvers.SOLVERS or BRIDGE_SOLVERS"
+    assert get_method(target) is every[name], f"configs/solver/{config}.yaml targets {target}"
 
 
 def test_every_registered_solver_has_a_config():
     configured = {CONFIG_NAME_TO_SOLVER.get(c, c) for c in CONFIGS}
-    assert set(solvers.SOLVERS) <= configured
+    assert set(solvers.SOLVERS) | set(solvers.BRIDGE_SOLVERS) <= configured
+    assert not set(solvers.SOLVERS) & set(solvers.BRIDGE_SOLVERS)
     assert solvers.BASELINES <= set(solvers.SOLVERS)
 
 
 def test_registered_names_are_the_functions_names():
     """Results record ``solver_name`` (the function's ``__name__``): the registry uses the same name."""
-    assert all(f.__name__ == name for name, f in solvers.SOLVERS.items())
+    assert all(f.__name__ == name for name, f in {**solvers.SOLVERS, **solvers.BRIDGE_SOLVERS}.items())
 
 
 @pytest.mark.parametrize("name", sorted(solvers.SOLVERS))
@@ -62,4 +64,4 @@ def test_an_unknown_name_is_refused_in_one_paragraph_with_the_choices():
     with pytest.raises(ValueError, match=r"unknown solver 'pnp_dm'\. Choose one of: .*Did you mean 'pnpdm'\?") as err:
         reconstruct(measurement(), OP, PRIOR, "pnp_dm", sigma_y=0.05)
     msg = str(err.value)
-    assert "\n" not in msg and all(name in msg for name in solvers.SOLVERS)
+    assert "\n" not in msg and all(name in msg for name in (*solvers.SOLVERS, *solvers.BRIDGE_SOLVERS))

@@ -284,7 +284,9 @@ def _check_config(cfg: DictConfig) -> torch.device:
 
 def _check_prior(cfg: DictConfig, prior, shape: tuple) -> int | None:
     """The prior against ``shape`` (equal, or smaller with tiling); returns ``tile_overlap``."""
-    if prior is None or not hasattr(prior, "denoiser"):
+    from ..priors.bridge import BridgePrior
+
+    if prior is None or not (hasattr(prior, "denoiser") or isinstance(prior, BridgePrior)):
         raise AppError(f"prior config did not give a prior (got {type(prior).__name__})")
     overlap = tile_overlap(cfg)
     if overlap is None and tuple(prior.shape) != shape:

@@ -138,7 +138,7 @@ def _sqrtm(A: Tensor) -> Tensor:
 
 
 def bridge_sample(x0_hat, x1: Tensor, path: BrownianBridge, steps: int, *, generator=None,
-                  stochastic: bool = True, t_max: float = 1.0) -> Tensor:
+                  stochastic: bool = True, t_max: float = 1.0, callback=None) -> Tensor:
     """Run the bridge from x₁ at ``t_max`` to t = 0 in ``steps`` equal steps (NFE = ``steps``):
     ``x0_hat(x_t, t)`` → x̂₀, then :meth:`BrownianBridge.step`; the last step lands on x̂₀.
     ``stochastic=False`` (or b = 0): the mean path — InDI's iteration, I²SB's "OT-ODE"."""
@@ -146,8 +146,10 @@ def bridge_sample(x0_hat, x1: Tensor, path: BrownianBridge, steps: int, *, gener
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     ts = torch.linspace(float(t_max), 0.0, int(steps) + 1, dtype=torch.float64).tolist()
     x = x1
-    for t, s in zip(ts[:-1], ts[1:]):
+    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         x0 = x0_hat(x, t)
+        if callback is not None:
+            callback(i, x, x0)
         if s == 0:
             return x0
         z = None
@@ -175,6 +177,11 @@ class BridgePrior(torch.nn.Module):
         self.scale = 2.0 / (hi - lo)
         self.offset = -1.0 - self.scale * lo
         self.checkpoint: dict = {}
+        self.calls = 0  # network calls (NFE), as CountingPrior counts a prior's
+
+    @property
+    def differentiable(self) -> bool:
+        return True
 
     def to_model(self, x: Tensor) -> Tensor:
         return self.scale * x + self.offset
@@ -184,6 +191,7 @@ class BridgePrior(torch.nn.Module):
 
     def x0_hat(self, x_t: Tensor, t) -> Tensor:
         """E[x₀ | x_t] at time t (a float or ``[B]``), model units."""
+        self.calls += 1
         tt = torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(x_t.shape[0])
         sig = self.path.noise_level(tt, self.sigma_1).to(device=x_t.device, dtype=x_t.dtype)
         dtype = next(self.net.parameters()).dtype

@@ -62,6 +62,15 @@ def save(path: str | Path, prior: NetworkPrior | FlowPrior | ConsistencyPrior, a
         if source is not None:
             meta["source"] = source
         return save_safetensors(path, prior.net.state_dict(), {"invdiff": json.dumps(meta)})
+    from .bridge import BridgePrior
+
+    if isinstance(prior, BridgePrior):  # a bridge (invdiff.priors.bridge): its path, σ₁ and operator family
+        meta = {"format_version": FORMAT_VERSION, "kind": "bridge", "architecture": architecture,
+                "arch_kwargs": arch_kwargs, "path": prior.path.to_dict(), "sigma_1": prior.sigma_1,
+                "spec": prior.spec, "shape": list(prior.shape), "data_range": list(prior.data_range)}
+        if source is not None:
+            meta["source"] = source
+        return save_safetensors(path, prior.net.state_dict(), {"invdiff": json.dumps(meta)})
     if isinstance(prior, ConsistencyPrior):
         meta = {"format_version": FORMAT_VERSION, "kind": "consistency", "architecture": architecture,
                 "arch_kwargs": arch_kwargs, "sigma_range": [prior.sigma_min, prior.sigma_max],
@@ -116,6 +125,16 @@ def _load(checkpoint: Checkpoint, overrides: dict) -> NetworkPrior | FlowPrior |
                       t_range=info["t_range"])
         kwargs.update(overrides)
         return FlowPrior(net.eval(), make_path(info["path"]), **kwargs)
+    if info.get("kind", "network") == "bridge":
+        from .bridge import BridgePrior, BrownianBridge
+
+        if overrides:
+            raise CheckpointError(f"{path} is a bridge; it takes no overrides (got {sorted(overrides)})")
+        p = dict(info["path"])
+        if p.pop("kind", None) != "brownian_bridge":
+            raise CheckpointError(f"{path}: unknown bridge path {info['path']!r}")
+        return BridgePrior(net.eval(), BrownianBridge(**p), sigma_1=info["sigma_1"], spec=info["spec"],
+                           shape=info["shape"], data_range=info["data_range"])
     if info.get("kind", "network") == "consistency":
         kwargs = dict(shape=info["shape"], data_range=info["data_range"], model_range=info["model_range"],
                       sigma_range=info["sigma_range"])

@@ -26,6 +26,7 @@ arguments of ``invdiff.reconstruct``). :func:`vp_sigmas` is the σ grid of the V
 
 from ._common import SolverDivergedError, vp_sigmas
 from .baselines import dpir, pinv, tv
+from .bridge import cddb, i2sb, indi
 from .cm4ir import cm4ir
 from .daps import daps
 from .ddnm import ddnm
@@ -53,6 +54,10 @@ SOLVERS = {f.__name__: f for f in (ddrm, ddnm, pigdm, diffpir, score_sde, dps, m
 #: The names in :data:`SOLVERS` of the classical baselines (no posterior sampling: ``pinv`` and
 #: ``tv`` use no prior, ``dpir`` plugs the prior's denoiser into half-quadratic splitting).
 BASELINES = frozenset({"pinv", "tv", "dpir"})
+#: The bridge solvers (:mod:`invdiff.solvers.bridge`): the same call shape, run on a trained
+#: :class:`~invdiff.priors.bridge.BridgePrior` (not on a diffusion/flow prior), for the operator family
+#: the bridge was trained for. ``invdiff.reconstruct`` and the app look names up here too.
+BRIDGE_SOLVERS = {f.__name__: f for f in (i2sb, indi, cddb)}
 
-__all__ = ["SOLVERS", "BASELINES", "COMPILE_MODES", "SolverDivergedError", "check_call", "runtime", "vp_sigmas",
-           *SOLVERS]
+__all__ = ["SOLVERS", "BASELINES", "BRIDGE_SOLVERS", "COMPILE_MODES", "SolverDivergedError", "check_call", "runtime",
+           "vp_sigmas", *SOLVERS, *BRIDGE_SOLVERS]

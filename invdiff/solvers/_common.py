@@ -321,6 +321,10 @@ def setup(name: str, y: Tensor, operator, prior: Prior, *, sigma_y, steps: int, 
     """
     require(operator, name, needs)
     if not isinstance(prior, Prior):
+        if type(prior).__name__ == "BridgePrior":
+            raise TypeError(f"solver '{name}' needs a diffusion or flow prior (a denoiser of Gaussian noise), but this "
+                            "is a bridge from degraded to clean images: run it with a bridge solver (i2sb, indi, cddb; "
+                            "invdiff.solvers.BRIDGE_SOLVERS)")
         raise TypeError(f"solver '{name}': prior must be an invdiff.priors.Prior, got {type(prior).__name__}")
     check_measurement(name, y, operator)
     img = tuple(getattr(operator, "img_size", prior.shape))

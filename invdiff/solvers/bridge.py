@@ -28,6 +28,7 @@ from torch import Tensor
 from .._random import check_generator
 from ..checks import check_measurement
 from ..priors.bridge import BridgePrior, bridge_sample
+from .network import checks_done
 
 
 def _setup(name: str, y: Tensor, operator, bridge, sigma_y, steps, generator, allow_shift: bool, needs=("pinv",)):
@@ -48,11 +49,12 @@ def _setup(name: str, y: Tensor, operator, bridge, sigma_y, steps, generator, al
         raise ValueError(f"solver '{name}': steps must be a positive integer, got {steps!r}")
     check_generator(generator, y.shape[0])
     check_operator(bridge.spec, operator, sigma_y, allow_shift=allow_shift, name=name)
+    checks_done()  # under check_call (the apps' dry run), stop here
     x1 = bridge.to_model(operator.A_dagger(y.to(torch.float64)))
     return x1
 
 
-def _run(bridge, x1, y, operator, steps, generator, stochastic, step_size=None):
+def _run(bridge, x1, y, operator, steps, generator, stochastic, step_size=None, callback=None):
     def x0_hat(x, t):
         x0 = bridge.x0_hat(x, t)
         if step_size:
@@ -61,25 +63,27 @@ def _run(bridge, x1, y, operator, steps, generator, stochastic, step_size=None):
         return x0
 
     with torch.no_grad():
-        return bridge_sample(x0_hat, x1, bridge.path, steps, generator=generator, stochastic=stochastic)
+        return bridge_sample(x0_hat, x1, bridge.path, steps, generator=generator, stochastic=stochastic,
+                             callback=callback)
 
 
 def i2sb(y: Tensor, operator, bridge, *, sigma_y=0.0, steps: int = 10, generator=None, stochastic: bool = True,
-         allow_shift: bool = False) -> Tensor:
+         allow_shift: bool = False, callback=None) -> Tensor:
     """I²SB's sampler (module docstring); returns images in measurement/physical units."""
     x1 = _setup("i2sb", y, operator, bridge, sigma_y, steps, generator, allow_shift)
-    return bridge.to_physical(_run(bridge, x1, y, operator, steps, generator, stochastic)).to(y.dtype)
+    return bridge.to_physical(_run(bridge, x1, y, operator, steps, generator, stochastic, callback=callback)).to(y.dtype)
 
 
 def indi(y: Tensor, operator, bridge, *, sigma_y=0.0, steps: int = 10, generator=None,
-         allow_shift: bool = False) -> Tensor:
+         allow_shift: bool = False, callback=None) -> Tensor:
     """InDI's iteration (module docstring): deterministic; ``generator`` is accepted for the call shape."""
     x1 = _setup("indi", y, operator, bridge, sigma_y, steps, generator, allow_shift)
-    return bridge.to_physical(_run(bridge, x1, y, operator, steps, generator, False)).to(y.dtype)
+    return bridge.to_physical(_run(bridge, x1, y, operator, steps, generator, False, callback=callback)).to(y.dtype)
 
 
 def cddb(y: Tensor, operator, bridge, *, sigma_y=0.0, steps: int = 10, generator=None, step_size: float = 1.0,
-         stochastic: bool = True, allow_shift: bool = False) -> Tensor:
+         stochastic: bool = True, allow_shift: bool = False, callback=None) -> Tensor:
     """CDDB (module docstring): I²SB with a data-consistency step on every x̂₀."""
     x1 = _setup("cddb", y, operator, bridge, sigma_y, steps, generator, allow_shift, needs=("pinv", "adjoint"))
-    return bridge.to_physical(_run(bridge, x1, y, operator, steps, generator, stochastic, step_size)).to(y.dtype)
+    return bridge.to_physical(_run(bridge, x1, y, operator, steps, generator, stochastic, step_size,
+                                   callback)).to(y.dtype)

@@ -36,6 +36,12 @@ def family_spec(family: str, *, sigma_y: float, acceleration: float = 4.0, cente
     raise ValueError(f"settings.bridge_operator must be one of {FAMILIES}, got {family!r}")
 
 
+def spec_of(s) -> dict:
+    """The family of a run's :class:`~invdiff.training.settings.TrainSettings`."""
+    return family_spec(s.bridge_operator, sigma_y=s.bridge_sigma_y, acceleration=s.bridge_acceleration,
+                       center_fraction=s.bridge_center_fraction, factor=s.bridge_factor, filter=s.bridge_filter)
+
+
 def _operator(spec: dict, shape, generator: torch.Generator):
     import operators as O
 
@@ -74,7 +80,11 @@ def check_operator(spec: dict, operator, sigma_y, *, allow_shift: bool = False, 
 
     trained = ", ".join(f"{k}={v}" for k, v in spec.items())
     problem = None
-    if spec["family"] == "mri":
+    if type(operator).__name__ == "TileOperator":
+        problem = (f"the operator is a tile of a larger image ({operator.describe()}): a tile's border measurements are "
+                   "cut by the tiling, which the bridge never saw, so bridges are not run in tiles — solve images of the "
+                   "bridge's size")
+    elif spec["family"] == "mri":
         if type(operator) is not O.SingleCoilMRI:
             problem = f"the operator is {type(operator).__name__}, not SingleCoilMRI"
         elif abs(operator.acceleration / spec["acceleration"] - 1) > 0.25:

@@ -14,7 +14,8 @@ from torch import Tensor
 from ..priors.flow import make_path
 
 
-OBJECTIVES = ("edm", "flow", "reflow", "consistency_distillation", "consistency_training", "ambient", "noisy", "em")
+OBJECTIVES = ("edm", "flow", "reflow", "consistency_distillation", "consistency_training", "ambient", "noisy", "em",
+              "bridge")
 #: the objectives that train on measurements (``data=measurements``) and never on clean images
 CORRUPTED_OBJECTIVES = ("ambient", "noisy", "em")
 #: short names accepted for the objectives (``settings.objective=cd``); stored under the full name
@@ -75,6 +76,14 @@ class TrainSettings:
     em_m_steps: int = 2000          # em: training steps per M-step (continuing from the last round)
     em_init: str = "gaussian"       # em: θ₀ — "gaussian" (closed-form EM) or a prior file / shipped name
     em_gaussian_iters: int = 20     # em: closed-form EM iterations of the Gaussian θ₀
+    bridge_operator: str = "mri"    # bridge: the operator family, "mri" or "sr" (invdiff.training.bridge)
+    bridge_sigma_y: float = 0.01    # bridge: the measurement noise of the family
+    bridge_acceleration: float = 4.0  # bridge, mri: fastMRI random mask, a fresh one per image
+    bridge_center_fraction: float = 0.08
+    bridge_factor: int = 2          # bridge, sr: Downsampling factor and filter
+    bridge_filter: str = "bicubic"
+    bridge_b: float = 0.15          # bridge: diffusion coefficient b of the Brownian bridge (0: InDI's path)
+    bridge_sigma_1: float = 0.3     # bridge: typical RMS of x₁ − x₀ in model units (the network's conditioning)
 
     def __post_init__(self):
         self.objective = OBJECTIVE_ALIASES.get(self.objective, self.objective)
@@ -103,5 +112,12 @@ class TrainSettings:
         if self.objective == "em" and (int(self.em_rounds) < 1 or int(self.em_m_steps) < 1 or int(self.em_solver_steps) < 1):
             raise ValueError(f"settings.em_rounds, em_m_steps and em_solver_steps must be >= 1, got {self.em_rounds}, "
                              f"{self.em_m_steps}, {self.em_solver_steps}")
+        if self.objective == "bridge":
+            from .bridge import family_spec
+
+            family_spec(self.bridge_operator, sigma_y=self.bridge_sigma_y)
+            if not (float(self.bridge_b) >= 0 and float(self.bridge_sigma_1) > 0 and float(self.bridge_sigma_y) >= 0):
+                raise ValueError(f"settings.bridge_b must be >= 0, bridge_sigma_1 > 0 and bridge_sigma_y >= 0, got "
+                                 f"{self.bridge_b}, {self.bridge_sigma_1}, {self.bridge_sigma_y}")
         if not 1 <= int(self.ct_s0) <= int(self.ct_s1):
             raise ValueError(f"settings.ct_s0, ct_s1 must satisfy 1 <= s0 <= s1, got {self.ct_s0}, {self.ct_s1}")

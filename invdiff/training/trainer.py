@@ -38,6 +38,7 @@ from ..priors.unet import build_ambient_unet, build_cm_unet, build_flow_unet, bu
 
 from .consistency import cd_loss, ct_loss, karras_levels
 from .corrupted import corrupted_loss, make_domain, noise_floor
+from .bridge import bridge_loss, degrade
 from .objectives import edm_loss, flow_loss
 from .settings import CKPT_VERSION, CORRUPTED_OBJECTIVES, OBJECTIVE_ALIASES, TrainData, TrainSettings
 
@@ -93,6 +94,19 @@ class Trainer:
         self.net = build(**self.arch).to(self.device)
         self.ema = build(**self.arch).to(self.device)
         self.teacher, self.target, self.from_teacher = None, None, False
+        self.bridge = settings.objective == "bridge"
+        if self.bridge:
+            from ..priors.bridge import BrownianBridge
+            from .bridge import spec_of
+
+            self.bridge_path, self.bridge_spec = BrownianBridge(float(settings.bridge_b)), spec_of(settings)
+            if settings.teacher:  # I²SB starts from a pretrained unconditional diffusion model (their §4)
+                teacher = self._load_cd_teacher(settings.teacher, data)
+                if not self.from_teacher:
+                    raise ValueError(f"settings.teacher={settings.teacher!r} has another network than settings.arch="
+                                     f"{settings.arch}; a bridge starts from the teacher's weights: use its settings.arch")
+                self.net.load_state_dict(teacher.net.state_dict())
+                del teacher
         if settings.objective == "reflow":
             self.teacher = self._load_teacher(settings.teacher, data)
             self.net.load_state_dict(self.teacher.net.state_dict())  # 2-RF starts from 1-RF (Liu et al. §5)
@@ -265,6 +279,10 @@ class Trainer:
             keys += ["steps", "ct_s0", "ct_s1", "ct_p_mean", "ct_p_std", "cm_distance"]
         if self.s.objective == "ambient":
             keys += ["ambient_delta"]
+        if self.s.objective == "bridge":
+            keys += ["teacher", "bridge_operator", "bridge_sigma_y", "bridge_b", "bridge_sigma_1"]
+            keys += ["bridge_acceleration", "bridge_center_fraction"] if self.s.bridge_operator == "mri" else \
+                ["bridge_factor", "bridge_filter"]
         for k in keys:
             a, b = old.get(k), new[k]
             same = make_path(a) == make_path(b) if k == "path" and a is not None else a == b
@@ -296,11 +314,16 @@ class Trainer:
             else:
                 x, eps = self.data.sample(self.s.batch, self.gen).to(self.device, torch.float32), None
                 x = _flip(x, self.gen) * 2.0 - 1.0
+            if self.bridge:  # its degraded partner x₁ = A⁺(A x₀ + σ_y n), a fresh operator of the family
+                x1 = degrade((x.double().cpu() + 1) / 2, self.bridge_spec, self.gen).to(self.device, torch.float32) * 2 - 1
             for g in self.opt.param_groups:
                 g["lr"] = self.lr_at(self.step)
             if self.corrupted:
                 loss = corrupted_loss(model, x, self.domain, self.gen, self.s, ambient=self.s.objective == "ambient",
                                       sigma_floor=self.sigma_floor, data_range=self.data.data_range)
+            elif self.bridge:
+                loss = bridge_loss(model, x, x1, self.bridge_path, self.gen, sigma_1=float(self.s.bridge_sigma_1),
+                                   sigma_data=self.s.sigma_data)
             elif self.flow:
                 loss = flow_loss(model, x, self.gen, self.s, eps)
             elif self.s.objective == "consistency_distillation":
@@ -351,6 +374,11 @@ class Trainer:
     def prior(self) -> NetworkPrior | FlowPrior | ConsistencyPrior:
         """The EMA network as a :class:`NetworkPrior` (EDM), a :class:`FlowPrior` (flow, reflow) or a
         :class:`ConsistencyPrior` (cd, ct), data [0, 1] ↔ model [−1, 1]."""
+        if self.bridge:
+            from ..priors.bridge import BridgePrior
+
+            return BridgePrior(self.ema.eval(), self.bridge_path, sigma_1=float(self.s.bridge_sigma_1),
+                               spec=self.bridge_spec, shape=(self.data.channels, self.data.size, self.data.size))
         if self.cm:
             return ConsistencyPrior(self.ema.eval(), shape=(self.data.channels, self.data.size, self.data.size),
                                     sigma_range=(SIGMA_MIN, SIGMA_MAX), data_range=(0.0, 1.0), model_range=(-1.0, 1.0))
@@ -399,6 +427,8 @@ class Trainer:
         plt.close(fig)
         if samples <= 0:
             return loss_png, None
+        if self.bridge:
+            return loss_png, self._bridge_figure(samples)
         prior = self.prior()
         sampler, label = (flow_heun, "flow Heun") if self.flow else (edm_heun, "EDM Heun")
         if self.cm:
@@ -419,3 +449,32 @@ class Trainer:
         fig.savefig(grid_png, dpi=100)
         plt.close(fig)
         return loss_png, grid_png
+
+    def _bridge_figure(self, samples: int, steps: int = 10) -> Path:
+        """``samples.png`` of a bridge: fresh images of the data (seed 0), their degraded partners x₁
+        and the EMA bridge's I²SB restoration from x₁ (``steps`` steps, seed 0), in rows of three."""
+        import matplotlib.pyplot as plt
+
+        from ..priors.bridge import bridge_sample
+
+        n = max(1, min(samples // 2, 6))
+        g = torch.Generator().manual_seed(0)
+        x0 = self.data.sample(n, g).to(torch.float64)
+        x1 = degrade(x0, self.bridge_spec, g) * 2 - 1
+        bridge = self.prior()
+        with torch.no_grad():
+            out = (bridge_sample(bridge.x0_hat, x1, bridge.path, steps, generator=g) + 1) / 2
+        fig, axes = plt.subplots(3, n, figsize=(1.6 * n, 5.0), squeeze=False)
+        for j, (row, title) in enumerate([(x0, "x₀"), ((x1 + 1) / 2, "x₁ = A⁺y"), (out, f"I²SB, {steps} steps")]):
+            for i in range(n):
+                a = axes[j, i]
+                a.axis("off")
+                a.imshow(row[i, 0].clamp(0, 1).float().numpy(), cmap="gray", vmin=0, vmax=1)
+                if i == 0:
+                    a.set_title(title, fontsize=8, loc="left")
+        fig.suptitle(f"EMA bridge at step {self.step}: {self.bridge_spec}", fontsize=7)
+        fig.tight_layout()
+        grid_png = self.out / "samples.png"
+        fig.savefig(grid_png, dpi=100)
+        plt.close(fig)
+        return grid_png
