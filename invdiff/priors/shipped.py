@@ -22,6 +22,9 @@ name              what
                   settings.objective=ambient``; :mod:`invdiff.training.corrupted`)
 ``patches64_noisy``  the ``patches64`` network learned from crops with σ_n = 0.1 noise only
                   (``settings.objective=noisy``, Tweedie); its σ range starts at the noise floor
+``phantom64_bridge_mri4x``  a bridge (:class:`~invdiff.priors.bridge.BridgePrior`) from zero-filled
+                  4× MRI (σ_y 0.01) to phantoms, for the bridge solvers ``i2sb``, ``indi``, ``cddb``
+``patches64_bridge_sr2``  a bridge from ×2 bicubic super-resolution's A⁺y (σ_y 0.025) to patches
 ================  ===============================================================================
 
 Each name is registered in :data:`invdiff.priors.registry.NAMED_PRIORS`, which is how
@@ -38,7 +41,8 @@ from .loaders import load
 from .registry import register_named_prior
 
 SHIPPED = ("phantom64", "patches64", "phantom64_flow", "patches64_flow", "phantom64_reflow", "phantom64_cm",
-           "patches64_cm", "phantom64_ambient", "patches64_noisy")
+           "patches64_cm", "phantom64_ambient", "patches64_noisy",
+           "phantom64_bridge_mri4x", "patches64_bridge_sr2")
 
 
 def shipped_prior_path(name: str) -> Path:
