@@ -286,7 +286,17 @@ def test_solver_config_instantiates_alone_and_runs_two_steps(name):
     cfg.pop("steps", None)
     solver = instantiate(cfg)
     y = measurement(n=2)
-    out = solver(y, INPAINT, PRIOR, sigma_y=0.05, steps=2, generator=torch.Generator().manual_seed(0), **FAST.get(name, {}))
+    prior, kw = PRIOR, FAST.get(name, {})
+    if name in solvers.BRIDGE_SOLVERS:  # a bridge solver runs a (here untrained, tiny) bridge prior
+        from invdiff.priors.bridge import BridgePrior, BrownianBridge
+        from invdiff.priors.unet import build_unet
+        from invdiff.training.bridge import family_spec
+
+        torch.manual_seed(0)
+        prior = BridgePrior(build_unet(width=8, mults=(1,), emb=16), BrownianBridge(0.15), sigma_1=0.3,
+                            spec=family_spec("mri", sigma_y=0.05), shape=SHAPE)
+        kw = dict(allow_shift=True)  # the inpainting operator is not the bridge's family
+    out = solver(y, INPAINT, prior, sigma_y=0.05, steps=2, generator=torch.Generator().manual_seed(0), **kw)
     assert out.shape == (2, *SHAPE) and torch.isfinite(out).all()
 
 

@@ -141,12 +141,15 @@ def _check_item(sample, op, prior, tiled: bool = False) -> None:
 def _solver_choices_for(op, prior, sigma_y: float) -> list[str]:
     """The solver configs whose capability needs ``op`` meets (for error messages); a refusal for
     another reason (a setting) does not exclude a solver."""
-    from ..solvers import check_call
+    from ..priors.bridge import BridgePrior
+    from ..solvers import BRIDGE_SOLVERS, check_call
 
     ok = []
     meas = tuple(getattr(op, "meas_size", ()))
     y = torch.zeros((1, *meas), dtype=torch.float64) if meas else None
     for name in choices("solver"):
+        if (name in BRIDGE_SOLVERS) != isinstance(prior, BridgePrior):  # bridges run bridge solvers only
+            continue
         try:
             fn = instantiate(OmegaConf.load(resources.files("invdiff.configs") / "solver" / f"{name}.yaml"))
             check_call(fn, y, op, prior, sigma_y=sigma_y)

@@ -170,7 +170,7 @@ def load_measurements(source: str | Path, limit: int | None = None) -> Measureme
     return ms
 
 
-def _mri_mask(W: int, H: int, acceleration: float, center_fraction: float, generator: torch.Generator) -> Tensor:
+def mri_mask(W: int, H: int, acceleration: float, center_fraction: float, generator: torch.Generator) -> Tensor:
     """fastMRI's random Cartesian mask: the centre columns, then random others to 1/acceleration."""
     from operators.mri_masks import centre_columns
 
@@ -207,7 +207,7 @@ def simulate_measurements(images: str, kind: str, n: int, *, sigma_y: float, acc
         x = data.sample(m, g).to(torch.float64)
         for i in range(m):
             if kind == "mri":
-                mask = _mri_mask(size, size, acceleration, center_fraction, g)
+                mask = mri_mask(size, size, acceleration, center_fraction, g)
                 y = operators.SingleCoilMRI(mask.to(torch.float64), (1, size, size))(x[i:i + 1])[0]
             elif kind == "inpainting":
                 mask = (torch.rand(size, size, generator=g) < observed).float()

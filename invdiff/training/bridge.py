@@ -46,9 +46,9 @@ def _operator(spec: dict, shape, generator: torch.Generator):
     import operators as O
 
     if spec["family"] == "mri":
-        from ..data.measurements import _mri_mask
+        from ..data.measurements import mri_mask
 
-        mask = _mri_mask(shape[-1], shape[-2], spec["acceleration"], spec["center_fraction"], generator)
+        mask = mri_mask(shape[-1], shape[-2], spec["acceleration"], spec["center_fraction"], generator)
         return O.SingleCoilMRI(mask.to(torch.float64), tuple(shape))
     return O.Downsampling(spec["factor"], tuple(shape), filter=spec["filter"])
 
