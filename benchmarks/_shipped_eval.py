@@ -1,5 +1,6 @@
-"""What the shipped-prior evaluations (``phantom64_mri.py``, ``patches64_eval.py``) share: the
-metrics, the timed rows with counted NFE, and the markdown table with its provenance."""
+"""What the shipped-prior evaluations (``phantom64_mri.py``, ``patches64_eval.py``, ``corrupted_data.py``,
+``bridges.py``) share: the held-out problems, the metrics, the timed rows with counted NFE, and the
+markdown table with its provenance."""
 
 from __future__ import annotations
 
@@ -14,6 +15,34 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from invdiff import solvers
 from invdiff.priors import CountingPrior
+
+
+def held_out_problem(task: str, sigma_y: float):
+    """(test images, operator, y, validation images, validation y) of a held-out problem:
+    ``mri4x`` / ``mri8x`` — phantom64_mri.py's (8 held-out phantoms, fastMRI random mask of mask seed 0,
+    its σ_y = 0.01; validation phantoms ``EVAL_SEEDS[32:36]`` with the same mask); ``inpaint``, ``sr2``,
+    ``denoise`` — patches64_eval.py's camera/moon views (validation: coins and cell) under its inpainting or
+    ×2 operator, or the identity, with noise ``sigma_y`` (seed 1 test, 2 validation)."""
+    import operators as O
+    from invdiff import phantoms as P
+
+    if task in ("mri4x", "mri8x"):
+        from phantom64_mri import problem as mri
+
+        test, val = P.held_out(64, 8), P.phantoms(P.EVAL_SEEDS[32:36], 64)
+        accel = 4 if task == "mri4x" else 8
+        op, y = mri(test, accel)
+        vop, vy = mri(val, accel, seed=2)
+        assert torch.equal(vop.mask, op.mask)
+        return test, op, y, val, vy
+    from patches64_eval import TEST, VAL, operator, views
+
+    test = torch.cat([views(n, seed=i) for i, n in enumerate(TEST)])
+    val = torch.cat([views(n, seed=10 + i) for i, n in enumerate(VAL)])
+    op = O.Inpainting(torch.ones(1, 64, 64), (1, 64, 64)) if task == "denoise" else operator(task)
+    y = op.measure(test, O.GaussianNoise(sigma_y), generator=torch.Generator().manual_seed(1))
+    vy = op.measure(val, O.GaussianNoise(sigma_y), generator=torch.Generator().manual_seed(2))
+    return test, op, y, val, vy
 
 
 def metrics(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:

@@ -31,9 +31,7 @@ from pathlib import Path
 
 import torch
 
-import operators as O
-from _shipped_eval import metrics
-from invdiff import phantoms as P
+from _shipped_eval import held_out_problem, metrics
 from invdiff import solvers
 from invdiff.metrics import coverage
 from invdiff.priors import CountingPrior, load
@@ -53,23 +51,9 @@ TASKS = {
 
 def problem(task: str):
     """(test images, operator, y, validation images, validation y, TV weights)."""
-    sy = TASKS[task]["sigma_y"]
-    if task.startswith("mri"):
-        from phantom64_mri import problem as mri
-
-        test, val = P.held_out(64, 8), P.phantoms(P.EVAL_SEEDS[32:36], 64)
-        accel = 4 if task == "mri4x" else 8
-        op, y = mri(test, accel)
-        _, vy = mri(val, accel, seed=2)
-        return test, op, y, val, vy, [3e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2]
-    from patches64_eval import TEST, VAL, operator, views
-
-    test = torch.cat([views(n, seed=i) for i, n in enumerate(TEST)])
-    val = torch.cat([views(n, seed=10 + i) for i, n in enumerate(VAL)])
-    op = operator("sr2")
-    y = op.measure(test, O.GaussianNoise(sy), generator=torch.Generator().manual_seed(1))
-    vy = op.measure(val, O.GaussianNoise(sy), generator=torch.Generator().manual_seed(2))
-    return test, op, y, val, vy, [1e-3, 3e-3, 1e-2, 2e-2, 4e-2, 8e-2]
+    lams = [3e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2] if task.startswith("mri") else \
+        [1e-3, 3e-3, 1e-2, 2e-2, 4e-2, 8e-2]
+    return (*held_out_problem("sr2" if task.startswith("sr2") else task, TASKS[task]["sigma_y"]), lams)
 
 
 def run(label, fn, test, draws: int, deterministic: bool = False):

@@ -34,9 +34,7 @@ from pathlib import Path
 
 import torch
 
-import operators as O
-from _shipped_eval import CountingPrior, Rows, metrics
-from invdiff import phantoms as P
+from _shipped_eval import CountingPrior, Rows, held_out_problem, metrics
 from invdiff.priors import load
 from invdiff.priors.shipped import shipped_prior_path
 from invdiff.solvers.baselines import tv
@@ -52,24 +50,9 @@ TASKS = {
 
 def problem(task: str):
     """(test images, operator, y, validation images, validation y, TV weights to try)."""
-    sy = TASKS[task]["sigma_y"]
-    if task.startswith("mri"):
-        from phantom64_mri import problem as mri
-
-        test, val = P.held_out(64, 8), P.phantoms(P.EVAL_SEEDS[32:36], 64)
-        accel = 4 if task == "mri4x" else 8
-        op, y = mri(test, accel)
-        vop, vy = mri(val, accel, seed=2)
-        assert torch.equal(vop.mask, op.mask)
-        return test, op, y, val, vy, [3e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2]
-    from patches64_eval import TEST, VAL, operator, views
-
-    test = torch.cat([views(n, seed=i) for i, n in enumerate(TEST)])
-    val = torch.cat([views(n, seed=10 + i) for i, n in enumerate(VAL)])
-    op = operator("inpaint") if task == "inpaint" else O.Inpainting(torch.ones(1, 64, 64), (1, 64, 64))
-    y = op.measure(test, O.GaussianNoise(sy), generator=torch.Generator().manual_seed(1))
-    vy = op.measure(val, O.GaussianNoise(sy), generator=torch.Generator().manual_seed(2))
-    return test, op, y, val, vy, [1e-3, 3e-3, 1e-2, 2e-2, 4e-2, 8e-2, 0.16]
+    lams = [3e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2] if task.startswith("mri") else \
+        [1e-3, 3e-3, 1e-2, 2e-2, 4e-2, 8e-2, 0.16]
+    return (*held_out_problem(task, TASKS[task]["sigma_y"]), lams)
 
 
 def _path(name_or_path: str) -> Path:

@@ -13,7 +13,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import operators as O
 from invdiff import phantoms as P
 from invdiff import solvers
 from invdiff.priors import load
@@ -22,7 +21,7 @@ from invdiff.priors.unet import AmbientPreconditioned
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from patches64_eval import views  # noqa: E402  (the evaluation's held-out images)
+from shipped_checks import denoising_mse, held_out  # noqa: E402  (held-out images, denoising check)
 
 # noise floors in model units ([0, 1] → [−1, 1]): k-space σ_y 0.01 on a coefficient sampled once
 # (its partner unsampled) is image noise of √2·0.01 → 2·√2·0.01; pixel noise σ_n 0.1 → 0.2.
@@ -50,13 +49,8 @@ BOUNDS = {"phantom64_ambient": ((0.1, 0.6), (0.5, 0.1), (2.0, 0.025)),
 @pytest.mark.parametrize("name", sorted(BOUNDS))
 def test_corrupted_data_prior_denoises_held_out_images(name):
     prior = load(name)
-    x0 = P.held_out(64, 8).double() if name.startswith("phantom") else torch.cat([views("camera", 0), views("moon", 1)])
-    x = prior.to_model(x0)
-    g = torch.Generator().manual_seed(0)
-    for sigma, bound in BOUNDS[name]:
-        noisy = x + sigma * torch.randn(x.shape, generator=g, dtype=torch.float64)
-        with torch.no_grad():
-            mse = (prior.denoiser(noisy, sigma) - x).square().mean().item()
+    mses = denoising_mse(prior, held_out(name), [s for s, _ in BOUNDS[name]])
+    for (sigma, bound), mse in zip(BOUNDS[name], mses):
         assert mse < bound * sigma**2, (name, sigma, mse / sigma**2)
 
 

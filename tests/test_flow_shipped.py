@@ -12,13 +12,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from invdiff import phantoms as P
 from invdiff.priors import FlowPrior, LinearPath, flow_euler, load
 from invdiff.priors.shipped import shipped_prior_path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from patches64_eval import views  # noqa: E402  (the evaluation's held-out images)
+from shipped_checks import denoising_mse, held_out  # noqa: E402  (held-out images, denoising check)
 
 FLOW_PRIORS = ("phantom64_flow", "patches64_flow", "phantom64_reflow")
 
@@ -31,12 +30,6 @@ def test_flow_prior_loads_by_name_and_by_config(name):
     assert shipped_prior_path(name).stat().st_size < 8 * 2**20
     cfg_prior = instantiate(OmegaConf.load(ROOT / "configs" / "prior" / f"{name}.yaml"))
     assert cfg_prior.checkpoint["sha256"] == prior.checkpoint["sha256"]
-
-
-def held_out(name):
-    if name.startswith("phantom"):
-        return P.held_out(64, 8).double()
-    return torch.cat([views("camera", 0), views("moon", 1)])
 
 
 # MSE/σ² in model units through the flow prior's denoiser (its velocity converted), measured at the
@@ -52,12 +45,8 @@ BOUNDS = {"phantom64_flow": ((0.1, 0.2), (0.5, 0.08), (2.0, 0.03)),
 @pytest.mark.parametrize("name", FLOW_PRIORS)
 def test_flow_prior_denoises_held_out_images(name):
     prior = load(name)
-    x = prior.to_model(held_out(name))
-    g = torch.Generator().manual_seed(0)
-    for sigma, bound in BOUNDS[name]:
-        noisy = x + sigma * torch.randn(x.shape, generator=g, dtype=torch.float64)
-        with torch.no_grad():
-            mse = (prior.denoiser(noisy, sigma) - x).square().mean().item()
+    mses = denoising_mse(prior, held_out(name), [s for s, _ in BOUNDS[name]])
+    for (sigma, bound), mse in zip(BOUNDS[name], mses):
         assert mse < bound * sigma**2, (name, sigma, mse / sigma**2)
 
 

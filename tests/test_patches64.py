@@ -15,7 +15,7 @@ from invdiff.priors.shipped import shipped_prior_path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from patches64_eval import views  # noqa: E402  (the evaluation's held-out images)
+from shipped_checks import denoising_mse, held_out  # noqa: E402  (held-out images, denoising check)
 
 
 def test_patches64_loads_by_name_and_by_config():
@@ -33,12 +33,8 @@ BOUNDS = ((0.1, 0.3), (0.5, 0.08), (2.0, 0.02))
 
 def test_patches64_denoises_the_held_out_images():
     prior = load("patches64")
-    x = prior.to_model(torch.cat([views("camera", 0), views("moon", 1)]))
-    g = torch.Generator().manual_seed(0)
-    for sigma, bound in BOUNDS:
-        noisy = x + sigma * torch.randn(x.shape, generator=g, dtype=torch.float64)
-        with torch.no_grad():
-            mse = (prior.denoiser(noisy, sigma) - x).square().mean().item()
+    mses = denoising_mse(prior, held_out("patches64"), [s for s, _ in BOUNDS])
+    for (sigma, bound), mse in zip(BOUNDS, mses):
         assert mse < bound * sigma**2, (sigma, mse / sigma**2)
 
 

@@ -1,0 +1,34 @@
+"""What the shipped-prior tests share: the held-out images of a prior's family and the denoising
+check against them (MSE in model units at each σ, one noise draw per σ from a seed-0 generator)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from invdiff import phantoms as P
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from patches64_eval import views  # noqa: E402  (the evaluation's held-out images)
+
+
+def held_out(name: str) -> torch.Tensor:
+    """The held-out images of a ``phantom64*`` prior (Shepp–Logan + 7 evaluation seeds) or a
+    ``patches64*`` prior (camera and moon views), float64 in [0, 1]."""
+    if name.startswith("phantom"):
+        return P.held_out(64, 8).double()
+    return torch.cat([views("camera", 0), views("moon", 1)])
+
+
+def denoising_mse(prior, x_phys: torch.Tensor, sigmas) -> list[float]:
+    """MSE of ``prior.denoiser`` on ``x_phys + σ n`` in model units, for each σ in order."""
+    x = prior.to_model(x_phys)
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for sigma in sigmas:
+        noisy = x + sigma * torch.randn(x.shape, generator=g, dtype=torch.float64)
+        with torch.no_grad():
+            out.append((prior.denoiser(noisy, sigma) - x).square().mean().item())
+    return out
