@@ -36,6 +36,7 @@ import math
 import torch
 from torch import Tensor
 
+from .._random import randn
 from .flow import LinearPath
 
 SIGMA_FLOOR = 0.002  # the conditioning level of the network at t → 0 (EDM's σ_min)
@@ -55,7 +56,8 @@ class BrownianBridge:
         self.b = float(b)
 
     def gamma(self, t):
-        t = torch.as_tensor(t, dtype=torch.float64)
+        """γ(t) = √(b t(1 − t)); t a float (→ float64) or a tensor (its dtype)."""
+        t = t if isinstance(t, Tensor) else torch.as_tensor(t, dtype=torch.float64)
         return (self.b * t * (1 - t)).clamp(min=0).sqrt()
 
     def sample(self, x0: Tensor, x1: Tensor, t, z: Tensor | None = None) -> Tensor:
@@ -65,7 +67,7 @@ class BrownianBridge:
         if self.b > 0:
             if z is None:
                 raise ValueError("BrownianBridge.sample needs the noise z when b > 0")
-            out = out + (self.b * tt * (1 - tt)).clamp(min=0).sqrt() * z
+            out = out + self.gamma(tt) * z
         return out
 
     def step(self, x_t: Tensor, x0_hat: Tensor, t, s, z: Tensor | None = None) -> Tensor:
@@ -154,8 +156,6 @@ def bridge_sample(x0_hat, x1: Tensor, path: BrownianBridge, steps: int, *, gener
             return x0
         z = None
         if stochastic and path.b > 0:
-            from .._random import randn
-
             z = randn(x.shape, generator, dtype=x.dtype, device=x.device)
         x = path.step(x, x0, t, s, z)
     return x
@@ -178,10 +178,6 @@ class BridgePrior(torch.nn.Module):
         self.offset = -1.0 - self.scale * lo
         self.checkpoint: dict = {}
         self.calls = 0  # network calls (NFE), as CountingPrior counts a prior's
-
-    @property
-    def differentiable(self) -> bool:
-        return True
 
     def to_model(self, x: Tensor) -> Tensor:
         return self.scale * x + self.offset

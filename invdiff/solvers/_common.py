@@ -44,6 +44,7 @@ from operators.base import module_device
 from .._random import GeneratorArg, check_generator, randn
 from ..checks import check_measurement, check_sigma_y, whole_number
 from ..priors.base import Prior
+from ..priors.bridge import BridgePrior
 from ..priors.schedules import vp_schedule_of, vp_timesteps
 from .network import runtime_network
 
@@ -321,7 +322,7 @@ def setup(name: str, y: Tensor, operator, prior: Prior, *, sigma_y, steps: int, 
     """
     require(operator, name, needs)
     if not isinstance(prior, Prior):
-        if type(prior).__name__ == "BridgePrior":
+        if isinstance(prior, BridgePrior):
             raise TypeError(f"solver '{name}' needs a diffusion or flow prior (a denoiser of Gaussian noise), but this "
                             "is a bridge from degraded to clean images: run it with a bridge solver (i2sb, indi, cddb; "
                             "invdiff.solvers.BRIDGE_SOLVERS)")

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .._random import check_generator
-from ..checks import check_measurement
+from ..checks import check_measurement, whole_number
 from ..priors.bridge import BridgePrior, bridge_sample
 from .network import checks_done
 
@@ -45,7 +45,7 @@ def _setup(name: str, y: Tensor, operator, bridge, sigma_y, steps, generator, al
     if tuple(getattr(operator, "img_size", bridge.shape)) != bridge.shape:
         raise ValueError(f"solver '{name}': the operator acts on images {list(operator.img_size)} but the "
                          f"bridge restores {list(bridge.shape)}")
-    if int(steps) != steps or steps < 1:
+    if not whole_number(steps):
         raise ValueError(f"solver '{name}': steps must be a positive integer, got {steps!r}")
     check_generator(generator, y.shape[0])
     check_operator(bridge.spec, operator, sigma_y, allow_shift=allow_shift, name=name)
