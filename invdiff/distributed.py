@@ -18,6 +18,8 @@ Outside ``torchrun`` (no ``WORLD_SIZE`` in the environment) everything here is a
 
 from __future__ import annotations
 
+import atexit
+
 import os
 import time
 from dataclasses import dataclass
@@ -69,7 +71,18 @@ def init() -> Context:
 
         if not dist.is_initialized():
             dist.init_process_group("gloo")
+            atexit.register(_leave)
     return ctx
+
+
+def _leave() -> None:
+    """Destroy the process group before the interpreter exits: left to interpreter teardown, gloo's
+    threads can be destroyed while running, and the process aborts after its work is done
+    ("terminate called without an active exception", seen in tests/test_distributed.py)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:
