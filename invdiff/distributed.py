@@ -19,7 +19,6 @@ Outside ``torchrun`` (no ``WORLD_SIZE`` in the environment) everything here is a
 from __future__ import annotations
 
 import atexit
-
 import os
 import time
 from dataclasses import dataclass
