@@ -15,8 +15,9 @@ proximal step). Baselines
 
 :data:`SOLVERS` is the one registry of solvers by name: ``invdiff.reconstruct(..., "tv")`` looks
 names up there, and every ``configs/solver/<name>.yaml`` targets the solver registered as
-``<name>`` (``tests/test_solver_registry.py``). A new solver is added to :data:`SOLVERS` and gets
-a config of the same name.
+``<name>`` (``tests/test_solver_registry.py``). A new solver is added to :data:`SOLVERS`, gets
+a config of the same name and a class in :data:`SOLVER_CLASSES` (:mod:`~invdiff.solvers.classes`:
+asymptotically exact sampler, approximate sampler or point estimator).
 
 Run-time settings of the network call (bf16 autocast, ``torch.compile``, gradient checkpointing,
 channels-last) are not solver parameters: set them with :func:`runtime` (or the keyword
@@ -27,6 +28,7 @@ arguments of ``invdiff.reconstruct``). :func:`vp_sigmas` is the σ grid of the V
 from ._common import SolverDivergedError, vp_sigmas
 from .baselines import dpir, pinv, tv
 from .bridge import cddb, i2sb, indi
+from .classes import SOLVER_CLASSES, SolverClass, solver_class
 from .cm4ir import cm4ir
 from .daps import daps
 from .ddnm import ddnm
@@ -59,5 +61,5 @@ BASELINES = frozenset({"pinv", "tv", "dpir"})
 #: the bridge was trained for. ``invdiff.reconstruct`` and the app look names up here too.
 BRIDGE_SOLVERS = {f.__name__: f for f in (i2sb, indi, cddb)}
 
-__all__ = ["SOLVERS", "BASELINES", "BRIDGE_SOLVERS", "COMPILE_MODES", "SolverDivergedError", "check_call", "runtime",
+__all__ = ["SOLVERS", "BASELINES", "BRIDGE_SOLVERS", "SOLVER_CLASSES", "SolverClass", "solver_class", "COMPILE_MODES", "SolverDivergedError", "check_call", "runtime",
            "vp_sigmas", *SOLVERS, *BRIDGE_SOLVERS]
