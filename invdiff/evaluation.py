@@ -10,7 +10,7 @@ Per image, with N posterior draws (papers' conventions):
   what papers report for one sample, with less variance; ``psnr_mean`` / ``ssim_mean`` score the
   posterior mean (N > 1 and the draws differ); ``psnr_best_of_N`` only when asked for, and labelled so.
 * ``coverage_50/90/95`` and ``z_median`` (median |z-score| over its calibrated value: 1
-  calibrated, > 1 over-confident) measure calibration (:func:`invdiff.metrics.coverage`,
+  calibrated, > 1 over-confident; samplers only — not for point estimators) measure calibration (:func:`invdiff.metrics.coverage`,
   :func:`invdiff.metrics.z_scores`).
 * ``residual_rel`` / ``residual_chi``: the data consistency ‖A(x̂) − y‖ of the draws, averaged
   (:func:`invdiff.metrics.data_consistency`) — the only scores without a ground truth.
@@ -67,7 +67,7 @@ def baseline(op, y: Tensor, kind: str = "auto") -> tuple[Tensor | None, str]:
 
 
 def image_metrics(op, prior, x_true: Tensor | None, rec, base: Tensor | None, y: Tensor, sigma_y, *,
-                  best_of: bool = False, lpips=None) -> dict:
+                  best_of: bool = False, lpips=None, sampler: bool = True) -> dict:
     """The metrics of one image (module docstring).
 
     :param op: the operator y was measured with (on the reconstruction's device).
@@ -78,6 +78,9 @@ def image_metrics(op, prior, x_true: Tensor | None, rec, base: Tensor | None, y:
     :param y: ``[1, *meas]`` the measurement; ``sigma_y``: its noise σ (measurement units).
     :param best_of: also report the best of the N draws (``psnr_best_of_N``, ``ssim_best_of_N``).
     :param lpips: an LPIPS network (:func:`invdiff.perceptual.load_perceptual`), or ``None``.
+    :param sampler: the solver's draws are posterior samples (its class in
+        :data:`invdiff.solvers.SOLVER_CLASSES` is not ``point``). For a point estimator the mean of
+        its restarts is scored but no coverage or z-scores are reported: its spread is no posterior.
     """
     draws = rec.samples[0]
     n = draws.shape[0]
@@ -97,7 +100,7 @@ def image_metrics(op, prior, x_true: Tensor | None, rec, base: Tensor | None, y:
     if is_mri(op):
         m["nmse"] = sum(M.nmse(show(draws), show(X))) / n
     if n > 1 and float(draws.std(0).max()) > 0:  # (a deterministic method has no spread to calibrate)
-        m.update(_posterior_metrics(rec, draws, x_true, show, clip, rng))
+        m.update(_posterior_metrics(rec, draws, x_true, show, clip, rng, calibrate=sampler))
         if best_of:
             m[f"psnr_best_of_{n}"] = max(p)
             m[f"ssim_best_of_{n}"] = max(s)
@@ -113,13 +116,15 @@ def image_metrics(op, prior, x_true: Tensor | None, rec, base: Tensor | None, y:
     return m
 
 
-def _posterior_metrics(rec, draws: Tensor, x_true: Tensor, show, clip, rng: float) -> dict:
-    """Scores of the posterior mean and the calibration of the N > 1 draws."""
+def _posterior_metrics(rec, draws: Tensor, x_true: Tensor, show, clip, rng: float, calibrate: bool = True) -> dict:
+    """Scores of the posterior mean and (``calibrate``: a sampler's) the calibration of the N > 1 draws."""
     from scipy.stats import t as student_t
 
     n = draws.shape[0]
     m = {"psnr_mean": M.psnr(show(clip(rec.mean)), show(x_true), rng)[0],
          "ssim_mean": M.ssim(show(clip(rec.mean)), show(x_true), rng)[0]}
+    if not calibrate:
+        return m
     cov = M.coverage(show(draws), show(x_true)[0])
     m.update({f"coverage_{round(100 * k)}": v for k, v in cov.items()})
     z = M.z_scores(show(draws), show(x_true)[0])

@@ -70,6 +70,16 @@ def peak_memory_mb(dev: torch.device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
 
 
+def solver_kind(solver) -> str:
+    """``exact`` / ``approx`` / ``point`` (:data:`invdiff.solvers.SOLVER_CLASSES`), or ``unknown`` for
+    a callable that is not a registered solver (treated as a sampler)."""
+    from ..api import solver_name
+    from ..solvers import SOLVER_CLASSES
+
+    c = SOLVER_CLASSES.get(solver_name(solver))
+    return c.kind if c is not None else "unknown"
+
+
 def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, best_of: bool = False, lpips=None,
                extra=None) -> tuple[Path, dict]:
     """Simulate (or take) y, reconstruct, write ``samples/{id}.h5`` and ``figures/{id}.png``.
@@ -96,8 +106,10 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, best_of: bool =
     rec = _solve(cfg, y, op, job.prior, job.solver, sigma_y=item.sigma_y, num_samples=int(cfg.num_samples),
                  seed=int(cfg.seed), ids=[s.id], batch_size=_batch_size(cfg.batch_size), progress=bar)
     x_hat, draws = rec.mean, rec.samples[0]
+    kind = solver_kind(job.solver)
     m = {"nfe": int(rec.nfe), "seconds": float(rec.seconds),
-         **image_metrics(op, job.prior, x_true, rec, base, y, item.sigma_y, best_of=best_of, lpips=lpips)}
+         **image_metrics(op, job.prior, x_true, rec, base, y, item.sigma_y, best_of=best_of, lpips=lpips,
+                         sampler=kind != "point")}
     m["peak_memory_mb"], memory_kind = peak_memory_mb(dev)
     if mode != "synthetic":
         _flag_data_consistency(m, s.id, item.sigma_y)
@@ -108,7 +120,7 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, best_of: bool =
         "x_hat": x_hat[0], "samples": draws, "y": y[0],
         "id": s.id, "seed": int(cfg.seed), "noise_seed": noise_seed, "solver_seeds": json.dumps(rec.seeds[0]),
         "num_samples": int(cfg.num_samples), "batch_size": str(cfg.batch_size),
-        "solver": solver_name(job.solver), "solver_settings": json.dumps(settings),
+        "solver": solver_name(job.solver), "solver_settings": json.dumps(settings), "solver_class": kind,
         "prior": json.dumps(_prior_record(job.prior, cfg)),
         "sigma_y": float(item.sigma_y), "noise": repr(job.noise) if mode == "synthetic" else "measured",
         "noise_convention": _noise_convention(job.noise, item.sigma_y, job.prior, mode),
@@ -120,8 +132,10 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, best_of: bool =
         "versions": json.dumps(versions()), "memory_kind": memory_kind,
         **(extra or {}),
     }
+    spread = "posterior std" if kind != "point" else "spread over restarts (point estimator: not a posterior)"
     if rec.std is not None:
         record["std"] = rec.std[0]
+        record["std_kind"] = spread
     if x_true is not None:
         record["x_true"] = x_true[0]
     if base is not None:
@@ -135,7 +149,7 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, best_of: bool =
                   (fmt(f"{solver_name(job.solver)}" + (f" (mean of {cfg.num_samples})" if rec.std is not None else ""),
                        "_mean" if "psnr_mean" in m else ""),
                    x_hat[0]),
-                  ("posterior std", rec.std[0] if rec.std is not None else None)]
+                  (spread, rec.std[0] if rec.std is not None else None)]
         sample_figure(out_dir / "figures" / f"{s.id}.png", panels, complex_image=complex_image(op),
                       data_range=job.prior.data_range, title=f"{s.id}: {op.describe()}")
     path = write_sample(out_dir / "samples" / f"{s.id}.h5", record, trees={"operator": saved_op})

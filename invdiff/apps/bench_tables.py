@@ -65,7 +65,7 @@ def report(out_dir: str | Path, *, inception=None, ids=None) -> dict:
     published = ((bnode.get("published") or {}).get(choice)) or {}
     summary = {
         "benchmark": first.get("benchmark"), "task": bnode.get("task", ""), "solver": choice,
-        "solver_settings": first.get("solver_settings"), "preset_settings": json.loads(first.get("preset_settings", "{}")),
+        "solver_class": first.get("solver_class", ""), "solver_settings": first.get("solver_settings"), "preset_settings": json.loads(first.get("preset_settings", "{}")),
         "images": len(rows), "num_samples": int(first.get("num_samples", 1)), "best_of": bool(first.get("best_of", False)),
         "noise_convention": first.get("noise_convention"), "paper_noise_convention": first.get("paper_noise_convention"),
         "baseline": first.get("baseline_name"), "device": first.get("device"), "memory_kind": first.get("memory_kind"),
@@ -200,8 +200,9 @@ def _image_table(runs, command) -> str:
         sec = m.get("seconds", {}).get("mean")
         pub = ", ".join(f"{k} {v}" for k, v in (r.get("published") or {}).items())
         preset = ", ".join(f"{k} {v}" for k, v in (r.get("preset_settings") or {}).items()) or "–"
-        lines.append(f"| {r['label']} | {preset} | {nfe:.0f} | {sec:.2f} | " + " | ".join(cells) + f" | {pub} |"
-                     if nfe is not None else f"| {r['label']} | {preset} | – | – | " + " | ".join(cells) + f" | {pub} |")
+        label = r["label"] + (" *(point estimator)*" if r.get("solver_class") == "point" else "")
+        lines.append(f"| {label} | {preset} | {nfe:.0f} | {sec:.2f} | " + " | ".join(cells) + f" | {pub} |"
+                     if nfe is not None else f"| {label} | {preset} | – | – | " + " | ".join(cells) + f" | {pub} |")
     return "\n".join(line for line in lines) + "\n"
 
 

@@ -23,7 +23,8 @@ def _img(x: Tensor, complex_image: bool) -> np.ndarray:
 def sample_figure(path: str | Path, panels: list[tuple[str, Tensor | None]], *, complex_image: bool = False,
                   data_range=(0.0, 1.0), title: str = "") -> Path:
     """Write the figure atomically. ``panels``: ``(title, [C, H, W] image or None)``; the last
-    panel named ``"posterior std"`` gets its own colour scale."""
+    panel named ``"posterior std"`` (or ``"spread over restarts …"``, a point estimator's) gets its own
+    colour scale."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,7 +35,7 @@ def sample_figure(path: str | Path, panels: list[tuple[str, Tensor | None]], *, 
     lo, hi = (0.0, float(data_range[1])) if complex_image else (float(data_range[0]), float(data_range[1]))
     for ax, (name, x) in zip(axes[0], panels):
         img = _img(x, complex_image)
-        if name.startswith("posterior std"):
+        if name.startswith(("posterior std", "spread over restarts")):
             im = ax.imshow(img if img.ndim == 2 else img.mean(-1), cmap="magma")
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         elif img.ndim == 3:
