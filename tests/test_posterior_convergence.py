@@ -135,3 +135,13 @@ def test_the_app_knows_point_estimators():
     assert solver_kind(solvers.reddiff) == "point" and solver_kind(solvers.tv) == "point"
     assert solver_kind(solvers.mcgdiff) == "exact" and solver_kind(solvers.dps) == "approx"
     assert solver_kind(lambda y, op, prior, **kw: y) == "unknown"
+
+
+def test_every_solver_docstring_states_its_class():
+    import inspect
+
+    words = {"exact": "asymptotically exact sampler", "approx": "approximate sampler", "point": "point estimator"}
+    for name, fn in {**solvers.SOLVERS, **solvers.BRIDGE_SOLVERS}.items():
+        doc = " ".join(inspect.getmodule(fn).__doc__.split()).lower()
+        assert "class (:mod:`invdiff.solvers.classes`)" in doc, name
+        assert words[SOLVER_CLASSES[name].kind] in doc, name

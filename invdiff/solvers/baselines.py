@@ -1,4 +1,10 @@
-"""Classical baselines with the solvers' call shape (no diffusion prior)."""
+"""Classical baselines with the solvers' call shape (no diffusion prior).
+
+Class (:mod:`invdiff.solvers.classes`): ``pinv``: point estimator (estimates the pseudo-inverse
+A⁺y). ``tv``: point estimator (estimates the total-variation regularised least-squares estimate).
+``dpir``: point estimator (estimates plug-and-play half-quadratic splitting with the prior's
+denoiser).
+"""
 
 from __future__ import annotations
 

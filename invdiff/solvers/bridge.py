@@ -18,6 +18,12 @@ the start is x₁ = A⁺y (the degraded image the bridge was trained from), NFE 
 
 Every bridge refuses an operator or noise level outside the family it was trained for
 (:func:`invdiff.training.bridge.check_operator`), unless ``allow_shift=True``.
+
+Class (:mod:`invdiff.solvers.classes`): ``i2sb``: approximate sampler (approximation: a learned
+conditional bridge p(x₀ | x₁) (exact for a perfectly trained bridge of this operator and noise)).
+``indi``: point estimator (estimates the learned InDI path (a deterministic restoration; MMSE-like
+at one step)). ``cddb``: approximate sampler (approximation: the learned bridge with a DDS-style
+data-consistency step).
 """
 
 from __future__ import annotations

@@ -68,6 +68,9 @@ Deviations:
 * The initial noise uses the clipped σ_1 (the authors add the unclipped √(1 − ᾱ_1); equal for CMs).
 * ``mu`` is the authors' constant BP step μ (their ``mu_factor`` decay, 1 and not exposed by their
   command line, is not kept).
+
+Class (:mod:`invdiff.solvers.classes`): Approximate sampler (approximation: back-projection guidance
+with noise injection on the consistency function).
 """
 
 from __future__ import annotations

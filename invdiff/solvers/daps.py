@@ -41,6 +41,10 @@ the authors' repository): 200 levels × 5 ODE steps, σ 100 → 0.1 (poly-7), OD
 Deviations: σ_0 is clipped to the prior's trained ``sigma_max``; the Langevin noise comes from the
 solver's generator(s) (batch items independent); a NaN in the state raises instead of the
 authors' silent return of zeros.
+
+Class (:mod:`invdiff.solvers.classes`): Approximate sampler (approximation: p(x₀ | x_σ) ≈ N(x̂₀,
+r_σ²) in each annealing level's Langevin target (exact for isotropic Gaussian priors with r_data_std
+matched and converged Langevin chains)).
 """
 
 from __future__ import annotations

@@ -43,6 +43,9 @@ Deviations:
 * ``mode="simplified"`` treats A's non-zero singular values as 1 on range(A⁺A) (DDNM's
   "simplified" A/A⁺ version; exact for inpainting-type operators). The authors' simplified code
   compares σ_t with ᾱ σ_y and multiplies the noise by √(1−ᾱ) twice; we use the SVD formulas.
+
+Class (:mod:`invdiff.solvers.classes`): Approximate sampler (approximation: range–null-space
+decomposition: the range replaced by A⁺y (noise-shrunk), the null space denoised).
 """
 
 from __future__ import annotations

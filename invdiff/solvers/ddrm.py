@@ -36,6 +36,10 @@ Deviations:
   operators, an approximation otherwise.
 * Fresh noise is drawn in image space and mapped by Vᵀ (still N(0, I), orthonormal V), so the
   SVD and simplified modes consume the generator identically.
+
+Class (:mod:`invdiff.solvers.classes`): Approximate sampler (approximation: a variational
+conditional in the SVD coefficients (η, η_b) that keeps the prior's noise level per coefficient;
+ignores the prior's correlations with observed ones).
 """
 
 from __future__ import annotations

@@ -52,6 +52,9 @@ Deviations:
   regularisation); it is checked like every solver's.
 * Times start at ``t(σ_max)`` of the prior, not at 1 (1 − 10⁻³ for priors with σ_max = ∞), and
   follow a uniform grid (``grid``/``shift`` as in :func:`~invdiff.priors.flow_samplers.flow_time_grid`).
+
+Class (:mod:`invdiff.solvers.classes`): Point estimator (estimates an optimiser of the source noise
+through the ODE (MAP-like)).
 """
 
 from __future__ import annotations

@@ -43,6 +43,9 @@ Deviations:
 * x₀ is not clipped to [−1, 1] (their ``clip_denoised=True``): priors here need not be bounded.
 * The data step is the operator's own exact prox (SVD/FFT closed form or CG); the authors' SR
   uses an FFT formula with a bicubic kernel that does not match their MATLAB-bicubic degradation.
+
+Class (:mod:`invdiff.solvers.classes`): Approximate sampler (approximation: a
+half-quadratic-splitting proximal step on x̂₀ inside the sampler).
 """
 
 from __future__ import annotations

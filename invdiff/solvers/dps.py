@@ -34,6 +34,9 @@ Deviations:
   sample's step depends on its batch).
 * σ_y is not used by the Gaussian step (as in the paper; ζ absorbs it); it is checked like every
   solver's.
+
+Class (:mod:`invdiff.solvers.classes`): Approximate sampler (approximation: p(y | x_t) ≈ p(y |
+x̂₀(x_t)) (Tweedie plug-in) with a step size ζ in place of the likelihood's scale).
 """
 
 from __future__ import annotations

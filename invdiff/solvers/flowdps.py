@@ -46,6 +46,9 @@ Deviations:
 * σ_y is not used by the step (as in the paper; ζ absorbs it); it is checked like every solver's.
 * Times start at ``t(σ_max)`` of the prior, not at 1 (where α = 0 and no x̂₀ exists through a
   denoiser); at 1 − 10⁻³ for priors with σ_max = ∞ (analytic ones).
+
+Class (:mod:`invdiff.solvers.classes`): Approximate sampler (approximation: DPS-like
+data-consistency steps on x̂₀ inside the flow ODE).
 """
 
 from __future__ import annotations

@@ -48,6 +48,9 @@ Deviations:
 * The data term and the divergence are per sample, and so is Adam (it is elementwise); the code
   sums the batch's losses, which does not couple the samples' gradients either.
 * Any interpolant path, through x̂₀ and the path's exact conversions (the paper uses the linear one).
+
+Class (:mod:`invdiff.solvers.classes`): Point estimator (estimates MAP over the flow's source noise
+(trajectory matching)).
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ Deviations: per-sample residual norms (the authors' code normalises over the bat
 projection ignores σ_y beyond the forward-diffused y (as the paper): with noisy data it puts
 A⁺(noise) into the sample — σ_y/s_i in weakly observed directions, the DPS paper's criticism of
 MCG. ``project=False`` drops step 3 for such data.
+
+Class (:mod:`invdiff.solvers.classes`): Approximate sampler (approximation: DPS's Tweedie plug-in
+plus a projection onto the measurement).
 """
 
 from __future__ import annotations

@@ -44,9 +44,21 @@ code            paper                              code            paper
 Defaults: the authors' configs (scripts/configs/mcg_diff/default.yaml, diffusion/ddim_100.yaml):
 64 particles, 100 steps, η = 1, multinomial resampling at every step.
 
+Resampling at every step (the paper's default, kept) adds resampling noise at every step; at a
+fixed N its bias grows with the steps (path degeneracy): on 9-mode mixtures in 10-D the
+normalised distance to the exact posterior went from 0.23 at 100 steps to 0.56 at 400 (64
+particles), and 1024 particles still left a 0.72 vs 0.94 error in a mode's weight at 400 steps.
+``resample_threshold=0.5`` with ``resample="systematic"`` (configs/experiment/mcgdiff_converging.yaml)
+resamples only when the ESS drops below N/2 and converges (0.03 at 100, 0.07 at 400;
+benchmarks/results/posterior_convergence.md).
+
 Deviations: no grid snapping of the observation times (crossing steps use the exact σ_i), so
 the authors' variance floor κ is not needed; the chain starts from N(0, 1 + σ_0²) twisted by the
 first potentials (exact for the Gaussian reference law).
+
+Class (:mod:`invdiff.solvers.classes`): Asymptotically exact sampler (exact as particles → ∞ (and
+steps → ∞ for the DDPM kernel); converges at a fixed budget with adaptive resampling (ESS < N/2),
+see configs/experiment/mcgdiff_converging).
 """
 
 from __future__ import annotations

@@ -48,6 +48,9 @@ Deviations:
   N(μ, v I)); the paper's v = 1 is the default.
 * Any interpolant path: the paper's OT path is ``path="linear"`` (and the default for priors
   without a path of their own).
+
+Class (:mod:`invdiff.solvers.classes`): Approximate sampler (approximation: ΠGDM's Gaussian p(x₀ |
+x_t) guidance in the flow ODE).
 """
 
 from __future__ import annotations

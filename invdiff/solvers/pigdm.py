@@ -43,6 +43,10 @@ Defaults: 100 steps, η = 1.0 (the c-pigdm configuration of the authors' group; 
 defaults to η = 0, InverseBench to 0.2). Deviations: the start is VP noise N(0, I) (RED-diff
 starts from √ᾱ_T A⁺y + √(1−ᾱ_T) z; the difference vanishes as ᾱ_T → 0); timesteps respaced evenly
 over the prior's VP schedule; ``prior_variance`` generalises the paper's unit-variance assumption.
+
+Class (:mod:`invdiff.solvers.classes`): Approximate sampler (approximation: p(x₀ | x_t) ≈ N(x̂₀,
+r_t²) with a scalar r_t (exact for isotropic Gaussian priors with prior_variance matched and the
+posterior guidance step)).
 """
 
 from __future__ import annotations

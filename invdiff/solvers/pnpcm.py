@@ -80,6 +80,9 @@ Deviations:
   item, so batch items never interact; the authors compare the batch's summed loss) and each step
   uses its own gradient (the authors' loop never zeroes ``.grad``, so their step follows the
   running sum of all gradients so far).
+
+Class (:mod:`invdiff.solvers.classes`): Point estimator (estimates PnP-ADMM with the consistency
+function as the prior's proximal map).
 """
 
 from __future__ import annotations

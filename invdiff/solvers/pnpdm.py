@@ -43,6 +43,11 @@ Deviations: the prior step starts at exactly σ = ρ_k (the authors start at the
 below ρ_k with the same number of network calls); its last step returns D(x, σ_min) (the
 authors' Euler step to 0 gives 2D − x, identical up to σ_min = 0.002); one sample per batch item
 (the authors also average iterates after a burn-in; draw more samples with more batch items).
+
+Class (:mod:`invdiff.solvers.classes`): Asymptotically exact sampler (exact as ρ_min → 0 and Gibbs
+iterations → ∞ at each ρ (prior_steps → ∞ for the exact denoising step); mixing between
+well-separated modes is exponentially slow in separation/ρ, so on multimodal posteriors it does not
+converge at practical budgets).
 """
 
 from __future__ import annotations

@@ -41,6 +41,9 @@ Deviations:
   (1 − 10⁻³ for priors with σ_max = ∞), so a prior that cannot be called at pure noise still works.
 * The data step is on the model-space residual (the paper's [−1, 1] images).
 * Any interpolant path: z̃ = α(t) z + σ(t) ε and x̂₀ on that path (the paper's is ``"linear"``).
+
+Class (:mod:`invdiff.solvers.classes`): Point estimator (estimates plug-and-play forward–backward
+splitting with the flow's denoiser).
 """
 
 from __future__ import annotations

@@ -32,6 +32,9 @@ residual is in the prior's units (× scale: for a linear operator, the paper's [
 Deviations: per-sample loss normalisation (batch independence); Adam is ours (elementwise, so
 each sample's μ evolves independently of the batch). The output is μ, a point estimate with
 posterior-sample randomness only from ε (the paper's s → 0 limit).
+
+Class (:mod:`invdiff.solvers.classes`): Point estimator (estimates a variational (mode-seeking) fit
+of a Gaussian with vanishing variance: MAP-like).
 """
 
 from __future__ import annotations

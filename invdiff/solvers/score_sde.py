@@ -46,6 +46,10 @@ Deviations:
 * σ_y is not used by the projection (the papers assume noiseless k-space); with noisy data lower λ.
 * score-MRI's real/imaginary trick (a magnitude prior applied to each part) is not built in: give a
   prior with the operator's channels (2 for complex images).
+
+Class (:mod:`invdiff.solvers.classes`): Approximate sampler (approximation: replacement: the range
+of the state projected onto (a noised) y, ignoring σ_y and the coupling between range and null
+space).
 """
 
 from __future__ import annotations

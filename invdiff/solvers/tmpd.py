@@ -35,6 +35,9 @@ Defaults: 1000 steps, η = 1 (DDPM-like), full covariance with ≤ 20 CG iterati
 Deviations: J applied as a VJP (exact when the denoiser is a conservative field, as Tweedie's
 formula implies; learned networks are only approximately so). The DDIM/DDPM step is ours around the
 paper's moment projection.
+
+Class (:mod:`invdiff.solvers.classes`): Approximate sampler (approximation: p(x₀ | x_t) projected on
+a Gaussian with Tweedie's two moments (exact for Gaussian priors)).
 """
 
 from __future__ import annotations
