@@ -254,7 +254,8 @@ def test_load_checkpoint_names_the_override_and_the_variable(monkeypatch, tmp_pa
     assert load_checkpoint(None, env="INVDIFF_TEST_CKPT").checkpoint["sha256"] == sha256_file(path)
 
 
-PRIOR_CONFIGS = ["dps_ffhq256", "adm_imagenet256", "edm_checkpoint", "diffusers_unet", "invdiff_file"]
+PRIOR_CONFIGS = ["dps_ffhq256", "adm_imagenet256", "edm_checkpoint", "diffusers_unet", "invdiff_file", "score_mri",
+                 "diffusionmbir_ct"]
 
 
 @pytest.mark.parametrize("name", PRIOR_CONFIGS)

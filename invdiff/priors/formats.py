@@ -115,13 +115,47 @@ def _load_guided_diffusion(checkpoint: Checkpoint, overrides: dict) -> NetworkPr
 
 @register_format("score_sde", lambda c: c.has("model", "step"), "score_sde dicts {model, ema, step}")
 def _load_score_sde(checkpoint: Checkpoint, overrides: dict) -> NetworkPrior:
+    """score_sde's NCSN++ / DDPM++ (Song et al., ICLR 2021; score-MRI, …): converted key by key into
+    deepinv's NCSNpp (EDM's SongUNet) and loaded strictly (:mod:`invdiff.priors.score_sde`). The file
+    holds no config, so one is required: ``preset=`` (:data:`invdiff.priors.score_sde.PRESETS`) or
+    ``score_sde_config=`` (score_sde's config fields, flat or nested). The EMA weights are used when
+    the file has them (``use_ema=False``: the raw ``model`` weights)."""
+    from .score_sde import PRESETS, ScoreSDEDenoiser, as_config, convert_score_sde_state, preset_config
+
     source = checkpoint.source
-    raise CheckpointError(
-        f"{source}: score_sde checkpoints ({{model, ema, step}}, NCSN++ with 'module.all_modules.N' keys) are "
-        "not supported yet. No equivalent network ships with EDM or deepinv: EDM's SongUNet re-implements "
-        "NCSN++ but with another module order and attention layout (score_sde's NIN weights are transposed "
-        "and split into q, k, v), and neither project provides a converter, so these weights cannot be "
-        "loaded strictly. Loading them loosely (strict=False, as score-MRI does) is refused.")
+    preset, config = overrides.pop("preset", None), overrides.pop("score_sde_config", None)
+    use_ema = overrides.pop("use_ema", None)
+    usable = sorted(k for k, v in PRESETS.items() if v["architecture"] == "score_sde.ncsnpp")
+    if (preset is None) == (config is None):
+        raise CheckpointError(
+            f"{source} is a score_sde checkpoint ({{model, ema, step}}); such files do not store the config "
+            "the network was built from, so name it: preset=<name> (one of " + ", ".join(usable) + "; "
+            "in the app prior=score_mri prior.path=… sets it) or score_sde_config={...} with score_sde's "
+            "config fields (image_size, num_channels, nf, ch_mult, num_res_blocks, attn_resolutions, sde, "
+            "sigma_min/sigma_max or beta_min/beta_max, centered, …)" + ("; not both" if preset is not None else "") + ".")
+    try:
+        cfg = preset_config(preset) if preset is not None else as_config(config)
+        kwargs, state = convert_score_sde_state(checkpoint.contents, cfg, use_ema=use_ema)
+        net = ScoreSDEDenoiser(build_ncsnpp(**kwargs), cfg)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{source}: {err}") from None
+    strict_load(net, {"model." + k: v for k, v in state.items()}, source)
+    lo, hi = net.sigma_range()
+    prior_kwargs = dict(shape=(cfg.num_channels, cfg.image_size, cfg.image_size), data_range=(0.0, 1.0),
+                        model_range=(-1.0, 1.0) if cfg.centered else (0.0, 1.0), conditioning="sigma",
+                        learned_sigma=False)
+    prior_kwargs.update(overrides)
+    return NetworkPrior(net.eval(), "x0", EDMSchedule(lo, hi), **prior_kwargs)
+
+
+@register_architecture("score_sde.denoiser")
+def build_score_sde_denoiser(unet_kwargs: dict, config: dict) -> torch.nn.Module:
+    """A converted score_sde network (``deepinv.NCSNpp`` built from ``unet_kwargs``) with score_sde's
+    VE/VP conventions (:class:`invdiff.priors.score_sde.ScoreSDEDenoiser`; ``config``: score_sde's
+    fields) — what :func:`invdiff.priors.save` records for a loaded score_sde prior."""
+    from .score_sde import ScoreSDEDenoiser
+
+    return ScoreSDEDenoiser(build_ncsnpp(**unet_kwargs), config)
 
 
 # -- EDM / InverseBench ------------------------------------------------------------------------------
