@@ -469,3 +469,72 @@ def test_prior_config_passes_the_preset(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="key\\(s\\) missing") as err:  # (hydra wraps the CheckpointError)
         instantiate(cfg.prior)
     assert "CheckpointError" in repr(err.value) or isinstance(err.value, CheckpointError)
+
+
+def test_channelwise_prior_denoises_each_channel_with_the_inner_prior():
+    from invdiff.priors import ChannelwisePrior, CountingPrior, GaussianPrior
+
+    inner = GaussianPrior(torch.linspace(-0.2, 0.3, 16, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64),
+                          shape=(1, 4, 4), data_range=(0.0, 1.0), model_range=(0.0, 1.0))
+    counted = CountingPrior(inner)
+    prior = ChannelwisePrior(counted, channels=2)
+    assert prior.shape == (2, 4, 4) and prior.data_range == (-1.0, 1.0)
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    sigma = torch.tensor([0.1, 1.0, 3.0], dtype=torch.float64)
+    d = prior.denoiser(x, sigma)
+    assert counted.calls == 1  # one batched call for both channels
+    for c in range(2):
+        torch.testing.assert_close(d[:, c:c + 1], inner.denoiser(x[:, c:c + 1], sigma))
+    with pytest.raises(ValueError, match="model units"):
+        ChannelwisePrior(GaussianPrior(torch.zeros(16, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64),
+                                       shape=(1, 4, 4), model_range=(-1.0, 1.0)))  # [0, 1] → [-1, 1]: not for signed parts
+    with pytest.raises(ValueError, match="one-channel"):
+        ChannelwisePrior(prior)
+
+
+# -- the benchmark presets, at a tiny size -----------------------------------------------------------
+
+TINY_VE = {**NCSN_TINY, "num_channels": 1, "nf": 128, "ch_mult": (1, 1), "attn_resolutions": (8,),
+           "sigma_max": 50.0}
+
+
+def _tiny_checkpoint(path):
+    cfg = ScoreSDEConfig(**TINY_VE)
+    state = _random_state(cfg, seed=3)
+    torch.save({"model": state, "step": 1}, path)
+    return "{" + ",".join(f"{k}:{list(v) if isinstance(v, tuple) else v}" for k, v in TINY_VE.items()) + "}"
+
+
+@pytest.mark.parametrize("preset", ["score_mri_knee_4x", "score_mri_knee_8x"])
+def test_score_mri_presets_run_at_tiny_size(preset, tmp_path, monkeypatch):
+    from test_fastmri_data import write_fastmri
+
+    from invdiff.apps import bench
+    from invdiff.apps.common import AppError
+
+    fast = ["progress=false", "figures=false"]
+    monkeypatch.delenv("INVDIFF_SCORE_MRI_CKPT", raising=False)
+    with pytest.raises(AppError, match="INVDIFF_SCORE_MRI_CKPT"):
+        bench.run(bench.config(f"benchmark={preset}", *fast), tmp_path / "none")
+    fields = _tiny_checkpoint(tmp_path / "ckpt.pth")
+    (tmp_path / "knee").mkdir()
+    write_fastmri(tmp_path / "knee" / "file1.h5", slices=2, coils=4, H=24, W=40, h=16, w=16)
+    cfg = bench.config(f"benchmark={preset}", f"prior.inner.path={tmp_path / 'ckpt.pth'}", "prior.inner.preset=null",
+                       f"+prior.inner.score_sde_config={fields}",
+                       f"data.path={tmp_path / 'knee'}", "shape=[2,16,16]", "data.mask.center_fractions=[0.25]",
+                       "solver.steps=2", "sigma_y=0.01", *fast)
+    s = bench.run(cfg, tmp_path / "run")
+    assert s["images"] >= 1 and math.isfinite(s["metrics"]["psnr"]["mean"]) and s["metrics"]["nfe"]["mean"] == 4
+
+
+def test_diffusionmbir_ct_preset_runs_at_tiny_size(tmp_path, monkeypatch):
+    from invdiff.apps import bench
+
+    fields = _tiny_checkpoint(tmp_path / "ckpt.pth")
+    np.save(tmp_path / "slices.npy", np.random.default_rng(0).random((1, 16, 16)).astype(np.float32))
+    monkeypatch.setenv("INVDIFF_AAPM_SLICES", str(tmp_path / "slices.npy"))
+    cfg = bench.config("benchmark=diffusionmbir_ct_sparse8", f"prior.path={tmp_path / 'ckpt.pth'}", "prior.preset=null",
+                       f"+prior.score_sde_config={fields}", "shape=[1,16,16]",
+                       "solver.steps=2", "progress=false", "figures=false")
+    s = bench.run(cfg, tmp_path / "run")
+    assert s["images"] == 1 and math.isfinite(s["metrics"]["psnr"]["mean"])

@@ -5,6 +5,7 @@ and unconditional samplers. Solvers only ever see :class:`Prior`.
 module              what it holds
 ==================  ==================================================================================
 ``base``            :class:`Prior` (the interface), :class:`CountingPrior`
+``channelwise``     :class:`ChannelwisePrior`: a one-channel prior on every channel (score-MRI's complex images)
 ``adapters``        :class:`NetworkPrior`: any ε/x₀/v/score network, VP, VE or EDM, as a denoiser
 ``analytic``        Gaussian and Gaussian-mixture priors with exact denoisers and posteriors
 ``schedules``       VP/VE/EDM noise schedules and σ grids
@@ -39,6 +40,7 @@ registering modules (``native``, ``formats``, ``unet``, ``shipped``), so importi
 from .adapters import NetworkPrior
 from .analytic import GaussianMixturePrior, GaussianPrior
 from .base import CountingPrior, Prior
+from .channelwise import ChannelwisePrior
 from .checkpoints import CheckpointError
 from .consistency import CONSISTENCY_SAMPLERS, ConsistencyPrior, consistency_sampling
 from .flow import PATHS, FlowPrior, Interpolant, LinearPath, TrigPath, VEPath, VPPath, make_path
@@ -52,7 +54,7 @@ from .samplers import SAMPLERS, annealed_langevin, ddim, ddpm, edm_heun, pf_ode,
 from .schedules import EDMSchedule, VESchedule, VPSchedule, edm_sigma_grid, geometric_sigma_grid
 
 __all__ = [
-    "Prior", "CountingPrior", "NetworkPrior", "load", "load_checkpoint", "save", "CheckpointError", "ARCHITECTURES",
+    "Prior", "CountingPrior", "ChannelwisePrior", "NetworkPrior", "load", "load_checkpoint", "save", "CheckpointError", "ARCHITECTURES",
     "register_architecture", "GaussianPrior", "GaussianMixturePrior",
     "SAMPLERS", "ddpm", "ddim", "annealed_langevin", "reverse_sde", "pf_ode", "edm_heun",
     "VPSchedule", "VESchedule", "EDMSchedule", "edm_sigma_grid", "geometric_sigma_grid", "convert_edm_pickle",
