@@ -209,8 +209,10 @@ def test_edm_small_networks_and_score_sde_are_refused_with_reasons(tmp_path):
                  "ema": {"decay": 0.999, "num_updates": 1, "shadow_params": [torch.ones(4)]},
                  "optimizer": {}, "step": 100}
     torch.save(score_sde, tmp_path / "checkpoint_95.pth")
-    with pytest.raises(CheckpointError, match="score_sde checkpoints .* not supported yet.*strict=False"):
-        load(tmp_path / "checkpoint_95.pth")
+    with pytest.raises(CheckpointError, match="score_sde checkpoint .* do not store the config.*preset="):
+        load(tmp_path / "checkpoint_95.pth")  # a config is needed (tests/test_score_sde_checkpoints.py)
+    with pytest.raises(CheckpointError, match="key\\(s\\) missing"):  # and a fragment is never loaded loosely
+        load(tmp_path / "checkpoint_95.pth", preset="score_mri_fastmri_knee_320")
     torch.save({"weights": torch.ones(2)}, tmp_path / "odd.pt")
     with pytest.raises(CheckpointError, match="unrecognised checkpoint layout \\(top-level keys: weights\\)"):
         load(tmp_path / "odd.pt")

@@ -6,7 +6,7 @@ file                                       format
 ``*.safetensors`` with ``invdiff`` metadata  the project's own (weights + JSON description)
 ``*.pt`` state dict with ``input_blocks.*``  guided-diffusion / ADM (DPS, OpenAI)
 ``*.pt`` dict with ``ema`` / ``net``         EDM-style (InverseBench)
-``*.pt`` dict ``{model, ema, step}``         score_sde (score-MRI)
+``*.pt`` dict ``{model, ema, step}``         score_sde NCSN++ / DDPM++ (score-MRI, DiffusionMBIR): needs ``preset=``
 folder with ``config.json``                  diffusers ``UNet2DModel`` (optional extra)
 ``*.pkl`` EDM network pickle                 refused: convert it (``python -m invdiff.priors.convert``)
 =========================================  ==============================================
