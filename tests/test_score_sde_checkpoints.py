@@ -538,3 +538,22 @@ def test_diffusionmbir_ct_preset_runs_at_tiny_size(tmp_path, monkeypatch):
                        "solver.steps=2", "progress=false", "figures=false")
     s = bench.run(cfg, tmp_path / "run")
     assert s["images"] == 1 and math.isfinite(s["metrics"]["psnr"]["mean"])
+
+
+def test_a_loaded_score_sde_prior_saves_in_the_native_format(tmp_path):
+    import dataclasses
+
+    from invdiff import priors
+
+    cfg = ScoreSDEConfig(**TINY_VE)
+    _tiny_checkpoint(tmp_path / "ckpt.pth")
+    prior = priors.load(tmp_path / "ckpt.pth", score_sde_config=TINY_VE)
+    kwargs, _ = convert_score_sde_state(torch.load(tmp_path / "ckpt.pth", weights_only=True), cfg)
+    path = priors.save(tmp_path / "p.safetensors", prior, "score_sde.denoiser",
+                       {"unet_kwargs": kwargs, "config": dataclasses.asdict(cfg)})
+    again = priors.load(path)
+    x = torch.rand(2, 1, 16, 16, dtype=torch.float64)
+    sigma = torch.tensor([0.1, 5.0], dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(again.denoiser(x, sigma), prior.denoiser(x, sigma))
+    assert again.checkpoint["format"] == "invdiff" and (again.sigma_min, again.sigma_max) == (0.01, 50.0)

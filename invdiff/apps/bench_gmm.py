@@ -126,6 +126,8 @@ def _ci(s: dict) -> str:
 
 
 def gmm_table(runs, command) -> str:
+    from ..solvers import SOLVER_CLASSES
+
     r0 = runs[0]
     groups = list(r0["groups"])
     for r in runs[1:]:
@@ -141,7 +143,9 @@ def gmm_table(runs, command) -> str:
     for r in runs:
         m = r["metrics"]
         cells = [_ci((r["groups"].get(g) or {}).get("sw")) for g in groups]
-        lines.append(f"| {r['label']} | {m['nfe']['mean']:.0f} | {m['seconds']['mean']:.2f} | " + " | ".join(cells) + " |")
+        point = SOLVER_CLASSES.get(str(r.get("solver", "")).split("/")[0])
+        label = r["label"] + (" *(point estimator)*" if point is not None and point.kind == "point" else "")
+        lines.append(f"| {label} | {m['nfe']['mean']:.0f} | {m['seconds']['mean']:.2f} | " + " | ".join(cells) + " |")
     for key, name in (("sw_floor", "floor (exact vs exact)"), ("sw_prior", "ceiling (prior vs posterior)")):
         cells = [_ci((r0["groups"].get(g) or {}).get(key)) for g in groups]
         lines.append(f"| *{name}* | – | – | " + " | ".join(cells) + " |")
