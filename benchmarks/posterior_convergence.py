@@ -69,9 +69,8 @@ TOY = {"mcg": {"alpha": 0.5, "project": False}, "reddiff": {"lr": 0.5},
 DAPS_CONVERGED = {"ode_steps": 1, "ode_sigma_min": 0.0, "langevin_steps": 200, "lr": 1e-2, "lr_min_ratio": 0.1,
                   "tau": None, "r_data_std": 1.0}
 
-# the budgets left out for cost on a CPU core: 256 particles (~2 min a problem at NFE 400), the converged
-# DAPS chain (200 Langevin steps a level: ~7 min a problem at NFE 1600)
-MAX_BUDGET = {"": max(BUDGETS), "256 particles": 100, "daps converged": 400}
+# the budgets left out for cost on a CPU core: 256 particles (~2 min a problem at NFE 400)
+MAX_BUDGET = {"": max(BUDGETS), "256 particles": 100}
 
 # (label, solver, experiment config or None, extra settings)
 SETTINGS = [
@@ -82,7 +81,7 @@ SETTINGS = [
     ("reddiff (lr 0.5)", "reddiff", None, TOY["reddiff"]), ("tmpd", "tmpd", None, {}),
     ("daps (τ = √2σ_y, lr 1e-3)", "daps", None, TOY["daps"]),
     ("daps, r_σ exact for N(μ, I) (r_data_std 1)", "daps", None, {**TOY["daps"], "r_data_std": 1.0}),
-    ("daps converged chain (Tweedie x̂₀, 200 Langevin, r_data_std 1; NFE ≤ 400)", "daps", None, DAPS_CONVERGED),
+    ("daps converged chain (Tweedie x̂₀, 200 Langevin, r_data_std 1)", "daps", None, DAPS_CONVERGED),
     ("pnpdm", "pnpdm", None, {}),
     ("mcgdiff (paper: 64 particles, resampling every step)", "mcgdiff", None, {}),
     ("mcgdiff converging (64 particles, ESS < N/2, systematic)", "mcgdiff", "mcgdiff_converging", {}),
@@ -316,7 +315,7 @@ def plot(conv, fams) -> None:
 
     fig, axes = plt.subplots(1, len(fams), figsize=(4.2 * len(fams), 4.2), squeeze=False)
     for ax, fam in zip(axes[0], fams):
-        for label, name, _, _ in SETTINGS:
+        for i, (label, name, _, _) in enumerate(SETTINGS):
             pts = []
             for b in BUDGETS:
                 rs = [r for r in conv if r["key"][3] == fam and r["key"][1] == label and r["key"][2] == b and "norm" in r]
@@ -324,7 +323,8 @@ def plot(conv, fams) -> None:
                     pts.append((sum(r["nfe"] for r in rs) / len(rs), sum(r["norm"] for r in rs) / len(rs)))
             if pts:
                 style = "-" if SOLVER_CLASSES[name].kind == "exact" else "--" if SOLVER_CLASSES[name].kind == "approx" else ":"
-                ax.plot(*zip(*pts), style, marker="o", ms=3, label=label if fam == fams[0] else None)
+                ax.plot(*zip(*pts), style, marker="osD^v<>"[i % 7], ms=3, color=plt.cm.tab20(i % 20),
+                        label=label if fam == fams[0] else None)
         ax.axhline(0, color="k", lw=0.5)
         ax.axhline(1, color="gray", lw=0.5, ls="--")
         ax.set_xscale("log")
@@ -332,7 +332,8 @@ def plot(conv, fams) -> None:
         ax.set_title(fam)
         ax.set_xlabel("NFE")
     axes[0][0].set_ylabel("normalised SW₂ (0 floor, 1 prior)")
-    fig.legend(loc="lower center", ncol=4, fontsize=7)
+    fig.legend(loc="lower center", ncol=4, fontsize=7, title="solid: asymptotically exact; dashed: approximate; "
+               "dotted: point estimator", title_fontsize=7)
     fig.tight_layout(rect=(0, 0.2, 1, 1))
     fig.savefig(RESULTS / "posterior_convergence.png", dpi=110)
 
