@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -107,10 +106,8 @@ def budget_settings(solver, name: str, budget: int, prior) -> dict:
     1 for most solvers (at most the 1000 steps of the VP schedule for the VP solvers), 2 for score-SDE (one corrector), ``ode_steps`` for DAPS, ``num_samples``
     for PnP-Flow, 2·``ode_steps``·(forward + backward) for D-Flow; PnP-DM's iterations cost the
     levels below ρ_k, so its iteration count is the largest whose schedule fits the budget."""
-    kw = dict(getattr(solver, "keywords", {}))
-    base = getattr(solver, "func", solver)
-    defaults = getattr(base, "keywords", {})
-    get = lambda k, v: kw.get(k, defaults.get(k, v))  # noqa: E731
+    kw = solver.keywords  # (nested partials are flattened: the config's settings and the extra ones)
+    get = lambda k, v: kw.get(k, v)  # noqa: E731
     if name == "pnpdm":
         sched = dict(rho=get("rho", 10.0), rho_decay=get("rho_decay", 0.9), rho_min=get("rho_min", 0.3),
                      prior_steps=get("prior_steps", 100))
@@ -140,9 +137,9 @@ def append(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def solve(solver, case, n: int, seed: int, steps_kw: dict):
+def solve(solver, y, case, seed: int, steps_kw: dict):
+    """``(draws or None if the solver diverged, NFE, seconds)`` for the batch ``y`` of ``case``'s problem."""
     prior = CountingPrior(case.prior)
-    y = case.y.expand(n, *case.y.shape[1:]).clone()
     t0 = time.perf_counter()
     try:
         x = solver(y, case.op, prior, sigma_y=case.sigma_y, generator=torch.Generator().manual_seed(seed), **steps_kw)
@@ -166,7 +163,8 @@ def run(args) -> None:
                         continue
                     case = FAMILIES[fam](k)
                     steps_kw = budget_settings(solver, name, budget, case.prior)
-                    x, nfe, secs = solve(solver, case, args.n, 1000 + k, steps_kw)
+                    y = case.y.expand(args.n, *case.y.shape[1:]).clone()
+                    x, nfe, secs = solve(solver, y, case, 1000 + k, steps_kw)
                     rec = {"key": list(key), "solver": name, "nfe": nfe, "seconds": secs, **steps_kw}
                     if x is None or not bool(torch.isfinite(x).all()):
                         rec["diverged"] = True
@@ -208,14 +206,7 @@ def calibration(args) -> None:
         else:
             solver = build(name, exp, extra)
             steps_kw = budget_settings(solver, name, args.calib_budget, base.prior)
-            prior = CountingPrior(base.prior)
-            yy = y.repeat_interleave(args.draws, 0)
-            try:
-                out = solver(yy, base.op, prior, sigma_y=base.sigma_y, generator=torch.Generator().manual_seed(5),
-                             **steps_kw)
-            except SolverDivergedError:
-                out = None
-            nfe = int(prior.calls)
+            out, nfe, _ = solve(solver, y.repeat_interleave(args.draws, 0), base, 5, steps_kw)
             draws = None if out is None else out.reshape(args.truths, args.draws, -1)
         rec = {"key": list(key), "solver": name, "nfe": nfe, "seconds": time.perf_counter() - t0}
         if draws is None or not bool(torch.isfinite(draws).all()):

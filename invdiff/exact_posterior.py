@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 import operators
+from invdiff.checks import whole_number
 from invdiff.priors import GaussianMixturePrior, GaussianPrior
 from invdiff.priors.analytic import smooth_cov
 
@@ -126,8 +127,8 @@ def mixture_case(d: int, modes: int, dy: int, seed: int, *, spread: float = 4.0,
     modes seen through A without pinning them). Measurement: y = A x + σ_y ε with x one prior draw.
     Draws from one generator in this order: means, weights, matrix, x, ε.
     """
-    for name, v, lo in (("d", d, 1), ("modes", modes, 1), ("dy", dy, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+    for name, v in (("d", d), ("modes", modes), ("dy", dy)):
+        if not whole_number(v):
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     if dy > d:
         raise ValueError(f"dy must be at most d = {d}, got {dy}")

@@ -145,3 +145,15 @@ def test_every_solver_docstring_states_its_class():
         doc = " ".join(inspect.getmodule(fn).__doc__.split()).lower()
         assert "class (:mod:`invdiff.solvers.classes`)" in doc, name
         assert words[SOLVER_CLASSES[name].kind] in doc, name
+
+
+def test_gmm_benchmark_marks_point_estimators(tmp_path):
+    from invdiff.apps import bench
+
+    common = ["benchmark=gmm_posterior", "benchmark.gmm.dims=[8]", "benchmark.gmm.dys=[2]",
+              "benchmark.cpu.gmm.problems=1", "benchmark.cpu.gmm.n=50", "solver.steps=3", "progress=false",
+              "figures=false"]
+    for solver, marked in (("reddiff", True), ("ddnm", False)):
+        s = bench.run(bench.config(*common, f"solver={solver}"), tmp_path / solver)
+        assert s["solver_class"] == ("point" if marked else "approx")
+        assert ("*(point estimator)*" in (tmp_path / solver / "summary.md").read_text()) == marked

@@ -22,7 +22,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from .common import AppError, build, one_paragraph
-from .runs import check, config_key, plain_settings, provenance, run_hash
+from .runs import check, config_key, plain_settings, provenance, run_hash, run_label
 
 log = logging.getLogger("invdiff")
 
@@ -41,12 +41,14 @@ def run_gmm(cfg: DictConfig, out_dir: Path, *, fix: str) -> dict:
     from ..exact_posterior import evaluate, mcgdiff_gmm_case
     from ..priors import CountingPrior
     from ..solvers import check_call
+    from .app import solver_kind
 
     spec = cfg.benchmark.gmm  # (prepare merged the CPU caps in)
     n = int(spec.n)
     if n < 2 or int(spec.problems) < 1:
         raise AppError(f"benchmark.gmm needs n >= 2 samples and problems >= 1, got n={n}, problems={spec.problems}")
     solver = build(cfg.solver, "solver")
+    kind = solver_kind(solver)
     ids = problem_ids(spec)
     first = mcgdiff_gmm_case(ids[0][1], ids[0][2], ids[0][3])
     try:  # every setting and capability check before any work
@@ -77,7 +79,7 @@ def run_gmm(cfg: DictConfig, out_dir: Path, *, fix: str) -> dict:
             m.update(nfe=int(prior.calls), seconds=float(secs), d=d, dy=dy, sigma_y=float(case.sigma_y))
             write_sample(out_dir / "samples" / f"{pid}.h5", {
                 "x_hat": x[: min(n, 64)].reshape(min(n, 64), -1), "id": pid, "seed": int(cfg.seed), "problem_seed": k,
-                "solver": solver_name(solver), "solver_choice": str(cfg.bench_run.solver),
+                "solver": solver_name(solver), "solver_choice": str(cfg.bench_run.solver), "solver_class": kind,
                 "solver_settings": json.dumps(settings), "metrics": json.dumps(m), "nfe": int(prior.calls),
                 "seconds": float(secs), "benchmark": str(cfg.benchmark.name), "benchmark_hash": digest,
                 "benchmark_node": json.dumps(OmegaConf.to_container(cfg.benchmark, resolve=True), default=str),
@@ -106,7 +108,7 @@ def gmm_report(out_dir: Path, ids=None) -> dict:
                                                          "nfe", "seconds")} for g, rs in groups.items()}
     bnode = json.loads(first.get("benchmark_node", "{}"))
     summary = {"benchmark": first.get("benchmark"), "benchmark_kind": "gmm", "task": bnode.get("task", ""),
-               "solver": first.get("solver_choice", first["solver"]), "solver_settings": first.get("solver_settings"),
+               "solver": first.get("solver_choice", first["solver"]), "solver_class": first.get("solver_class", ""), "solver_settings": first.get("solver_settings"),
                "preset_settings": json.loads(first.get("preset_settings", "{}")), "problems": len(rows),
                "num_samples": int(first.get("num_samples", 0)), "groups": stats,
                "metrics": {k: interval95(r[k] for r in rows) for k in ("sw", "nfe", "seconds")},
@@ -126,8 +128,6 @@ def _ci(s: dict) -> str:
 
 
 def gmm_table(runs, command) -> str:
-    from ..solvers import SOLVER_CLASSES
-
     r0 = runs[0]
     groups = list(r0["groups"])
     for r in runs[1:]:
@@ -143,9 +143,7 @@ def gmm_table(runs, command) -> str:
     for r in runs:
         m = r["metrics"]
         cells = [_ci((r["groups"].get(g) or {}).get("sw")) for g in groups]
-        point = SOLVER_CLASSES.get(str(r.get("solver", "")).split("/")[0])
-        label = r["label"] + (" *(point estimator)*" if point is not None and point.kind == "point" else "")
-        lines.append(f"| {label} | {m['nfe']['mean']:.0f} | {m['seconds']['mean']:.2f} | " + " | ".join(cells) + " |")
+        lines.append(f"| {run_label(r)} | {m['nfe']['mean']:.0f} | {m['seconds']['mean']:.2f} | " + " | ".join(cells) + " |")
     for key, name in (("sw_floor", "floor (exact vs exact)"), ("sw_prior", "ceiling (prior vs posterior)")):
         cells = [_ci((r0["groups"].get(g) or {}).get(key)) for g in groups]
         lines.append(f"| *{name}* | – | – | " + " | ".join(cells) + " |")

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .common import AppError
-from .runs import provenance
+from .runs import provenance, run_label
 
 log = logging.getLogger("invdiff")
 
@@ -200,7 +200,7 @@ def _image_table(runs, command) -> str:
         sec = m.get("seconds", {}).get("mean")
         pub = ", ".join(f"{k} {v}" for k, v in (r.get("published") or {}).items())
         preset = ", ".join(f"{k} {v}" for k, v in (r.get("preset_settings") or {}).items()) or "–"
-        label = r["label"] + (" *(point estimator)*" if r.get("solver_class") == "point" else "")
+        label = run_label(r)
         lines.append(f"| {label} | {preset} | {nfe:.0f} | {sec:.2f} | " + " | ".join(cells) + f" | {pub} |"
                      if nfe is not None else f"| {label} | {preset} | – | – | " + " | ".join(cells) + f" | {pub} |")
     return "\n".join(line for line in lines) + "\n"

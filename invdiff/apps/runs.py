@@ -295,3 +295,9 @@ def provenance() -> dict:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "torch": torch.__version__, "python": platform.python_version(),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def run_label(r: dict) -> str:
+    """A run's row label in a table, marked when its solver is a point estimator (the ``solver_class``
+    its samples recorded: :data:`invdiff.solvers.SOLVER_CLASSES`)."""
+    return r["label"] + (" *(point estimator)*" if r.get("solver_class") == "point" else "")

@@ -14,7 +14,6 @@ wrapper's data range is the symmetric ``[−hi, hi]`` of the inner ``[lo, hi]``.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from .base import Prior, per_sample_sigma, raw_call

@@ -12,7 +12,6 @@ InverseBench dicts, diffusers folders. A torch file is read once, whichever form
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from .checkpoints import CheckpointError, strict_load
 from .diffusers_unet import load_unet2d, read_unet_config, unet_weights_file
 from .flow_formats import is_diffusers_flow_folder, load_diffusers_flow
 from .registry import Checkpoint, register_architecture, register_format
-from .schedules import EDMSchedule, VPSchedule
+from .schedules import EDMSchedule, VPSchedule, vp_sde_sigma, vp_sde_time
 
 # -- architectures the project's own format can name ---------------------------------------------
 
@@ -181,8 +180,7 @@ class EDMPreconditioned(torch.nn.Module):
 
     def sigma_range(self) -> tuple[float, float]:
         if self.precond == "vp":  # EDM's VPPrecond: t ∈ [1e-5, 1]
-            sig = lambda t: math.sqrt(math.expm1(0.5 * self.beta_d * t**2 + self.beta_min * t))  # noqa: E731
-            return sig(1e-5), sig(1.0)
+            return vp_sde_sigma(1e-5, self.beta_min, self.beta_d), vp_sde_sigma(1.0, self.beta_min, self.beta_d)
         return (0.002, 80.0) if self.precond == "edm" else (0.02, 100.0)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -193,8 +191,7 @@ class EDMPreconditioned(torch.nn.Module):
             c_in, c_noise = 1 / (sd**2 + s**2).sqrt(), sigma.log() / 4
         elif self.precond == "vp":
             c_skip, c_out, c_in = torch.ones_like(s), -s, 1 / (s**2 + 1).sqrt()
-            t = ((self.beta_min**2 + 2 * self.beta_d * (sigma**2).log1p()).sqrt() - self.beta_min) / self.beta_d
-            c_noise = (self.M - 1) * t
+            c_noise = (self.M - 1) * vp_sde_time(sigma, self.beta_min, self.beta_d)
         else:
             c_skip, c_out, c_in, c_noise = torch.ones_like(s), s, torch.ones_like(s), (0.5 * sigma).log()
         return c_skip * x + c_out * self.model.forward_unet(c_in * x, c_noise.flatten())

@@ -61,6 +61,17 @@ def vp_timestep(log_sigmas: Tensor, sigma: Tensor, snap: bool = False) -> Tensor
     return t.round() if snap else t
 
 
+def vp_sde_sigma(t: float, beta_min: float, beta_d: float) -> float:
+    """σ(t) of the continuous VP SDE with β(t) = β_min + t·β_d (score_sde's VP, EDM's VPPrecond):
+    ``σ(t)² = exp(½ β_d t² + β_min t) − 1``."""
+    return math.sqrt(math.expm1(0.5 * beta_d * t * t + beta_min * t))
+
+
+def vp_sde_time(sigma: Tensor, beta_min: float, beta_d: float) -> Tensor:
+    """The inverse of :func:`vp_sde_sigma`: ``t(σ) = (√(β_min² + 2 β_d ln(1 + σ²)) − β_min) / β_d``."""
+    return ((beta_min**2 + 2 * beta_d * (sigma**2).log1p()).sqrt() - beta_min) / beta_d
+
+
 class VPSchedule:
     """Discrete variance-preserving schedule.
 

@@ -31,6 +31,8 @@ from typing import Any, Mapping
 
 import torch
 
+from .schedules import vp_sde_sigma, vp_sde_time
+
 __all__ = [
     "ScoreSDEConfig", "as_config", "score_sde_keys", "score_sde_layout", "ema_parameter_keys",
     "unsupported_reasons", "convert_score_sde_state", "network_semantics", "PRESETS", "preset_config",
@@ -618,78 +620,76 @@ _SCORE_MRI = "HJ-harry/score-MRI@8359aae"
 _DDS = "HJ-harry/DDS@509b140"
 _DIFFUSIONMBIR = "HJ-harry/DiffusionMBIR@592ea29"
 
+# The NCSN++ / VE fields that score-MRI's configs/ve/fastmri_knee_320_ncsnpp_continuous.py and
+# DiffusionMBIR's configs/ve/AAPM_256_ncsnpp_continuous.py set identically (each on top of its own
+# configs/default_lsun_configs.py); only data.image_size differs between the two.
+_VE_NCSNPP_1CH = dict(
+    num_channels=1,            # default_lsun_configs.py: data.num_channels = 1 (is_complex=False: magnitude)
+    centered=False,            # default_lsun_configs.py: data.centered = False (data in [0, 1])
+    name="ncsnpp",             # *_ncsnpp_continuous.py: model.name
+    nf=128,                    # ... model.nf = 128
+    ch_mult=(1, 2, 2, 2),      # ... model.ch_mult
+    num_res_blocks=4,          # ... model.num_res_blocks = 4
+    attn_resolutions=(16,),    # ... model.attn_resolutions = (16,)
+    dropout=0.0,               # default_lsun_configs.py: model.dropout = 0.
+    resamp_with_conv=True,     # *_ncsnpp_continuous.py: model.resamp_with_conv
+    conditional=True,          # ... model.conditional
+    fir=True,                  # ... model.fir
+    fir_kernel=(1, 3, 3, 1),   # ... model.fir_kernel
+    skip_rescale=True,         # ... model.skip_rescale
+    resblock_type="biggan",    # ... model.resblock_type
+    progressive="none",        # ... model.progressive
+    progressive_input="residual",  # ... model.progressive_input
+    progressive_combine="sum",  # ... model.progressive_combine
+    embedding_type="fourier",  # default_lsun_configs.py: model.embedding_type = 'fourier'
+    fourier_scale=16,          # *_ncsnpp_continuous.py: model.fourier_scale
+    init_scale=0.0,            # ... model.init_scale
+    scale_by_sigma=True,       # ... model.scale_by_sigma
+    nonlinearity="swish",      # ... model.nonlinearity
+    normalization="GroupNorm",  # ... model.normalization
+    attention_type="ddpm",     # ... model.attention_type
+    sde="vesde",               # ... training.sde = 'vesde'
+    continuous=True,           # ... training.continuous = True
+    sigma_min=0.01,            # default_lsun_configs.py: model.sigma_min = 0.01
+    sigma_max=378.0,           # default_lsun_configs.py: model.sigma_max = 378
+    num_scales=2000,           # default_lsun_configs.py: model.num_scales = 2000
+)
+
+# The ADM fields both DDS configs (configs/vp/fastmri_knee_320_complex.yml, configs/vp/AAPM256.yml) set
+# identically, and their diffusion settings.
+_DDS_ADM = dict(
+    num_channels=256,          # *.yml: model.num_channels: 256
+    num_res_blocks=1,          # ... model.num_res_blocks: 1
+    channel_mult=(1, 1, 2, 2, 4, 4),  # script_util.py create_model: default for image_size 256 or 320
+    attention_resolutions="16",  # ... model.attention_resolutions: "16"
+    num_heads=4,               # ... model.num_heads: 4
+    num_head_channels=64,      # ... model.num_head_channels: 64 (takes precedence over num_heads)
+    learn_sigma=True,          # ... model.learn_sigma: True (ε and variance channels)
+    use_scale_shift_norm=True,  # ... model.use_scale_shift_norm: true
+    resblock_updown=True,      # ... model.resblock_updown: true
+    dropout=0.0,               # ... model.dropout: 0.0
+    class_cond=False,          # ... model.class_cond: false
+    use_new_attention_order=False,  # ... model.use_new_attention_order: false
+)
+_DDS_SDE = dict(type="vp", beta_schedule="linear", beta_start=0.0001, beta_end=0.02,  # *.yml: diffusion.*
+                num_diffusion_timesteps=1000,  # ... diffusion.num_diffusion_timesteps: 1000
+                beta_min=0.1, beta_max=20.0)   # continuous equivalent: 1000 * beta_start, 1000 * beta_end
+
 PRESETS: dict[str, dict] = {
     # score-MRI (Chung & Ye, MedIA 2022): NCSN++ trained on fastMRI knee magnitude images, VE SDE.
-    # Weights: weights/checkpoint_95.pth (install.sh). Its inference scripts restore the EMA.
+    # Weights: weights/checkpoint_95.pth (install.sh). Its inference scripts restore the EMA. Complex
+    # data: real and imaginary parts are denoised separately (inference_single-coil.py), not as 2 channels.
     "score_mri_fastmri_knee_320": dict(
         source=f"{_SCORE_MRI} configs/ve/fastmri_knee_320_ncsnpp_continuous.py (+ configs/default_lsun_configs.py)",
         architecture="score_sde.ncsnpp",
-        config=dict(
-            image_size=320,            # fastmri_knee_320_ncsnpp_continuous.py: data.image_size = 320
-            num_channels=1,            # default_lsun_configs.py: data.num_channels = 1 (is_complex=False: magnitude)
-            centered=False,            # default_lsun_configs.py: data.centered = False (data in [0, 1])
-            name="ncsnpp",             # fastmri_knee_320_ncsnpp_continuous.py: model.name
-            nf=128,                    # ... model.nf = 128
-            ch_mult=(1, 2, 2, 2),      # ... model.ch_mult
-            num_res_blocks=4,          # ... model.num_res_blocks = 4
-            attn_resolutions=(16,),    # ... model.attn_resolutions = (16,)
-            dropout=0.0,               # default_lsun_configs.py: model.dropout = 0.
-            resamp_with_conv=True,     # fastmri_knee_320_ncsnpp_continuous.py: model.resamp_with_conv
-            conditional=True,          # ... model.conditional
-            fir=True,                  # ... model.fir
-            fir_kernel=(1, 3, 3, 1),   # ... model.fir_kernel
-            skip_rescale=True,         # ... model.skip_rescale
-            resblock_type="biggan",    # ... model.resblock_type
-            progressive="none",        # ... model.progressive
-            progressive_input="residual",  # ... model.progressive_input
-            progressive_combine="sum",  # ... model.progressive_combine
-            embedding_type="fourier",  # default_lsun_configs.py: model.embedding_type = 'fourier'
-            fourier_scale=16,          # fastmri_knee_320_ncsnpp_continuous.py: model.fourier_scale
-            init_scale=0.0,            # ... model.init_scale
-            scale_by_sigma=True,       # ... model.scale_by_sigma
-            nonlinearity="swish",      # ... model.nonlinearity
-            normalization="GroupNorm",  # ... model.normalization
-            attention_type="ddpm",     # ... model.attention_type
-            sde="vesde",               # ... training.sde = 'vesde'
-            continuous=True,           # ... training.continuous = True
-            sigma_min=0.01,            # default_lsun_configs.py: model.sigma_min = 0.01
-            sigma_max=378.0,           # default_lsun_configs.py: model.sigma_max = 378
-            num_scales=2000,           # default_lsun_configs.py: model.num_scales = 2000
-        ),
-        sde=dict(type="ve", sigma_min=0.01, sigma_max=378.0),  # default_lsun_configs.py (as above)
-        centered=False,                # default_lsun_configs.py: data.centered = False
-        image_size=320,                # configs/ve/fastmri_knee_320_ncsnpp_continuous.py
-        channels=1,                    # magnitude; complex data: real and imaginary parts are denoised
-                                       # separately (inference_single-coil.py), not as 2 channels
+        config=dict(_VE_NCSNPP_1CH, image_size=320),  # fastmri_knee_320_ncsnpp_continuous.py: data.image_size
     ),
     # DiffusionMBIR (Chung, Kim, Kim & Ye, CVPR 2023): NCSN++ trained on AAPM 256×256 CT slices, VE SDE;
-    # weights exp/ve/AAPM_256_ncsnpp_continuous/checkpoint_185.pth (its README). Same network and SDE
-    # as score-MRI's knee model at 256×256.
+    # weights exp/ve/AAPM_256_ncsnpp_continuous/checkpoint_185.pth (its README).
     "diffusionmbir_aapm_ct_256": dict(
         source=f"{_DIFFUSIONMBIR} configs/ve/AAPM_256_ncsnpp_continuous.py (+ configs/default_lsun_configs.py)",
         architecture="score_sde.ncsnpp",
-        config=dict(
-            image_size=256,            # AAPM_256_ncsnpp_continuous.py: data.image_size = 256
-            num_channels=1,            # default_lsun_configs.py: data.num_channels = 1
-            centered=False,            # default_lsun_configs.py: data.centered = False
-            name="ncsnpp", nf=128,     # AAPM_256_ncsnpp_continuous.py: model.name, model.nf
-            ch_mult=(1, 2, 2, 2),      # ... model.ch_mult
-            num_res_blocks=4,          # ... model.num_res_blocks
-            attn_resolutions=(16,),    # ... model.attn_resolutions
-            dropout=0.0,               # default_lsun_configs.py: model.dropout = 0.
-            resamp_with_conv=True, conditional=True, fir=True, fir_kernel=(1, 3, 3, 1),  # AAPM_256_...py
-            skip_rescale=True, resblock_type="biggan", progressive="none",               # AAPM_256_...py
-            progressive_input="residual", progressive_combine="sum",                     # AAPM_256_...py
-            embedding_type="fourier",  # default_lsun_configs.py: model.embedding_type = 'fourier'
-            fourier_scale=16, init_scale=0.0, scale_by_sigma=True,                       # AAPM_256_...py
-            nonlinearity="swish", normalization="GroupNorm", attention_type="ddpm",      # AAPM_256_...py
-            sde="vesde", continuous=True,  # AAPM_256_...py: training.sde, training.continuous
-            sigma_min=0.01, sigma_max=378.0, num_scales=2000,  # default_lsun_configs.py: model.*
-        ),
-        sde=dict(type="ve", sigma_min=0.01, sigma_max=378.0),  # default_lsun_configs.py
-        centered=False,
-        image_size=256,
-        channels=1,
+        config=dict(_VE_NCSNPP_1CH, image_size=256),  # AAPM_256_ncsnpp_continuous.py: data.image_size
     ),
     # DDS (Chung, Lee & Ye, ICLR 2024). NOT score_sde: its configs say model.type 'openai', i.e.
     # guided-diffusion's ADM UNet (guided_diffusion/script_util.py create_model). Kept here as data so
@@ -697,57 +697,20 @@ PRESETS: dict[str, dict] = {
     "dds_fastmri": dict(
         source=f"{_DDS} configs/vp/fastmri_knee_320_complex.yml (+ guided_diffusion/script_util.py)",
         architecture="guided-diffusion.adm",   # fastmri_knee_320_complex.yml: model.type "openai"
-        adm=dict(
-            image_size=320,            # fastmri_knee_320_complex.yml: model.image_size
-            in_channels=2,             # ... model.in_channels: 2
-            out_channels=4,            # ... model.out_channels: 4 (learn_sigma: ε and variance, 2 each)
-            num_channels=256,          # ... model.num_channels: 256
-            num_res_blocks=1,          # ... model.num_res_blocks: 1
-            channel_mult=(1, 1, 2, 2, 4, 4),  # script_util.py create_model: default for image_size 256 or 320
-            attention_resolutions="16",  # ... model.attention_resolutions: "16" (script_util: ds = 320 // 16 = 20,
-                                       # a rate no level has, so only the middle block attends — derived, unverified)
-            num_heads=4,               # ... model.num_heads: 4
-            num_head_channels=64,      # ... model.num_head_channels: 64 (takes precedence over num_heads)
-            learn_sigma=True,          # ... model.learn_sigma: True
-            use_scale_shift_norm=True,  # ... model.use_scale_shift_norm: true
-            resblock_updown=True,      # ... model.resblock_updown: true
-            dropout=0.0,               # ... model.dropout: 0.0
-            class_cond=False,          # ... model.class_cond: false
-            use_new_attention_order=False,  # ... model.use_new_attention_order: false
-        ),
-        sde=dict(type="vp", beta_schedule="linear", beta_start=0.0001, beta_end=0.02,  # ... diffusion.*
-                 num_diffusion_timesteps=1000,  # ... diffusion.num_diffusion_timesteps: 1000
-                 beta_min=0.1, beta_max=20.0),  # continuous equivalent: 1000 * beta_start, 1000 * beta_end
+        # image_size 320 (model.image_size); 2 channels: real, imaginary (data.channels, utils.py
+        # nchw_comp_to_real); out 4: ε and variance, 2 each. attention "16": ds = 320 // 16 = 20, a rate
+        # no level has, so only the middle block attends (derived, unverified).
+        adm=dict(_DDS_ADM, image_size=320, in_channels=2, out_channels=4),
+        sde=_DDS_SDE,
         centered=None,                 # not stated: solver_2d.py feeds the .npy slices without rescaling
-        image_size=320,                # ... data.image_size: 320
-        channels=2,                    # ... data.channels: 2 (real, imaginary: utils.py nchw_comp_to_real)
     ),
     "dds_aapm_ct": dict(
         source=f"{_DDS} configs/vp/AAPM256.yml (+ guided_diffusion/script_util.py)",
         architecture="guided-diffusion.adm",   # AAPM256.yml: model.type "openai"
-        adm=dict(
-            image_size=256,            # AAPM256.yml: model.image_size
-            in_channels=1,             # ... model.in_channels: 1
-            out_channels=2,            # ... model.out_channels: 2 (learn_sigma)
-            num_channels=256,          # ... model.num_channels: 256
-            num_res_blocks=1,          # ... model.num_res_blocks: 1
-            channel_mult=(1, 1, 2, 2, 4, 4),  # script_util.py create_model: default for image_size 256
-            attention_resolutions="16",  # ... model.attention_resolutions: "16" (ds = 256 // 16 = 16: the 16x16 level)
-            num_heads=4,               # ... model.num_heads: 4
-            num_head_channels=64,      # ... model.num_head_channels: 64
-            learn_sigma=True,          # ... model.learn_sigma: True
-            use_scale_shift_norm=True,  # ... model.use_scale_shift_norm: true
-            resblock_updown=True,      # ... model.resblock_updown: true
-            dropout=0.0,               # ... model.dropout: 0.0
-            class_cond=False,          # ... model.class_cond: false
-            use_new_attention_order=False,  # ... model.use_new_attention_order: false
-        ),
-        sde=dict(type="vp", beta_schedule="linear", beta_start=0.0001, beta_end=0.02,  # ... diffusion.*
-                 num_diffusion_timesteps=1000,  # ... diffusion.num_diffusion_timesteps: 1000
-                 beta_min=0.1, beta_max=20.0),  # continuous equivalent: 1000 * beta_start, 1000 * beta_end
+        # image_size 256, 1 channel in, 2 out (learn_sigma); attention "16": ds = 256 // 16 = 16, the 16x16 level.
+        adm=dict(_DDS_ADM, image_size=256, in_channels=1, out_channels=2),
+        sde=_DDS_SDE,
         centered=None,                 # not stated (solver_2d.py uses the AAPM .npy slices as stored)
-        image_size=256,                # ... data.image_size: 256
-        channels=1,                    # ... data.channels: 1
     ),
 }
 
@@ -808,22 +771,19 @@ class ScoreSDEDenoiser(torch.nn.Module):
         self.sigma_min, self.sigma_max = float(cfg.sigma_min), float(cfg.sigma_max)
         self.beta_min, self.beta_max = float(cfg.beta_min), float(cfg.beta_max)
 
-    def vp_sigma(self, t: float) -> float:
-        return math.sqrt(math.expm1(0.5 * (self.beta_max - self.beta_min) * t * t + self.beta_min * t))
-
     def sigma_range(self) -> tuple[float, float]:
         """VE: the config's [σ_min, σ_max]; VP: σ(t) over score_sde's sampling range t ∈ [1e-3, 1]."""
         if self.ve:
             return self.sigma_min, self.sigma_max
-        return self.vp_sigma(1e-3), self.vp_sigma(1.0)
+        beta_d = self.beta_max - self.beta_min
+        return vp_sde_sigma(1e-3, self.beta_min, beta_d), vp_sde_sigma(1.0, self.beta_min, beta_d)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
         if self.ve:
             x_in, label = x, sigma.log()
         else:
-            beta_d = self.beta_max - self.beta_min
-            t = ((self.beta_min**2 + 2 * beta_d * (sigma**2).log1p()).sqrt() - self.beta_min) / beta_d
+            t = vp_sde_time(sigma, self.beta_min, self.beta_max - self.beta_min)
             x_in, label = x / (1 + s**2).sqrt(), 999 * t
         if not self.centered:
             x_in = 2 * x_in - 1

@@ -27,11 +27,6 @@ class SolverClass:
         if self.kind not in ("exact", "approx", "point"):
             raise ValueError(f"solver class kind must be exact, approx or point, got {self.kind!r}")
 
-    @property
-    def sampler(self) -> bool:
-        """Its draws are meant as posterior samples (exact or approximate)."""
-        return self.kind != "point"
-
 
 _E, _A, _P = "exact", "approx", "point"
 
