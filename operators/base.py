@@ -36,6 +36,7 @@ CAPABILITIES = {
     "pinv": "a pseudo-inverse A⁺ (A_dagger)",
     "prox_l2": "the proximal map of ½‖Ax − y‖² (prox_l2)",
     "differentiable": "a forward map differentiable by autograd",
+    "forward": "a forward map y = A(x) that can be evaluated (no gradient, adjoint or inverse)",
 }
 
 
@@ -262,7 +263,7 @@ class LinearOperator(OperatorMixin, LinearPhysics):
     :param cg_tol, cg_max_iter: stopping rule of the conjugate-gradient fallback.
     """
 
-    exact_capabilities = frozenset({"linear", "adjoint", "pinv", "prox_l2", "differentiable"})
+    exact_capabilities = frozenset({"linear", "adjoint", "pinv", "prox_l2", "differentiable", "forward"})
 
     def __init__(self, engine: torch.nn.Module, img_size, meas_size, *, pinv_rtol: float = 1e-6,
                  cg_tol: float = 1e-6, cg_max_iter: int = 100):

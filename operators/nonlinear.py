@@ -1,8 +1,10 @@
 """Nonlinear forward models: Fourier phase retrieval, HDR/saturation, transmission CT.
 
 A nonlinear operator is a :class:`deepinv.physics.Physics` with capabilities
-``{"differentiable"}``: solvers that need only ``A`` and autograd (DPS, DAPS, RED-diff, …) accept
-it; those that need an adjoint, SVD, pinv or prox are refused by :func:`operators.require`.
+``{"differentiable", "forward"}``: solvers that need only ``A`` and autograd (DPS, DAPS, RED-diff, …)
+and derivative-free ones that only evaluate ``A`` (EnKG) accept it; those that need an adjoint, SVD,
+pinv or prox are refused by :func:`operators.require`. A forward map without autograd (a simulator,
+an instrument's code) is an :class:`operators.BlackBoxOperator` (capabilities ``{"forward"}``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from .mri import fft2c
 class NonlinearOperator(OperatorMixin, Physics):
     """Base of the nonlinear operators: shapes, capabilities, simulation and persistence."""
 
-    capabilities = frozenset({"differentiable"})
+    capabilities = frozenset({"differentiable", "forward"})
     closed_form = frozenset()
 
     def __init__(self, img_size, meas_size):
@@ -35,10 +37,12 @@ class NonlinearOperator(OperatorMixin, Physics):
         raise NotImplementedError
 
     def A_dagger(self, y: Tensor, **kwargs) -> Tensor:
-        raise CapabilityError(f"{self.describe()} is nonlinear: it has no pseudo-inverse (capabilities: differentiable)")
+        raise CapabilityError(f"{self.describe()} is nonlinear: it has no pseudo-inverse "
+                              f"(capabilities: {', '.join(sorted(self.capabilities))})")
 
     def A_adjoint(self, y: Tensor, **kwargs) -> Tensor:
-        raise CapabilityError(f"{self.describe()} is nonlinear: it has no adjoint (capabilities: differentiable)")
+        raise CapabilityError(f"{self.describe()} is nonlinear: it has no adjoint "
+                              f"(capabilities: {', '.join(sorted(self.capabilities))})")
 
 
 class PhaseRetrieval(NonlinearOperator):

@@ -106,17 +106,37 @@ def _blur_net():
     return O.NonlinearBlur(str(path), (C, H, W), seed=0)
 
 
+def _scipy_phase_retrieval(x):
+    """|F pad(x)| by scipy.fft on a batch [B, C, H, W] (pad 2 each side): a forward model with no autograd path."""
+    import numpy as np
+    import scipy.fft
+
+    z = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    return np.abs(scipy.fft.fftshift(scipy.fft.fft2(scipy.fft.ifftshift(z, axes=(-2, -1)), norm="ortho"), axes=(-2, -1)))
+
+
 def _nonlinear():
     return {
+        "blackbox-scipy-pr": lambda: O.BlackBoxOperator(_scipy_phase_retrieval, (C, H, W), (C, H + 4, W + 4),
+                                                        batched=True, name="scipy |F pad(x)|"),
         "nonlinear-blur-net": _blur_net,
         "phase-retrieval": lambda: O.PhaseRetrieval((C, H, W), oversampling=2.0),
         "hdr": lambda: O.HDR((C, H, W), scale=2.0),
         "ct-transmission": lambda: O.TransmissionCT((1, 15, 15), angles=7, I0=100.0),
     }
 
+def _volumes():
+    """Volume operators [B, C, D, H, W] (issue 29): a stack of 2-D operators along D."""
+    return {
+        "volume-ct-sparse-view": lambda: O.VolumeParallelBeamCT((2, 3, 17, 17), angles=9),
+        "volume-mri-per-slice-real": lambda: O.VolumeSingleCoilMRI(O.RandomLinesMask(3, 0.1), (1, 3, H, W), seed=0),
+        "volume-mri-per-slice-complex": lambda: O.VolumeSingleCoilMRI(O.RandomLinesMask(3, 0.1), (2, 3, H, W), seed=0),
+        "volume-stack-sr2": lambda: O.SliceStack(O.Downsampling(2, (C, 18, 12), "average"), depth=3),
+    }
+
 
 #: linear operators (the whole suite) and nonlinear ones (the checks that do not need linearity)
 REGISTRY = {**_blurs(), **_inpaintings(), **_downsamplings(), **_matrices(), **_mris(), **_cts(),
-            **_remote_sensing()}
+            **_remote_sensing(), **_volumes()}
 NONLINEAR = _nonlinear()
 ALL = {**REGISTRY, **NONLINEAR}

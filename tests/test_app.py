@@ -246,7 +246,7 @@ def write_npy(path, arr):
                                   "no_sigma", "poisson_sigma", "steps0", "no_file", "checkpoint"])
 def test_bad_input_is_refused_before_anything_is_written(case, tmp_path):
     expected = {
-        "incompatible": (["operator=phase_retrieval", "solver=ddrm"], r"solver 'ddrm' needs .*PhaseRetrieval.*Solvers that accept this operator: daps, dps, flowdps, pnp_cm, pnp_flow, pnpdm, reddiff"),
+        "incompatible": (["operator=phase_retrieval", "solver=ddrm"], r"solver 'ddrm' needs .*PhaseRetrieval.*Solvers that accept this operator: daps, dps, enkg, flowdps, lgd, pnp_cm, pnp_flow, pnpdm, reddiff, sitcom"),
         "prior_shape": (["shape=[1,32,32]"], r"prior models images \[1, 64, 64\] but shape=\[1, 32, 32\]; add shape=\[1,64,64\]"),
         "range": (["data=files", f"data.path={write_npy(tmp_path / 'big.npy', np.full((8, 8), 200.0))}"], r"values in \[200, 200\].*data.normalize=max"),
         "nan_y": (["data=measurement", f"data.y={write_npy(tmp_path / 'y.npy', np.full((2, 64, 64), np.nan))}", "sigma_y=0.01"], r"contains NaN or Inf"),

@@ -54,6 +54,12 @@ def test_registered_names_are_the_functions_names():
 
 @pytest.mark.parametrize("name", sorted(solvers.SOLVERS))
 def test_reconstruct_accepts_every_registered_name(name):
+    if name in solvers.VOLUME_SOLVERS:  # a volume of 2 slices of the same 4×4 images
+        op = O.SliceStack(OP, depth=2)
+        x = PRIOR.sample(4, torch.Generator().manual_seed(0)).reshape(2, 1, 2, 4, 4)
+        rec = reconstruct(op.A(x), op, PRIOR, name, sigma_y=0.05, seed=0, steps=2)
+        assert rec.samples.shape == (2, 1, 1, 2, 4, 4) and torch.isfinite(rec.samples).all()
+        return
     y = measurement()
     rec = reconstruct(y, OP, PRIOR, name, sigma_y=0.05, seed=0, **({} if name == "pinv" else {"steps": 2}),
                       **FAST.get(name, {}))

@@ -50,6 +50,13 @@ TOY = {  # solver -> experiment file with toy-tuned parameters, or None for the 
     "daps": "toy_daps", "pnpdm": "toy_pnpdm", "mcgdiff": "toy_mcgdiff",
     "ot_ode": None, "pnp_flow": "toy_pnp_flow", "ictm": "toy_ictm", "flowdps": "toy_flowdps", "dflow": "toy_dflow",
     "cm4ir": "toy_cm4ir", "pnp_cm": "toy_pnp_cm",
+    "dds": None, "fps_smc": "toy_fps_smc", "lgd": "toy_lgd", "sitcom": "toy_sitcom",
+}
+#: solvers whose exact-posterior check lives in their own test file (cost or problem shape)
+CHECKED_ELSEWHERE = {
+    "enkg": "tests/test_blackbox_enkg.py: the ensemble (64–256 members, w = 0.1) on the three cases through a "
+            "BlackBoxOperator; the paper's 1024 members × 1588 network calls are too slow for this loop",
+    "diffusionmbir": "tests/test_diffusionmbir.py: a volume solver (the cases here are 2-D images)",
 }
 #: (solver, case) pairs that the sampler bound does not apply to, with the test that covers them instead
 NOT_A_SAMPLER_HERE = {
@@ -60,7 +67,7 @@ NOT_A_SAMPLER_HERE = {
 
 
 def test_every_solver_has_a_posterior_check():
-    assert set(TOY) == set(solvers.SOLVERS) - solvers.BASELINES
+    assert set(TOY) | set(CHECKED_ELSEWHERE) == set(solvers.SOLVERS) - solvers.BASELINES
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -58,6 +58,24 @@ SOLVER_CLASSES: dict[str, SolverClass] = {
     "i2sb": SolverClass(_A, "a learned conditional bridge p(x₀ | x₁) (exact for a perfectly trained bridge of "
                             "this operator and noise)"),
     "cddb": SolverClass(_A, "the learned bridge with a DDS-style data-consistency step"),
+    "dds": SolverClass(_A, "the Tweedie estimate corrected by M CG steps on the data term (a projection onto Ax = y, or a "
+                           "proximal step of fixed weight γ), re-noised with the unconditional ε̂; exact for no "
+                           "non-degenerate prior (noiseless, η = 1 and converged CG it equals DDNM)"),
+    "fps_smc": SolverClass(_A, "the pseudo-measurements y_t are filtered as conditionally independent given x_t although "
+                               "they share y's noise (for σ_y > 0 more particles concentrate the samples on y), and a "
+                               "constant c_rate is not the reverse kernel; asymptotically exact only for σ_y = 0 with "
+                               "c_rate='ddpm', as particles → ∞ and steps → ∞"),
+    "lgd": SolverClass(_A, "p(x₀ | x_t) ≈ N(x̂₀(x_t), r_t² I) with a fixed r_t, estimated by n Monte-Carlo draws, and a "
+                           "step size ζ in place of the likelihood's scale"),
+    "sitcom": SolverClass(_A, "each step's x̂₀ is moved onto the noise ball ‖A x̂₀ − y‖² = m (σ_y + 0.001)² by optimising "
+                              "the denoiser's input from x_t, then re-noised; no likelihood weighting, so the spread along "
+                              "observed directions is set by the stopping rule and the optimiser"),
+    "enkg": SolverClass(_A, "DPS-like guidance with the Jacobian replaced by the ensemble's statistical linearisation and "
+                            "a normalised step w/‖M‖_F in place of the likelihood's scale; members interact (not "
+                            "independent draws) and the step ignores σ_y"),
+    "diffusionmbir": SolverClass(_A, "slices a priori independent under the 2-D prior, coupled only by a z-TV MAP step "
+                                     "(warm-started inexact ADMM toward argmin ½‖Ax − y‖² + λ‖D_z x‖₁) in place of the "
+                                     "likelihood; ignores σ_y"),
     "reddiff": SolverClass(_P, "a variational (mode-seeking) fit of a Gaussian with vanishing variance: MAP-like"),
     "pnp_flow": SolverClass(_P, "plug-and-play forward–backward splitting with the flow's denoiser"),
     "ictm": SolverClass(_P, "MAP over the flow's source noise (trajectory matching)"),
