@@ -77,6 +77,18 @@ SETTINGS = [
     ("daps on the exact consistency model (8 × 1 call, 100 Langevin)", "daps", None,
      {"prior": "exact_cm", "steps": 8, "ode_steps": 1, "ode_sigma_min": 0.0}),
     ("ddnm+ on the exact consistency model (8 steps)", "ddnm", None, {"prior": "exact_cm", "steps": 8}),
+    # frontier solvers (issue 29)
+    ("dds (paper: 50 DDIM steps, η 0.85, γ 1, 5 CG)", "dds", None, {}),
+    ("fps_smc (paper: 1000 steps, 5 particles, c 0.95)", "fps_smc", None, {}),
+    ("fps_smc toy (100 steps, 5 particles)", "fps_smc", "toy_fps_smc", {}),
+    ("fps_smc, 64 particles (MCGdiff's count), 100 steps", "fps_smc", "toy_fps_smc", {"particles": 64}),
+    ("fps_smc, 64 particles, 100 steps, c_rate ddpm", "fps_smc", "toy_fps_smc", {"particles": 64, "c_rate": "ddpm"}),
+    ("lgd (paper: 1000 steps, ζ 1, n 10)", "lgd", None, {}),
+    ("lgd toy (200 steps)", "lgd", "toy_lgd", {}),
+    ("sitcom (paper: N 20, K 20, γ 0.01)", "sitcom", None, {}),
+    ("sitcom toy (K 50, γ 0.02)", "sitcom", "toy_sitcom", {}),
+    ("enkg (paper schedule: 80 steps, w 2), ensemble 64", "enkg", None, {"ensemble": 64}),
+    ("enkg (80 steps, w 0.1), ensemble 64", "enkg", None, {"ensemble": 64, "guidance_scale": 0.1}),
 ]
 
 
@@ -98,7 +110,9 @@ class CountingOperator:
 def nfe_extra(name):
     return {"pigdm": " (+ as many VJPs)", "dps": " (+ as many VJPs)", "mcg": " (+ as many VJPs)",
             "tmpd": " (+ ≤ k+1 VJPs each)", "ot_ode": " (+ as many VJPs)", "ictm": " (+ 2 VJPs per Adam step)",
-            "dflow": " (+ a backward pass per differentiated call)"}.get(name, "")
+            "dflow": " (+ a backward pass per differentiated call)",
+            "lgd": " (+ as many VJPs, each through n draws)", "sitcom": " (+ as many VJPs)",
+            "fps_smc": " (on batch × particles states)", "enkg": " (on batch × ensemble states)"}.get(name, "")
 
 
 def write_table(args, rows, cases, only) -> None:
