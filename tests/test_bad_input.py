@@ -429,8 +429,8 @@ def test_the_apps_solver_check_does_no_work_for_the_baselines(problem):
                                      r"be >= 0 and data\.first \+ data\.n <= 32"),
     (["data=phantoms", "data.first=-1"], r"data\.first must be >= 0"),
     (["data=phantoms", "data.n=1.5"], r"data\.n must be a whole number, got 1\.5"),
-    (["data=sample_image", "data.names=[brain_slice]"],
-     r"'brain_slice' is not bundled with scikit-image: skimage\.data\.brain\(\) downloads its file on first use, and "
+    (["data=sample_image", "data.names=[brain]"],
+     r"'brain' is not bundled with scikit-image: skimage\.data\.brain\(\) downloads its file on first use, and "
      r"invdiff never downloads anything\. Choose from shepp_logan, camera.*data=files data\.path="),
     (["data=image_views", "data.names=[brain]"], r"'brain' is not bundled with scikit-image.*Choose from astronaut"),
     (["data=sample_image", "data.names=[camra]"], r"unknown sample image 'camra' \(did you mean 'camera'\?\)"),
@@ -480,9 +480,9 @@ def test_sources_say_what_is_allowed_directly():
     for make, pattern in [(lambda: Phantoms(n=0), r"data\.n must be at least 1"),
                           (lambda: Phantoms(n=3, first=31), r"data\.first \+ data\.n <= 32"),
                           (lambda: Phantoms(n=2, split="val", first=-2), r"data\.first must be >= 0"),
-                          (lambda: SampleImages(["brain_slice"]), r"'brain_slice' is not bundled"),
+                          (lambda: SampleImages(["brain"]), r"'brain' is not bundled"),
                           (lambda: ImageViews(["brain"]), r"'brain' is not bundled"),
-                          (lambda: sample_image("brain_slice"), r"never downloads anything")]:
+                          (lambda: sample_image("brain"), r"never downloads anything")]:
         with pytest.raises(ValueError, match=pattern) as err:
             make()
         assert "\n" not in str(err.value)
@@ -718,10 +718,10 @@ def test_a_failed_run_logs_its_error_in_cli_log(tmp_path, monkeypatch):
     GlobalHydra.instance().clear()
     root = logging.getLogger()
     handlers = list(root.handlers)
-    monkeypatch.setattr(sys, "argv", ["invdiff", *TINY, "data=sample_image", "data.names=[brain_slice]",
+    monkeypatch.setattr(sys, "argv", ["invdiff", *TINY, "data=sample_image", "data.names=[brain]",
                                       f"hydra.run.dir={tmp_path / 'run'}"])
     try:
-        with pytest.raises(SystemExit, match=r"'brain_slice' is not bundled with scikit-image"):
+        with pytest.raises(SystemExit, match=r"'brain' is not bundled with scikit-image"):
             main()
     finally:
         for h in root.handlers:
@@ -730,5 +730,5 @@ def test_a_failed_run_logs_its_error_in_cli_log(tmp_path, monkeypatch):
                 root.removeHandler(h)
         GlobalHydra.instance().clear()
     text = (tmp_path / "run" / "cli.log").read_text()
-    assert "[ERROR]" in text and "'brain_slice' is not bundled with scikit-image" in text
+    assert "[ERROR]" in text and "'brain' is not bundled with scikit-image" in text
     assert not (tmp_path / "run" / "samples").exists()

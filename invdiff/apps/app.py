@@ -243,6 +243,9 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     if not ctx.main:
         return result
     summ = result["summary"]
+    from ..data.exports import export_results
+
+    export_results(out_dir)  # NIfTI/DICOM/GeoTIFF inputs: results in their own format (volumes/)
     elapsed = time.perf_counter() - t0
     if "psnr" in summ and summ["psnr"]["n"]:
         gain = ""

@@ -9,6 +9,10 @@ module             what it holds
                    (:func:`~invdiff.data.training_data.as_chw`, :func:`~invdiff.data.training_data.resize`)
                    that ``sources`` shares
 ``fastmri``        raw fastMRI HDF5 files, slice by slice
+``formats``        NIfTI (nibabel), DICOM (pydicom) and (Geo)TIFF (tifffile) read and written with
+                   their metadata
+``brain``          the MNI152 T1 template in nilearn's wheel: slices and fixed train/val/test slabs
+``exports``        a run's reconstructions written back in their inputs' formats (``volumes/``)
 ``results``        per-sample HDF5 files written atomically, the summaries rebuilt from them
 ``figures``        the per-sample PNG figure
 ``processes``      who this process is and whether another one is alive (the owners of temporaries

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-#: Images bundled in the scikit-image wheel that never need a download. (``brain_slice``, a slice of
-#: ``skimage.data.brain()``, was listed once; that volume is fetched from the internet on first use,
-#: so it is refused with :func:`unknown_image_message`.)
-SAMPLE_IMAGES = ("shepp_logan", "camera", "moon", "astronaut", "coins")
+#: Images that never need a download: scikit-image's bundled ones, and ``brain_slice`` — the middle
+#: axial slice of the held-out test slab of the MNI152 T1 template in nilearn's wheel
+#: (:mod:`invdiff.data.brain`; not ``skimage.data.brain()``, which downloads its file).
+SAMPLE_IMAGES = ("shepp_logan", "camera", "moon", "astronaut", "coins", "brain_slice")
 
 
 def bundled_skimage_images() -> list[str]:
@@ -32,7 +32,7 @@ def unknown_image_message(name: str, choices) -> str:
 
     from skimage import data
 
-    fn = "brain" if name == "brain_slice" else name
+    fn = name
     if callable(getattr(data, fn, None)) and fn not in bundled_skimage_images():
         why = (f"'{name}' is not bundled with scikit-image: skimage.data.{fn}() downloads its file on first use, "
                "and invdiff never downloads anything")
@@ -70,7 +70,12 @@ def _sample_image(name: str, shape: tuple) -> Tensor:
     C, H, W = (int(s) for s in shape)
     if C not in (1, 3):
         raise ValueError(f"sample images have 1 or 3 channels, got shape {tuple(shape)}")
-    img = _load(name).astype(np.float64)
+    if name == "brain_slice":
+        from .brain import brain_slice, default_slice
+
+        img = brain_slice("axial", default_slice("axial"), max(H, W))
+    else:
+        img = _load(name).astype(np.float64)
     img = img[..., :3] if img.ndim == 3 else img
     if img.max() > 1.0:
         img = img / img.max()

@@ -171,6 +171,43 @@ class SampleImages:
         return f"scikit-image sample image(s) {', '.join(self.names)}"
 
 
+class Brain:
+    """Slices of real anatomy: the MNI152 T1 template in nilearn's wheel (:mod:`invdiff.data.brain`),
+    one plane (``axial``/``coronal``/``sagittal``) and one fixed slab (``test``: 10 slices, ``val``:
+    5, ``train``), ``n`` slices from position ``first`` (``n = None``: all of the slab), resized to
+    ``shape``; gray, in [0, 1]."""
+
+    mode = "synthetic"
+
+    def __init__(self, plane: str = "axial", split: str = "test", n: int | None = None, first: int = 0,
+                 shape=(1, 64, 64)):
+        from .brain import slab
+
+        C, H, W = _shape(shape)
+        if C != 1 or H != W:
+            raise ValueError(f"data=brain gives single-channel square slices; got shape {[C, H, W]}")
+        ids = slab(plane, split)
+        n = len(ids) - int(first) if n is None else n
+        for key, v in (("n", n), ("first", first)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"data.{key} must be a whole number, got {v!r}")
+        if n < 1 or first < 0 or first + n > len(ids):
+            raise ValueError(f"data: n = {n}, first = {first}: the {plane} {split} slab has {len(ids)} slices, so "
+                             f"data.first must be >= 0, data.n >= 1 and data.first + data.n <= {len(ids)}")
+        self.plane, self.split, self.ids, self.size = plane, split, ids[int(first): int(first) + int(n)], H
+
+    def samples(self, operator=None) -> list[Sample]:
+        from .brain import MNI_FILE, brain_slice
+
+        return [Sample(f"mni152_{self.plane}{i}", torch.from_numpy(brain_slice(self.plane, i, self.size).copy())[None],
+                       info={"source": f"nilearn {MNI_FILE}", "plane": self.plane, "slice": i, "split": self.split})
+                for i in self.ids]
+
+    def describe(self) -> str:
+        return (f"MNI152 T1 {self.plane} slices {self.ids[0]}–{self.ids[-1]} ({len(self.ids)}, {self.split} slab), "
+                f"{self.size}×{self.size}")
+
+
 def _to_channels(a: np.ndarray, channels: int) -> np.ndarray:
     """Raw array → ``[C, H, W]``; a complex array becomes 2 real channels (real, imag)."""
     if np.iscomplexobj(a):
@@ -185,49 +222,117 @@ def _to_channels(a: np.ndarray, channels: int) -> np.ndarray:
 
 
 class ImageFiles:
-    """Ground truths from an image file, a folder of images, ``.npy`` or ``file.h5:dataset``.
+    """Ground truths from an image file, a folder of images, ``.npy``, ``file.h5:dataset``, a NIfTI
+    volume (``.nii``/``.nii.gz``) or a DICOM file / series folder (:mod:`invdiff.data.formats`).
 
     :param path: the file, folder, or ``file.h5:dataset``.
-    :param normalize: ``"auto"`` (integer images divided by their type's maximum, floats kept),
-        ``"max"`` (each image divided by its maximum absolute value) or ``"none"``.
-    :param limit: use only the first ``limit`` images.
+    :param normalize: ``"auto"`` (integer images divided by their type's maximum, floats kept;
+        a NIfTI/DICOM volume mapped to [0, 1] by its own minimum and maximum), ``"max"`` (each image
+        divided by its maximum absolute value) or ``"none"``. The scale and offset are saved with
+        each sample, and the volumes/GeoTIFFs written back (``volumes/``) are in the file's units.
+    :param limit: use only the first ``limit`` images (slices of a volume).
     :param resize: resize to ``shape`` (anti-aliased) when the size differs; otherwise a size
         mismatch is an error.
+    :param axis: slice axis of a NIfTI volume: ``axial``, ``coronal``, ``sagittal`` or a voxel axis
+        (0, 1, 2). DICOM series are sliced along their slice normal.
+    :param slices: slice indices of a volume to reconstruct (default: all).
+    :param bands: band (channel) indices to keep from multiband images (TIFF bands are read with
+        their axis known; default: all, which must match ``shape``'s channels).
     """
 
     mode = "synthetic"
 
     def __init__(self, path: str, shape=(1, 64, 64), normalize: str = "auto", limit: int | None = None,
-                 resize: bool = True):
+                 resize: bool = True, axis="axial", slices=None, bands=None):
         if path in (None, "", "???"):
-            raise ValueError("data=files needs data.path=<image, folder, .npy or file.h5:dataset>")
+            raise ValueError("data=files needs data.path=<image, folder, .npy, file.h5:dataset, .nii(.gz) or DICOM>")
         if normalize not in ("auto", "max", "none"):
             raise ValueError(f"data.normalize must be 'auto', 'max' or 'none', got {normalize!r}")
         self.path, self.shape, self.normalize = str(path), _shape(shape), normalize
         self.limit, self.resize = (None if limit is None else int(limit)), bool(resize)
+        self.axis = axis
+        self.slices = None if slices is None else [int(v) for v in ([slices] if np.ndim(slices) == 0 else slices)]
+        self.bands = None if bands is None else [int(v) for v in ([bands] if np.ndim(bands) == 0 else bands)]
+
+    def _fit(self, name: str, a: np.ndarray) -> np.ndarray:
+        C, H, W = self.shape
+        if self.bands is not None:
+            a = np.asarray(a)
+            a = a[None] if a.ndim == 2 else (np.moveaxis(a, -1, 0) if a.shape[-1] <= 4 < a.shape[0] else a)
+            bad = [b for b in self.bands if not 0 <= b < a.shape[0]]
+            if bad:
+                raise ValueError(f"data.bands {bad}: image {name} from {self.path} has {a.shape[0]} band(s), "
+                                 f"numbered 0 to {a.shape[0] - 1}")
+            a = a[self.bands]
+        a = _to_channels(a, C).astype(np.float64)
+        if a.shape[1:] != (H, W):
+            if not self.resize:
+                raise ValueError(f"data: image {name} is {list(a.shape[1:])}, the problem is {[H, W]} "
+                                 "(set data.resize=true or shape=...)")
+            a = resize(a, (H, W))
+        return a
+
+    def _volume_samples(self) -> list[Sample]:
+        from .formats import read_volume
+
+        vol = read_volume(self.path, axis=self.axis)
+        S = vol.data.shape[0]
+        ids = self.slices if self.slices is not None else list(range(S))
+        bad = [i for i in ids if not 0 <= i < S]
+        if bad:
+            raise ValueError(f"data.slices {bad}: {self.path} has {S} slice(s) ({vol.axis}), numbered 0 to {S - 1}")
+        ids = ids[: self.limit]
+        data = vol.data
+        offset, scale = 0.0, 1.0
+        if self.normalize == "auto":
+            lo, hi = float(data.min()), float(data.max())
+            offset, scale = lo, (hi - lo if hi > lo else 1.0)
+        stem = Path(self.path.rstrip("/")).name.split(".")[0]
+        out = []
+        for i in ids:
+            a = (data[i] - offset) / scale
+            if self.normalize == "max":
+                m = float(np.abs(data[i]).max())
+                scale = m if m > 0 else 1.0
+                a = data[i] / scale
+            x = self._fit(f"{stem} slice {i}", a)
+            out.append(Sample(f"{stem}_{i:04d}", torch.from_numpy(np.ascontiguousarray(x)),
+                              info={"source": self.path, "format": vol.format, "slice": i, "slices": S,
+                                    "axis": vol.axis, "slice_axis": str(self.axis), "scale": scale, "offset": offset,
+                                    "stored_shape": list(data.shape[1:])}))
+        return out
 
     def samples(self, operator=None) -> list[Sample]:
-        C, H, W = self.shape
+        from .formats import kind_of
+
+        if kind_of(self.path) in ("nifti", "dicom"):
+            return self._volume_samples()
         out = []
         for name, raw in read_arrays(self.path, "data")[: self.limit]:
             a = np.asarray(raw)
             if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
                 raise ValueError(f"data: image {name} from {self.path} has dtype {a.dtype}; expected numbers")
+            scale = 1.0
             if np.issubdtype(a.dtype, np.integer) and self.normalize == "auto":
-                a = a.astype(np.float64) / np.iinfo(a.dtype).max
+                scale = float(np.iinfo(a.dtype).max)
+                a = a.astype(np.float64) / scale
             elif a.dtype == bool:
                 a = a.astype(np.float64)
-            a = _to_channels(a, C)
-            a = a.astype(np.float64)
+            a = a if np.iscomplexobj(a) else a.astype(np.float64)
             if self.normalize == "max":
                 m = float(np.abs(a).max())
-                a = a / m if m > 0 else a
-            if a.shape[1:] != (H, W):
-                if not self.resize:
-                    raise ValueError(f"data: image {name} is {list(a.shape[1:])}, the problem is {[H, W]} "
-                                     "(set data.resize=true or shape=...)")
-                a = resize(a, (H, W))
-            out.append(Sample(name, torch.from_numpy(np.ascontiguousarray(a)), info={"source": self.path}))
+                scale = m if m > 0 else 1.0
+                a = a / scale
+            a = self._fit(name, a)
+            info = {"source": self.path}
+            if Path(self.path).suffix.lower() in (".tif", ".tiff") or Path(self.path).is_dir():
+                f = Path(self.path) / f"{name}.tif" if Path(self.path).is_dir() else Path(self.path)
+                for cand in (f, f.with_suffix(".tiff")):
+                    if cand.exists():
+                        info = {"source": str(cand), "format": "tiff", "scale": scale, "offset": 0.0,
+                                "bands": self.bands}
+                        break
+            out.append(Sample(name, torch.from_numpy(np.ascontiguousarray(a)), info=info))
         return out
 
     def describe(self) -> str:

@@ -128,6 +128,15 @@ class PatchData:
                 f"datasets (dataset, image, pyramid level and position uniform)")
 
 
+def brain_data(plane: str = "axial", split: str = "train", size: int = 64) -> "ArrayData":
+    """The ``brain64`` training data: the training slab's slices of the MNI152 T1 template
+    (:mod:`invdiff.data.brain`), ``[N, 1, size, size]`` in [0, 1]; the trainer's flips augment them."""
+    from .brain import brain_slices
+
+    ids, x = brain_slices(plane, split, size)
+    return ArrayData(x.float(), name=f"MNI152 T1 {plane} slices {ids[0]}–{ids[-1]} ({split} slab)")
+
+
 class ArrayData:
     """Images ``[N, C, size, size]`` in [0, 1], sampled uniformly with replacement."""
 
@@ -166,19 +175,27 @@ def _scale_float(img: np.ndarray) -> np.ndarray:
 
 
 def as_chw(a: np.ndarray, channels: int) -> np.ndarray:
-    """An image ``[H, W]``, ``[H, W, C]`` or ``[C, H, W]`` as ``[channels, H, W]``: RGB(A) becomes
-    gray (luminance weights) for one channel, gray is repeated for three; any other mismatch is an error."""
+    """An image ``[H, W]``, ``[H, W, C]`` (C ≤ 4) or ``[C, H, W]`` as ``[channels, H, W]``: RGB becomes
+    gray (luminance weights) for one channel, gray is repeated for three; every band is kept (a
+    4-band image stays 4 bands: RGBA images lose their alpha in :func:`read_arrays`, not here), and
+    any other mismatch is an error that says how to choose bands."""
     a = np.asarray(a)
     if a.ndim == 2:
         a = a[None]
-    elif a.ndim == 3 and a.shape[-1] in (1, 3, 4) and a.shape[0] not in (1, 3):
-        a = np.moveaxis(a[..., :3], -1, 0)
+    elif a.ndim == 3 and a.shape[-1] in (1, 2, 3, 4) and a.shape[0] > 4:
+        a = np.moveaxis(a, -1, 0)
+    if a.ndim != 3:
+        raise ValueError(f"an image must be [H, W], [H, W, C] or [C, H, W]; got shape {list(a.shape)}")
     if channels == 1 and a.shape[0] == 3:
         a = (0.2125 * a[0] + 0.7154 * a[1] + 0.0721 * a[2])[None]
     elif channels == 3 and a.shape[0] == 1:
         a = np.repeat(a, 3, 0)
     if a.shape[0] != channels:
-        raise ValueError(f"an image with {a.shape[0]} channels cannot be used as {channels}-channel data")
+        raise ValueError(
+            f"an image with {a.shape[0]} bands (band axis first, shape {list(a.shape)}) cannot be used as "
+            f"{channels}-channel data: the problem's shape has {channels} channel(s). Choose {channels} of its bands "
+            f"with data.bands=[...] (indices from 0), or set shape=[{a.shape[0]},H,W] with a prior of "
+            f"{a.shape[0]} channels")
     return a
 
 
@@ -246,6 +263,22 @@ def load_array(source: str | Path, what: str = "data") -> np.ndarray:
     raise ValueError(f"unsupported {what} {path}: expected .npy or .h5/.hdf5")
 
 
+def read_image_file(path: Path, what: str = "image") -> np.ndarray:
+    """One image file: a TIFF through tifffile with its band axis known (bands first, ``[B, H, W]``,
+    every band kept: :func:`invdiff.data.formats.read_tiff`); other formats through scikit-image,
+    RGBA's alpha (opacity, not data) dropped."""
+    from operators.files import read_image
+
+    if Path(path).suffix.lower() in (".tif", ".tiff"):
+        from .formats import read_tiff
+
+        vol = read_tiff(path)
+        a = vol.data.astype(vol.meta["dtype"]) if np.dtype(vol.meta["dtype"]).kind in "uib" else vol.data
+        return a[0] if a.shape[0] == 1 else a
+    a = read_image(path, what)
+    return a[..., :3] if a.ndim == 3 and a.shape[-1] == 4 else a
+
+
 def read_arrays(source: str | Path, what: str = "training data") -> list[tuple[str, np.ndarray]]:
     """Raw arrays with ids from an image file, a folder of images, or a ``.npy`` / ``file.h5[:dataset]``
     array: ``[H, W]`` (one image), ``[N, H, W]`` (N grayscale images) or ``[N, C, H, W]``; values as
@@ -254,12 +287,10 @@ def read_arrays(source: str | Path, what: str = "training data") -> list[tuple[s
     if not path.exists():
         raise FileNotFoundError(f"{what} {path} does not exist")
     if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
-        from operators.files import read_image
-
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
         if not files:
             raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder {path}")
-        return [(f.stem, read_image(f, f"{what} image")) for f in files]
+        return [(f.stem, read_image_file(f, f"{what} image")) for f in files]
     if path.suffix not in (".npy", ".h5", ".hdf5"):
         raise ValueError(f"unsupported {what} {path}: an image file, a folder of images, .npy or .h5/.hdf5")
     arr = load_array(source, what)
