@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -193,6 +194,25 @@ def _batch_size(v):
 # --------------------------------------------------------------------------------------------
 # the run
 # --------------------------------------------------------------------------------------------
+class _logged:
+    """Iterate ``items`` and count them on a :class:`~invdiff.apps.progress.ProgressLog` (the
+    samples loop's stand-in for a tqdm bar)."""
+
+    def __init__(self, items, plog):
+        self.items, self.plog = items, plog
+
+    def __iter__(self):
+        for it in self.items:
+            yield it
+            self.plog.update(1)
+
+    def set_postfix(self, **kw):
+        self.plog.set_postfix(**kw)
+
+    def close(self):
+        self.plog.close()
+
+
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Reconstruct every sample of ``cfg.data`` into ``out_dir``; returns the summary
     (``metrics.json``'s content). Samples whose file already exists are skipped (``resume``)."""
@@ -223,13 +243,27 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     # bars on a terminal only (disable=None), so logs and CI output stay clean
     # claimed one at a time: other jobs in this directory skip them (and this one waits for theirs at the end)
     work = distributed.claimed(todo, out_dir / "samples", resume=cfg.get("resume", True), id_of=lambda it: it.sample.id)
-    outer = tqdm(work, total=len(todo), desc="samples", unit="sample", disable=None if show else True)
-    inner = tqdm(desc="solver steps", unit="step", leave=False, mininterval=0.5, disable=None if show else True)
+    every = float(cfg.get("progress_log", 10) or 0)
+    if show and every and not sys.stderr.isatty():  # no terminal (SLURM, a redirected log): log lines instead
+        from .progress import ProgressLog
+
+        steps = getattr(job.solver, "keywords", {}).get("steps")
+        b = _batch_size(cfg.batch_size)  # draws per solver call (one callback a step); auto: all at once
+        b = int(cfg.num_samples) if b == "auto" else max(int(b), 1)
+        calls = -(-int(cfg.num_samples) // min(b, int(cfg.num_samples)))
+        per_item = int(steps) * calls if isinstance(steps, int) and steps > 0 else None
+        inner, outer_log = ProgressLog(log, "solver steps", None, every), ProgressLog(log, "samples", len(todo), every)
+        outer = _logged(work, outer_log)
+        reset = (lambda it: inner.reset(per_item, f"solver steps of {it.sample.id}")) if per_item else (lambda it: None)
+    else:
+        outer = tqdm(work, total=len(todo), desc="samples", unit="sample", disable=None if show else True)
+        inner = tqdm(desc="solver steps", unit="step", leave=False, mininterval=0.5, disable=None if show else True)
+        reset = lambda it: inner.reset()  # noqa: E731
     t0 = time.perf_counter()
     extra = {"rank": ctx.rank, "world_size": ctx.world_size, "process": whoami()}
     try:
         for k, it in enumerate(outer):
-            inner.reset()
+            reset(it)
             _, m = solve_item(job, it, out_dir, bar=inner, extra=extra)
             if k == 0:
                 log.info("NFE per sample: %d", m["nfe"])

@@ -1,0 +1,42 @@
+"""Progress without a terminal (invdiff.apps.progress): log lines every N % with elapsed and ETA."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+
+
+def test_progress_log_lines_every_n_percent(caplog):
+    from invdiff.apps.progress import ProgressLog, clock
+
+    log = logging.getLogger("invdiff.test_progress")
+    p = ProgressLog(log, "steps", 20, every=25)
+    with caplog.at_level(logging.INFO, logger="invdiff.test_progress"):
+        for _ in range(20):
+            p.update(1)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [re.match(r"steps: (\d+) %", m).group(1) for m in lines] == ["25", "50", "75", "100"]
+    assert all("elapsed" in m and "ETA" in m for m in lines) and lines[-1].endswith("ETA 0.0s")
+    assert clock(3725) == "1h02m05s" and clock(161) == "2m41s"
+    with pytest.raises(ValueError, match=r"progress_log must be a percentage in \(0, 100\]"):
+        ProgressLog(log, "x", 10, every=0)
+
+
+def test_app_logs_progress_when_there_is_no_terminal(tmp_path, caplog):
+    from hydra import compose, initialize_config_module
+
+    from invdiff.apps.app import run
+
+    with initialize_config_module("invdiff.configs", version_base=None):
+        cfg = compose("config", overrides=["prior=gaussian", "solver=dps", "solver.steps=20",
+                                           "num_samples=2", "batch_size=1", "progress=true", "progress_log=25", "data=phantoms",
+                                           "data.n=2", "shape=[1,16,16]"])
+    with caplog.at_level(logging.INFO, logger="invdiff"):
+        run(cfg, tmp_path / "run")  # pytest's stderr is not a terminal
+    msgs = [r.getMessage() for r in caplog.records]
+    steps = [m for m in msgs if m.startswith("solver steps of shepp_logan:")]
+    assert [re.match(r".*: (\d+) % \((\d+)/40\)", m).groups() for m in steps] == [
+        ("25", "10"), ("50", "20"), ("75", "30"), ("100", "40")]
+    assert any(re.match(r"samples: 100 % \(2/2\), elapsed .*, ETA", m) for m in msgs)
