@@ -26,6 +26,7 @@ module              what it holds
 ``shipped``         the priors shipped in the package, loadable by name (``"phantom64"``, ``"phantom64_flow"``)
 ``checkpoints``     safe, strict reading of checkpoint files
 ``convert``         EDM pickle → invdiff file, running nothing from the pickle
+``deepinv_interop`` an invdiff prior as a ``deepinv`` denoiser and a deepinv denoiser as an invdiff prior
 ==================  ==================================================================================
 
 A new file format registers a ``detect`` and a ``load`` function with
