@@ -67,7 +67,7 @@ def baseline(op, y: Tensor, kind: str = "auto") -> tuple[Tensor | None, str]:
 
 
 def image_metrics(op, prior, x_true: Tensor | None, rec, base: Tensor | None, y: Tensor, sigma_y, *,
-                  best_of: bool = False, lpips=None, sampler: bool = True) -> dict:
+                  best_of: bool = False, lpips=None, sampler: bool = True, ssim_window: str = "uniform7") -> dict:
     """The metrics of one image (module docstring).
 
     :param op: the operator y was measured with (on the reconstruction's device).
@@ -78,6 +78,7 @@ def image_metrics(op, prior, x_true: Tensor | None, rec, base: Tensor | None, y:
     :param y: ``[1, *meas]`` the measurement; ``sigma_y``: its noise σ (measurement units).
     :param best_of: also report the best of the N draws (``psnr_best_of_N``, ``ssim_best_of_N``).
     :param lpips: an LPIPS network (:func:`invdiff.perceptual.load_perceptual`), or ``None``.
+    :param ssim_window: :data:`invdiff.metrics.SSIM_WINDOWS` (``uniform7`` or ``gaussian11``).
     :param sampler: the solver's draws are posterior samples (its class in
         :data:`invdiff.solvers.SOLVER_CLASSES` is not ``point``). For a point estimator the mean of
         its restarts is scored but no coverage or z-scores are reported: its spread is no posterior.
@@ -95,18 +96,18 @@ def image_metrics(op, prior, x_true: Tensor | None, rec, base: Tensor | None, y:
         return m
     X = x_true.expand_as(draws)
     p = M.psnr(show(clip(draws)), show(X), rng)
-    s = M.ssim(show(clip(draws)), show(X), rng)
+    s = M.ssim(show(clip(draws)), show(X), rng, ssim_window)
     m.update(psnr=sum(p) / n, ssim=sum(s) / n, data_range=float(rng))
     if is_mri(op):
         m["nmse"] = sum(M.nmse(show(draws), show(X))) / n
     if n > 1 and float(draws.std(0).max()) > 0:  # (a deterministic method has no spread to calibrate)
-        m.update(_posterior_metrics(rec, draws, x_true, show, clip, rng, calibrate=sampler))
+        m.update(_posterior_metrics(rec, draws, x_true, show, clip, rng, calibrate=sampler, ssim_window=ssim_window))
         if best_of:
             m[f"psnr_best_of_{n}"] = max(p)
             m[f"ssim_best_of_{n}"] = max(s)
     if base is not None:
         m["psnr_baseline"] = M.psnr(show(clip(base)), show(x_true), rng)[0]
-        m["ssim_baseline"] = M.ssim(show(clip(base)), show(x_true), rng)[0]
+        m["ssim_baseline"] = M.ssim(show(clip(base)), show(x_true), rng, ssim_window)[0]
         if is_mri(op):
             m["nmse_baseline"] = M.nmse(show(base), show(x_true))[0]
     if lpips is not None:
@@ -116,13 +117,14 @@ def image_metrics(op, prior, x_true: Tensor | None, rec, base: Tensor | None, y:
     return m
 
 
-def _posterior_metrics(rec, draws: Tensor, x_true: Tensor, show, clip, rng: float, calibrate: bool = True) -> dict:
+def _posterior_metrics(rec, draws: Tensor, x_true: Tensor, show, clip, rng: float, calibrate: bool = True,
+                       ssim_window: str = "uniform7") -> dict:
     """Scores of the posterior mean and (``calibrate``: a sampler's) the calibration of the N > 1 draws."""
     from scipy.stats import t as student_t
 
     n = draws.shape[0]
     m = {"psnr_mean": M.psnr(show(clip(rec.mean)), show(x_true), rng)[0],
-         "ssim_mean": M.ssim(show(clip(rec.mean)), show(x_true), rng)[0]}
+         "ssim_mean": M.ssim(show(clip(rec.mean)), show(x_true), rng, ssim_window)[0]}
     if not calibrate:
         return m
     cov = M.coverage(show(draws), show(x_true)[0])

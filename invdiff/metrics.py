@@ -43,18 +43,34 @@ def psnr(x_hat: Tensor, x: Tensor, data_range: float) -> list[float]:
     return out
 
 
-def ssim(x_hat: Tensor, x: Tensor, data_range: float) -> list[float]:
-    """Structural similarity (Wang et al. 2004; scikit-image, 7×7 uniform window, smaller on tiny
-    images), channels averaged, per image."""
+#: SSIM windows as papers use them: scikit-image's default 7×7 uniform window with the sample
+#: covariance, and Wang et al. (2004)'s 11×11 Gaussian window (σ 1.5, population covariance), the
+#: form of MATLAB's ``ssim``, ``pytorch_msssim`` and most diffusion-solver papers' tables.
+SSIM_WINDOWS = {"uniform7": dict(win_size=7),
+                "gaussian11": dict(win_size=11, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)}
+
+
+def check_ssim_window(window: str) -> str:
+    if window not in SSIM_WINDOWS:
+        raise ValueError(f"ssim_window must be one of {', '.join(SSIM_WINDOWS)} (7×7 uniform as scikit-image, or "
+                         f"Wang et al.'s 11×11 Gaussian σ 1.5), got {window!r}")
+    return window
+
+
+def ssim(x_hat: Tensor, x: Tensor, data_range: float, window: str = "uniform7") -> list[float]:
+    """Structural similarity (Wang et al. 2004; scikit-image), channels averaged, per image, with the
+    window of :data:`SSIM_WINDOWS` (``uniform7``, the default, or ``gaussian11``); the window shrinks
+    to the image on tiny images (NaN below 3 pixels)."""
     from skimage.metrics import structural_similarity
 
+    kw = dict(SSIM_WINDOWS[check_ssim_window(window)])
     out = []
     for a, b in _pairs(x_hat, x):
-        win = min(7, *(s if s % 2 else s - 1 for s in a.shape[-2:]))
+        win = min(kw["win_size"], *(s if s % 2 else s - 1 for s in a.shape[-2:]))
         if win < 3:
             out.append(math.nan)
             continue
-        out.append(float(structural_similarity(b, a, data_range=data_range, channel_axis=0, win_size=win)))
+        out.append(float(structural_similarity(b, a, data_range=data_range, channel_axis=0, **{**kw, "win_size": win})))
     return out
 
 

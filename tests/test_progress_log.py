@@ -40,3 +40,26 @@ def test_app_logs_progress_when_there_is_no_terminal(tmp_path, caplog):
     assert [re.match(r".*: (\d+) % \((\d+)/40\)", m).groups() for m in steps] == [
         ("25", "10"), ("50", "20"), ("75", "30"), ("100", "40")]
     assert any(re.match(r"samples: 100 % \(2/2\), elapsed .*, ETA", m) for m in msgs)
+
+
+def test_ssim_windows_differ_and_a_bad_window_is_refused_up_front(tmp_path):
+    import torch
+    from hydra import compose, initialize_config_module
+
+    from invdiff import metrics as M
+    from invdiff.apps.app import run
+    from invdiff.apps.common import AppError
+
+    from invdiff.data.images import sample_image
+
+    x = sample_image("camera", (1, 64, 64))
+    x_hat = torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)  # a 3×3 blur
+    u, gs = M.ssim(x_hat, x, 1.0, "uniform7")[0], M.ssim(x_hat, x, 1.0, "gaussian11")[0]
+    assert u == pytest.approx(0.9098, abs=2e-3) and gs == pytest.approx(0.9009, abs=2e-3)  # measured, 2026-12-06
+    assert M.ssim(x, x, 1.0, "gaussian11")[0] == pytest.approx(1.0)
+    with initialize_config_module("invdiff.configs", version_base=None):
+        cfg = compose("config", overrides=["prior=gaussian", "shape=[1,8,8]", "solver.steps=2", "num_samples=1",
+                                           "progress=false", "ssim_window=gauss11"])
+    with pytest.raises(AppError, match=r"ssim_window must be one of uniform7, gaussian11"):
+        run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "samples").exists()

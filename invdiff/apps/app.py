@@ -110,7 +110,7 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, best_of: bool =
     kind = solver_kind(job.solver)
     m = {"nfe": int(rec.nfe), "seconds": float(rec.seconds),
          **image_metrics(op, job.prior, x_true, rec, base, y, item.sigma_y, best_of=best_of, lpips=lpips,
-                         sampler=kind != "point")}
+                         sampler=kind != "point", ssim_window=str(cfg.get("ssim_window", "uniform7")))}
     m["peak_memory_mb"], memory_kind = peak_memory_mb(dev)
     if mode != "synthetic":
         _flag_data_consistency(m, s.id, item.sigma_y)

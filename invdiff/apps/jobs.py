@@ -208,6 +208,15 @@ def _check_settings(cfg: DictConfig) -> None:
         v = cfg.get(key, True)
         if not isinstance(v, bool):
             raise AppError(f"{key} must be true or false, got {v!r}")
+    from ..metrics import check_ssim_window
+
+    try:
+        check_ssim_window(cfg.get("ssim_window", "uniform7"))
+    except ValueError as err:
+        raise AppError(str(err)) from err
+    v = cfg.get("progress_log", 10)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
+        raise AppError(f"progress_log must be a percentage in [0, 100] (0: no progress lines), got {v!r}")
 
 
 def _check_shape(cfg: DictConfig) -> tuple[int, ...]:

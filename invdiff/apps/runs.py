@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 #: Config keys that change how a run executes, not what it computes.
-RUNTIME_KEYS = ("resume", "progress", "figures", "device", "batch_size", "results_dir", "bench_run", "hydra")
+RUNTIME_KEYS = ("resume", "progress", "progress_log", "figures", "device", "batch_size", "results_dir", "bench_run", "hydra")
 #: Dotted keys that change how the network is called but not a result: gradient checkpointing
 #: recomputes the same activations (``solver.checkpoint``: files written when it was a solver argument).
 EXECUTION_ONLY = ("runtime.checkpoint", "solver.checkpoint")
@@ -82,10 +82,11 @@ def config_key(cfg, *, own_operator: bool = False, measured: bool = False) -> di
         c.pop(k, None)
     if isinstance(c.get("benchmark"), dict):
         c["benchmark"] = {k: v for k, v in c["benchmark"].items() if k not in PRESET_TEXT_KEYS}
-    # runtime settings at their default (off) are left out: files written before the runtime node
-    # existed were computed that way and keep their keys
+    # runtime settings at their default (off) and the default SSIM window are left out: files written
+    # before those keys existed were computed that way and keep their keys
     return {k: v for k, v in _flatten(c, "", {}).items()
-            if k not in EXECUTION_ONLY and not (k.startswith("runtime.") and v == _value(False))}
+            if k not in EXECUTION_ONLY and not (k.startswith("runtime.") and v == _value(False))
+            and not (k == "ssim_window" and v == _value("uniform7"))}
 
 
 def digest(tree) -> str | None:
