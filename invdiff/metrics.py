@@ -143,15 +143,29 @@ def coverage(draws: Tensor, x: Tensor, levels=(0.5, 0.9, 0.95)) -> dict[float, f
     return {float(lv): float((z <= float(student_t.ppf((1 + lv) / 2, n - 1))).double().mean()) for lv in levels}
 
 
-def interval95(values) -> dict[str, float]:
+def metric_bounds(name: str) -> tuple[float, float]:
+    """The range a metric's values (and so its intervals) can take: SSIM [-1, 1], coverage and LPIPS
+    [0, 1], NMSE/seconds/NFE/memory/sliced-Wasserstein distances ≥ 0, PSNR and the rest unbounded."""
+    if name.startswith("ssim"):
+        return (-1.0, 1.0)
+    if name.startswith(("coverage", "lpips", "residual_chi_high")):
+        return (0.0, 1.0)
+    if name.startswith(("nmse", "seconds", "nfe", "peak_memory", "residual_chi", "fid", "kid", "sw", "mean_err",
+                        "var_ratio")):
+        return (0.0, math.inf)
+    return (-math.inf, math.inf)
+
+
+def interval95(values, bounds: tuple[float, float] = (-math.inf, math.inf)) -> dict[str, float]:
     """:func:`summary` plus the 95 % confidence interval of the mean (Student-t, ``lo``/``hi``;
-    NaN for fewer than 2 values)."""
+    NaN for fewer than 2 values), clipped to the metric's ``bounds`` (:func:`metric_bounds`): an
+    interval never leaves the range the metric can take."""
     from scipy.stats import t as student_t
 
     s = summary(values)
     if s["n"] >= 2:
         half = float(student_t.ppf(0.975, s["n"] - 1)) * s["std"] / math.sqrt(s["n"])
-        s.update(lo=s["mean"] - half, hi=s["mean"] + half)
+        s.update(lo=max(s["mean"] - half, bounds[0]), hi=min(s["mean"] + half, bounds[1]))
     else:
         s.update(lo=math.nan, hi=math.nan)
     return s

@@ -376,6 +376,14 @@ def test_multirun_sweep_summarises_all_runs(tmp_path, monkeypatch, clean_hydra):
     main()
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 and {r.split(",")[3] for r in rows[1:]} == {"ddrm", "ddnm"}
+    # one row per swept setting (and a table pooled over seeds), not one pooled mean
+    table = (tmp_path / "sweep.md").read_text()
+    assert "4 run(s) of 1 image(s) each" in table and "Fixed settings:" in table and "solver.steps=3" in table
+    body = [line for line in table.splitlines() if line.startswith("| ddrm") or line.startswith("| ddnm")]
+    assert sorted(line.split(" | ")[:2] for line in body[:4]) == [["| ddnm", "0"], ["| ddnm", "1"], ["| ddrm", "0"],
+                                                                   ["| ddrm", "1"]]
+    assert "Pooled over seeds" in table and len(body) == 6
+    assert len((tmp_path / "sweep.csv").read_text().splitlines()) == 1 + 4
 
 
 def test_a_killed_run_loses_nothing_and_resumes(tmp_path):

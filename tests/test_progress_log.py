@@ -63,3 +63,14 @@ def test_ssim_windows_differ_and_a_bad_window_is_refused_up_front(tmp_path):
     with pytest.raises(AppError, match=r"ssim_window must be one of uniform7, gaussian11"):
         run(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "samples").exists()
+
+
+def test_intervals_never_leave_a_metrics_range():
+    from invdiff.metrics import interval95, metric_bounds
+
+    s = interval95([0.99, 0.5, 0.98], metric_bounds("ssim"))
+    assert s["hi"] == 1.0 and s["lo"] < s["mean"]
+    c = interval95([0.02, 0.9], metric_bounds("coverage_90"))
+    assert c["lo"] == 0.0 and c["hi"] == 1.0
+    p = interval95([20.0, 40.0], metric_bounds("psnr"))  # unbounded: the plain Student-t interval
+    assert p["lo"] < 0 and p["hi"] > 60

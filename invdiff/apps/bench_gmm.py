@@ -92,7 +92,7 @@ def run_gmm(cfg: DictConfig, out_dir: Path, *, fix: str) -> dict:
 
 def gmm_report(out_dir: Path, ids=None) -> dict:
     from ..data.results import atomic_text, finite, read_sample, summarize
-    from ..metrics import interval95
+    from ..metrics import interval95, metric_bounds
 
     rows = summarize(out_dir)["samples"]
     if ids is not None:
@@ -104,14 +104,14 @@ def gmm_report(out_dir: Path, ids=None) -> dict:
     for r in rows:
         groups.setdefault(f"d={r['d']}, dy={r['dy']}", []).append(r)
     groups = dict(sorted(groups.items(), key=lambda kv: (kv[1][0]["d"], kv[1][0]["dy"])))
-    stats = {g: {k: interval95(r[k] for r in rs) for k in ("sw", "sw_floor", "sw_prior", "mean_err", "var_ratio",
+    stats = {g: {k: interval95((r[k] for r in rs), metric_bounds(k)) for k in ("sw", "sw_floor", "sw_prior", "mean_err", "var_ratio",
                                                          "nfe", "seconds")} for g, rs in groups.items()}
     bnode = json.loads(first.get("benchmark_node", "{}"))
     summary = {"benchmark": first.get("benchmark"), "benchmark_kind": "gmm", "task": bnode.get("task", ""),
                "solver": first.get("solver_choice", first["solver"]), "solver_class": first.get("solver_class", ""), "solver_settings": first.get("solver_settings"),
                "preset_settings": json.loads(first.get("preset_settings", "{}")), "problems": len(rows),
                "num_samples": int(first.get("num_samples", 0)), "groups": stats,
-               "metrics": {k: interval95(r[k] for r in rows) for k in ("sw", "nfe", "seconds")},
+               "metrics": {k: interval95((r[k] for r in rows), metric_bounds(k)) for k in ("sw", "nfe", "seconds")},
                "provenance": provenance(), "run_dir": str(out_dir)}
     atomic_text(out_dir / "summary.json", json.dumps(finite(summary), indent=2, default=str))
     atomic_text(out_dir / "summary.md", gmm_table([dict(summary, label=summary["solver"])], None))

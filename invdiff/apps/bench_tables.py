@@ -41,7 +41,7 @@ def report(out_dir: str | Path, *, inception=None, ids=None) -> dict:
     """Rebuild ``metrics.json``/``metrics.csv`` and write ``summary.json``/``.md``/``.csv`` of one
     run directory from its sample files."""
     from ..data.results import read_sample, summarize
-    from ..metrics import interval95
+    from ..metrics import interval95, metric_bounds
 
     out_dir = Path(out_dir)
     result = summarize(out_dir)
@@ -56,7 +56,7 @@ def report(out_dir: str | Path, *, inception=None, ids=None) -> dict:
     keys = [k for k in rows[0] if k not in ("run", "id", "seed", "solver")]
     for r in rows[1:]:
         keys += [k for k in r if k not in keys and k not in ("run", "id", "seed", "solver")]
-    stats = {k: interval95(r[k] for r in rows if isinstance(r.get(k), (int, float))) for k in keys}
+    stats = {k: interval95((r[k] for r in rows if isinstance(r.get(k), (int, float))), metric_bounds(k)) for k in keys}
     stats = {k: v for k, v in stats.items() if v["n"]}
     set_level = {}
     if inception is not None:

@@ -329,8 +329,12 @@ class SweepSummary(Callback):
         runs = sorted(d for d in sweep.iterdir() if (d / "samples").is_dir()) if sweep.is_dir() else []
         failed = sorted(d.name for d in sweep.iterdir() if (d / "error.txt").exists()) if sweep.is_dir() else []
         if runs:
+            from .sweeps import sweep_table
+
             summarize(runs, sweep)
-            log.info("sweep summary over %d run(s): %s", len(runs), sweep / "metrics.csv")
+            lines = sweep_table(sweep, runs, failed)
+            log.info("sweep over %d run(s), one row per setting (%s):\n%s", len(runs), sweep / "sweep.md",
+                     "\n".join(lines[4:]))
         if failed:
             raise SystemExit(f"invdiff: {len(failed)} run(s) of the sweep failed ({', '.join(failed)}); "
                              f"see error.txt in each")
