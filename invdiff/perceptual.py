@@ -12,9 +12,13 @@ Conventions:
 * Set-level statistics (FID, IS, precision / recall) are pure functions of features (numpy arrays
   or torch tensors), computed in float64. FID is biased on small sets: values on fewer than about
   2048 images are only comparable between runs with the same number of images.
-* The Inception network is torchvision's Inception-v3, not the TensorFlow
-  ``pt_inception-2015-12-05`` graph of the official FID code: absolute FID / IS values are not
-  comparable with published numbers, only with each other within invdiff.
+* Two Inception networks. :class:`FidInception` is the *standard* FID network — the TensorFlow
+  ``pt_inception-2015-12-05`` graph of the official FID code, as torch-fidelity rebuilds it
+  (``FeatureExtractorInceptionV3('inception-v3-compat')``), from the local file
+  ``pt_inception-2015-12-05-6726825d.pth`` (read with ``weights_only=True``; never downloaded):
+  FID / KID / IS computed with it, by torch-fidelity's own statistics functions, are comparable with
+  published tables (at equal set size). :class:`InceptionFeatures` is torchvision's Inception-v3:
+  its values are only comparable with each other within invdiff.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ _NEEDED = {  # kind → (what, which file and where it comes from)
                "also inside the pip package lpips)"),
     "inception": ("Inception-v3 weights",
                   f"a torchvision inception_v3() state dict, e.g. {_URL}inception_v3_google-0cc3c7bd.pth"),
+    "fid_inception": ("the standard FID Inception weights",
+                      "pt_inception-2015-12-05-6726825d.pth, the state dict torch-fidelity and pytorch-fid use "
+                      "(github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-"
+                      "6726825d.pth)"),
 }
 _TAPS = {"alex": (1, 4, 7, 9, 11), "vgg": (3, 8, 15, 22, 29)}  # ReLU outputs in `features`
 _CHANNELS = {"alex": (64, 192, 384, 256, 256), "vgg": (64, 128, 256, 512, 512)}
@@ -204,6 +212,74 @@ class InceptionFeatures:
         return torch.cat(pools), torch.cat(logits)
 
 
+class FidInception:
+    """The standard FID Inception (module docstring) with :class:`InceptionFeatures`' interface:
+    ``features(x)`` → (pool ``[B, 2048]``, unbiased logits ``[B, 1008]``), float64 on CPU.
+
+    Images ``[B, C, H, W]`` in [0, 1] are quantised to 8 bits (``round(255 x)``, as an image file
+    stores them) and handed to torch-fidelity's extractor, which resizes them to 299 × 299 with
+    TensorFlow 1.x's bilinear interpolation — the official FID pipeline.
+    """
+
+    standard = True
+    NAME = "pt_inception-2015-12-05 (torch-fidelity inception-v3-compat)"
+
+    def __init__(self, net: torch.nn.Module):
+        self.net = net.eval().requires_grad_(False)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "FidInception":
+        """Build from the local ``pt_inception-2015-12-05-6726825d.pth`` (keys checked strictly)."""
+        import tempfile
+
+        try:
+            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        except ImportError as err:  # pragma: no cover
+            raise ModuleNotFoundError("the standard FID Inception needs torch-fidelity: pip install torch-fidelity") from err
+        p = _need(path, "fid_inception")
+        state = _read(p)  # weights_only: a pickle that runs code is refused here
+        # torch-fidelity reads its weights with torch.load(weights_only=False); it gets a copy that holds
+        # nothing but the tensors just checked
+        with tempfile.TemporaryDirectory() as tmp:
+            safe = Path(tmp) / "weights.pth"
+            torch.save({k: v.contiguous() for k, v in state.items()}, safe)
+            try:
+                net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                                  feature_extractor_weights_path=str(safe))
+            except RuntimeError as err:  # load_state_dict's missing / unexpected keys
+                raise CheckpointError(f"{p} is not the FID Inception state dict: {str(err).splitlines()[0]}") from err
+        return cls(net)
+
+    def to(self, device) -> "FidInception":
+        self.net.to(device)
+        return self
+
+    @torch.no_grad()
+    def features(self, x: Tensor, batch_size: int = 32) -> tuple[Tensor, Tensor]:
+        x = _rgb(x)
+        ref = next(self.net.parameters())
+        pools, logits = [], []
+        for chunk in x.split(batch_size):
+            u8 = (chunk.clamp(0, 1) * 255).round().to(torch.uint8).to(ref.device)
+            pool, lg = self.net(u8)
+            pools.append(pool.to("cpu", torch.float64))
+            logits.append(lg.to("cpu", torch.float64))
+        return torch.cat(pools), torch.cat(logits)
+
+
+def kid_from_features(f1, f2, subsets: int = 100, subset_size: int = 1000, seed: int = 2020) -> tuple[float, float]:
+    """Kernel Inception Distance (Bińkowski et al. 2018) by torch-fidelity's ``kid_features_to_metric``:
+    the unbiased MMD² with the cubic polynomial kernel over ``subsets`` random subsets (mean, std);
+    ``subset_size`` is capped at the smaller set's size."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    a, b = torch.as_tensor(_f64(f1)), torch.as_tensor(_f64(f2))
+    size = min(int(subset_size), len(a), len(b))
+    out = kid_features_to_metric(a, b, kid_subsets=int(subsets), kid_subset_size=size, kid_degree=3, kid_gamma=None,
+                                 kid_coef0=1, rng_seed=int(seed), verbose=False)
+    return float(out["kernel_inception_distance_mean"]), float(out["kernel_inception_distance_std"])
+
+
 def _f64(a) -> np.ndarray:
     if isinstance(a, Tensor):
         a = a.detach().to("cpu", torch.float64).numpy()
@@ -291,17 +367,25 @@ def precision_recall(real_feats, fake_feats, k: int = 3, chunk: int = 1024) -> t
 
 
 def load_perceptual(lpips_backbone: str | Path | None = None, lpips_linear: str | Path | None = None,
-                    lpips_net: str = "alex", inception: str | Path | None = None) -> dict:
-    """``{"lpips": LPIPS | None, "inception": InceptionFeatures | None}`` from the given files (None →
-    absent), for ``perceptual_metrics(x_hat, x, **load_perceptual(...))``. Every named file is
-    checked before any network is built."""
+                    lpips_net: str = "alex", inception: str | Path | None = None,
+                    fid_inception: str | Path | None = None) -> dict:
+    """``{"lpips": LPIPS | None, "inception": FidInception | InceptionFeatures | None}`` from the given
+    files (None → absent), for ``perceptual_metrics(x_hat, x, **load_perceptual(...))``.
+    ``fid_inception`` (the standard FID network, :class:`FidInception`) and ``inception``
+    (torchvision's) are alternatives: give one. Every named file is checked before any network is built."""
     if lpips_linear is not None and lpips_backbone is None:
         raise ValueError("load_perceptual: lpips_linear given without lpips_backbone")
-    for path, kind in ((lpips_backbone, _check_net(lpips_net)), (lpips_linear, "linear"), (inception, "inception")):
+    if inception is not None and fid_inception is not None:
+        raise ValueError("load_perceptual: give fid_inception (the standard FID network, comparable with published "
+                         "FIDs) or inception (torchvision's), not both")
+    for path, kind in ((lpips_backbone, _check_net(lpips_net)), (lpips_linear, "linear"), (inception, "inception"),
+                       (fid_inception, "fid_inception")):
         if path is not None:
             _need(path, kind, lpips_net)
+    net = (FidInception.from_file(fid_inception) if fid_inception is not None else
+           InceptionFeatures.from_file(inception) if inception is not None else None)
     return {"lpips": None if lpips_backbone is None else LPIPS.from_files(lpips_backbone, lpips_linear, lpips_net),
-            "inception": None if inception is None else InceptionFeatures.from_file(inception)}
+            "inception": net}
 
 
 def perceptual_metrics(x_hat: Tensor, x_true: Tensor, *, lpips: LPIPS | None = None,
@@ -312,7 +396,9 @@ def perceptual_metrics(x_hat: Tensor, x_true: Tensor, *, lpips: LPIPS | None = N
     * with ``lpips``: ``"lpips"``, one float per image;
     * with ``inception``: set-level ``"fid"`` (reconstructions vs ground truths), ``"inception_score"``
       and ``"inception_score_std"`` (of the reconstructions, ``min(10, B)`` splits), ``"precision"``
-      and ``"recall"`` (ground truths as the real set, k-NN with ``min(k, B − 1)``); NaN when B < 2.
+      and ``"recall"`` (ground truths as the real set, k-NN with ``min(k, B − 1)``), ``"kid"`` and
+      ``"kid_std"`` (:func:`kid_from_features`); NaN when B < 2. With :class:`FidInception` the values
+      are the standard ones (comparable with published tables at equal set size).
 
     FID on fewer than ~2048 images is biased (upwards, more so for fewer images): compare values only
     at equal set size. See :class:`InceptionFeatures` for why values are not comparable with
@@ -335,5 +421,6 @@ def perceptual_metrics(x_hat: Tensor, x_true: Tensor, *, lpips: LPIPS | None = N
             out.update(fid=math.nan, precision=math.nan, recall=math.nan)
         else:
             out["fid"] = fid_from_features(pool_hat, pool_true)
+            out["kid"], out["kid_std"] = kid_from_features(pool_hat, pool_true)
             out["precision"], out["recall"] = precision_recall(pool_true, pool_hat, k=min(k, n - 1))
     return out

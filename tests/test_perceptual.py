@@ -260,7 +260,8 @@ def test_perceptual_metrics_end_to_end(nets):
     assert load_perceptual() == {"lpips": None, "inception": None}
     assert perceptual_metrics(x, x) == {}
     assert math.isfinite(same["inception_score"]) and set(same) == {
-        "lpips", "fid", "inception_score", "inception_score_std", "precision", "recall"}
+        "lpips", "fid", "kid", "kid_std", "inception_score", "inception_score_std", "precision", "recall"}
+    assert abs(same["kid"]) < 1e-3  # identical sets: the unbiased MMD² is ≈ 0 (slightly negative: no diagonal terms)
 
 
 def test_benchmark_runner_reports_perceptual_metrics_from_local_weights(files, tmp_path):

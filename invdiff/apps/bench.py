@@ -26,7 +26,7 @@ Summaries and tables: :mod:`invdiff.apps.bench_tables`. Per image the metrics ar
 posterior mean, calibration, data consistency; ``lpips`` with local weights; ``psnr_best_of_N`` only
 when ``benchmark.best_of=true``, labelled so). Set-level FID, Inception
 Score and precision/recall (reconstructions against ground truths) come from local Inception
-weights (``benchmark.metrics.inception=<path>``).
+weights (``benchmark.metrics.fid_inception=<path>`` for the standard FID network, ``inception`` for torchvision's).
 
 ``kind: gmm`` presets are the exact-posterior benchmark (Gaussian-mixture priors, no images):
 one record per random problem, sliced Wasserstein distances to exact posterior samples.
@@ -150,13 +150,14 @@ RESUME_FIX = "results_dir=<another directory>; runs go to results_dir/<preset>/<
 # --------------------------------------------------------------------------------------------
 def _perceptual(cfg):
     spec = cfg.benchmark.get("metrics") or {}
-    if not any(spec.get(k) for k in ("lpips_backbone", "inception")):
+    if not any(spec.get(k) for k in ("lpips_backbone", "inception", "fid_inception")):
         return None, None
     from ..perceptual import load_perceptual
 
     try:
         nets = load_perceptual(lpips_backbone=spec.get("lpips_backbone"), lpips_linear=spec.get("lpips_linear"),
-                               lpips_net=spec.get("lpips_net", "alex"), inception=spec.get("inception"))
+                               lpips_net=spec.get("lpips_net", "alex"), inception=spec.get("inception"),
+                               fid_inception=spec.get("fid_inception"))
         return nets["lpips"], nets["inception"]
     except (FileNotFoundError, ValueError) as err:
         raise AppError(f"benchmark.metrics: {one_paragraph(err)}") from err
