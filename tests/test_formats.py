@@ -178,6 +178,26 @@ def test_app_reconstructs_a_nifti_volume_and_writes_it_back(tmp_path):
     assert torch.isfinite(torch.as_tensor(data)).all()
 
 
+def test_volume_slices_keep_their_own_scale_when_written_back(tmp_path, monkeypatch):
+    """normalize=max scales each slice by its own maximum: the export undoes each slice's scale."""
+    from invdiff.data import exports
+    from invdiff.data.sources import ImageFiles
+
+    p, arr, aff = nifti(tmp_path, shape=(8, 8, 3))
+    arr = arr * np.array([1.0, 10.0, 100.0])[None, None, :]
+    nib.save(nib.Nifti1Image(arr.astype(np.float32), aff), str(p))
+    samples = ImageFiles(str(p), shape=(1, 8, 8), normalize="max").samples()
+    recs = [{"x_hat": s.x.numpy(), "info": s.info, "id": s.id} for s in samples]  # a perfect reconstruction
+    monkeypatch.setattr(exports, "read_sample", lambda f: recs[int(f.stem)])
+    monkeypatch.setattr(exports, "is_complete", lambda f: True)
+    (tmp_path / "run" / "samples").mkdir(parents=True)
+    for i in range(3):
+        (tmp_path / "run" / "samples" / f"{i}.h5").touch()
+    exports.export_results(tmp_path / "run")
+    back = nib.load(str(tmp_path / "run" / "volumes" / "vol_recon.nii.gz")).get_fdata()
+    np.testing.assert_allclose(back, arr, rtol=1e-5)
+
+
 def test_tiled_geotiff_restoration_writes_a_georeferenced_geotiff(tmp_path):
     from hydra import compose, initialize_config_module
 

@@ -55,8 +55,9 @@ def export_results(out_dir: str | Path) -> list[Path]:
             like = F.read_volume(source, axis=_axis(info0.get("slice_axis", "axial")))
             S = like.data.shape[0]
             by_slice = {int(r["info"]["slice"]): r for r in recs}
-            x = np.stack([np.asarray(by_slice[i]["x_hat"], dtype=np.float64)[0] for i in sorted(by_slice)])
-            x = x * info0["scale"] + info0["offset"]
+            # each slice back to the file's units with its own scale and offset (normalize=max scales per slice)
+            x = np.stack([np.asarray(by_slice[i]["x_hat"], dtype=np.float64)[0] * by_slice[i]["info"]["scale"]
+                          + by_slice[i]["info"]["offset"] for i in sorted(by_slice)])
             if fmt == "nifti":
                 missing = sorted(set(range(S)) - set(by_slice))
                 if missing:
