@@ -150,9 +150,16 @@ def solve_item(job: Job, item: Item, out_dir: Path, *, bar=None, best_of: bool =
                   (fmt(f"{solver_name(job.solver)}" + (f" (mean of {cfg.num_samples})" if rec.std is not None else ""),
                        "_mean" if "psnr_mean" in m else ""),
                    x_hat[0]),
+                  ("error |x̂ − x|", (x_hat[0] - x_true[0]).abs() if x_true is not None else None),
                   (spread, rec.std[0] if rec.std is not None else None)]
-        sample_figure(out_dir / "figures" / f"{s.id}.png", panels, complex_image=complex_image(op),
-                      data_range=job.prior.data_range, title=f"{s.id}: {op.describe()}")
+        from ..data.figures import operator_panel
+
+        panels.append(operator_panel(op) or ("", None))
+        bands = cfg.get("figure_bands", None)
+        sample_figure(out_dir / "figures" / f"{s.id}.{cfg.get('figure_format', 'png')}", panels,
+                      complex_image=complex_image(op), data_range=job.prior.data_range,
+                      title=f"{s.id}: {op.describe()}", dpi=int(cfg.get("figure_dpi", 150)),
+                      bands=None if bands is None else list(bands))
     path = write_sample(out_dir / "samples" / f"{s.id}.h5", record, trees={"operator": saved_op})
     return path, m
 

@@ -214,6 +214,25 @@ def _check_settings(cfg: DictConfig) -> None:
         check_ssim_window(cfg.get("ssim_window", "uniform7"))
     except ValueError as err:
         raise AppError(str(err)) from err
+    from ..data.figures import FORMATS
+
+    if cfg.get("figure_format", "png") not in FORMATS:
+        raise AppError(f"figure_format must be one of {', '.join(FORMATS)} (pdf/svg: vector), got "
+                       f"{cfg.get('figure_format')!r}")
+    dpi = cfg.get("figure_dpi", 150)
+    if isinstance(dpi, bool) or not isinstance(dpi, int) or not 10 <= dpi <= 1200:
+        raise AppError(f"figure_dpi must be a whole number from 10 to 1200 (300 for print), got {dpi!r}")
+    bands = cfg.get("figure_bands", None)
+    try:
+        C = int(cfg.shape[0])
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError):  # a bad shape is _check_shape's to report
+        C = None
+    if bands is not None:
+        ok = (not isinstance(bands, (str, bytes)) and hasattr(bands, "__len__") and len(bands) in (1, 3)
+              and all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b < (C or 10**9) for b in bands))
+        if not ok:
+            raise AppError(f"figure_bands must be 1 or 3 band indices from 0 to {(C or 1) - 1} (e.g. [3,2,1] for a "
+                           f"false-colour NIR composite), got {bands!r}")
     v = cfg.get("progress_log", 10)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
         raise AppError(f"progress_log must be a percentage in [0, 100] (0: no progress lines), got {v!r}")

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 #: Config keys that change how a run executes, not what it computes.
-RUNTIME_KEYS = ("resume", "progress", "progress_log", "figures", "device", "batch_size", "results_dir", "bench_run", "hydra")
+RUNTIME_KEYS = ("resume", "progress", "progress_log", "figures", "figure_format", "figure_dpi", "figure_bands", "device", "batch_size", "results_dir", "bench_run", "hydra")
 #: Dotted keys that change how the network is called but not a result: gradient checkpointing
 #: recomputes the same activations (``solver.checkpoint``: files written when it was a solver argument).
 EXECUTION_ONLY = ("runtime.checkpoint", "solver.checkpoint")
