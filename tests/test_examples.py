@@ -44,3 +44,8 @@ def test_microscopy_deconvolution(tmp_path):
 def test_reproduce_table_row(tmp_path):
     run("reproduce_table_row", tmp_path)
     assert list(tmp_path.glob("phantom64_mri4x/pigdm/*/summary.md"))
+
+
+def test_mri_from_a_fastmri_file_with_its_own_mask(tmp_path):
+    run("mri_fastmri", tmp_path)
+    assert len(list((tmp_path / "run" / "samples").glob("file_brain_example_s*.h5"))) == 3
