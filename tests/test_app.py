@@ -384,6 +384,14 @@ def test_multirun_sweep_summarises_all_runs(tmp_path, monkeypatch, clean_hydra):
                                                                    ["| ddrm", "1"]]
     assert "Pooled over seeds" in table and len(body) == 6
     assert len((tmp_path / "sweep.csv").read_text().splitlines()) == 1 + 4
+    # invdiff-bench table reads an app sweep too (rebuilt from the sample files, with the command)
+    (tmp_path / "sweep.md").unlink()
+    from invdiff.apps.bench_tables import table as bench_table
+
+    text = bench_table(tmp_path, tmp_path / "t.md", command="invdiff -m solver=ddrm,ddnm seed=0,1")
+    assert text == (tmp_path / "t.md").read_text() == (tmp_path / "sweep.md").read_text().replace(
+        "\n\n", "\n\nCommand: `invdiff -m solver=ddrm,ddnm seed=0,1`\n\n", 1)
+    assert "Pooled over seeds" in text and sum(line.startswith("| dd") for line in text.splitlines()) == 6
 
 
 def test_a_killed_run_loses_nothing_and_resumes(tmp_path):

@@ -87,9 +87,16 @@ def test_best_of_n_only_when_asked_and_labelled(tmp_path):
     assert "best-of-N against the ground truth is reported" in (tmp_path / "summary.md").read_text()
 
 
-def test_preset_settings_cpu_caps_and_command_line_precedence():
+def test_preset_settings_cpu_caps_and_command_line_precedence(monkeypatch):
     cfg = bench.prepare(bench.config("benchmark=patches64_inpaint", "solver=dps"))
     assert cfg.solver.zeta == 0.5 and cfg.solver.steps == 100  # the task's ζ, the CPU cap
+    # recorded apart, so the tables say which value came from the task and which from the CPU limits
+    assert dict(cfg.bench_run.task_settings) == {"zeta": 0.5} and dict(cfg.bench_run.cpu_caps) == {"steps": 100}
+    assert dict(cfg.bench_run.preset_settings) == {"zeta": 0.5, "steps": 100}
+    with monkeypatch.context() as m:
+        m.setattr(bench, "_on_cpu", lambda cfg: False)  # as on a GPU
+        cfg = bench.prepare(bench.config("benchmark=patches64_inpaint", "solver=dps"))
+    assert dict(cfg.bench_run.cpu_caps) == {} and cfg.solver.steps == 1000  # a GPU run lifts the caps
     cfg = bench.prepare(bench.config("benchmark=patches64_inpaint", "solver=dps", "solver.zeta=2.0", "solver.steps=7"))
     assert cfg.solver.zeta == 2.0 and cfg.solver.steps == 7  # the command line wins
     cfg = bench.prepare(bench.config("benchmark=patches64_inpaint", "solver=diffpir"))
@@ -113,10 +120,20 @@ def test_sweep_writes_one_table_and_an_efficiency_plot(tmp_path, monkeypatch):
     root = tmp_path / "smoke"
     table = (root / "table.md").read_text()
     for run, nfe in (("ddrm", 3), ("ddrm", 6), ("ddnm", 3), ("ddnm", 6)):
-        assert f"| {run}/data.n=1,solver.steps={nfe} | – | {nfe} |" in table
+        assert f"| {run}/data.n=1,solver.steps={nfe} | – | – | {nfe} |" in table
     assert (root / "psnr_vs_nfe.png").stat().st_size > 1000
     text = bench.table(root, tmp_path / "t.md", tmp_path / "p.png", command="x")
     assert text == (tmp_path / "t.md").read_text() and "Command: `x`" in text
+    assert "| task settings (preset) | CPU caps |" in text and "4 run(s) of 1 test image(s), 2 draw(s) each" in text
+
+
+def test_image_cap_is_stated_in_summary_and_table(tmp_path):
+    s = bench.run(bench.config("benchmark=smoke", "benchmark.cpu.max_images=2", "solver.steps=3", *FAST), tmp_path)
+    assert s["images"] == 2 and s["images_in_preset"] == 4 and s["image_cap"] == 2
+    assert s["task_settings"] == {} and s["cpu_caps"] == {}  # solver.steps from the command line
+    assert "2 of 4 image(s) (CPU cap max_images 2)" in (tmp_path / "summary.md").read_text()
+    text = bench.table(tmp_path)
+    assert "1 run(s) of 2 test image(s) of the preset's 4 (CPU cap max_images 2)" in text
 
 
 def test_command_line_errors(monkeypatch, capsys):

@@ -126,17 +126,19 @@ def prepare(cfg: DictConfig) -> DictConfig:
     choice = (cfg.get("bench_run") or {}).get("solver")
     cli = _cli_solver_keys((cfg.get("bench_run") or {}).get("overrides", []))
     cfg = cfg.copy()
-    applied = {}
-    layers = [(b.get("solvers") or {}).get(choice) or {}]
+    applied, by_source = {}, {"task": {}, "cpu": {}}
+    layers = [("task", (b.get("solvers") or {}).get(choice) or {})]
     if _on_cpu(cfg) and b.get("kind", "images") != "gmm":  # (the GMM preset's steps are its variable)
-        layers.append(((b.get("cpu") or {}).get("solvers") or {}).get(choice) or {})
+        layers.append(("cpu", ((b.get("cpu") or {}).get("solvers") or {}).get(choice) or {}))
     with open_dict(cfg):
-        for layer in layers:
+        for source, layer in layers:
             for k, v in layer.items():
                 if k not in cli:
                     cfg.solver[k] = v
-                    applied[k] = OmegaConf.to_container(v) if isinstance(v, DictConfig) else v
-        cfg.bench_run.preset_settings = applied
+                    applied[k] = by_source[source][k] = OmegaConf.to_container(v) if isinstance(v, DictConfig) else v
+        cfg.bench_run.preset_settings = applied  # the effective values (task values, then CPU caps)
+        cfg.bench_run.task_settings = by_source["task"]  # the preset's values for this task (paper values)
+        cfg.bench_run.cpu_caps = by_source["cpu"]  # lowered because the run is on a CPU (a GPU run lifts them)
         if b.get("kind", "images") == "gmm" and _on_cpu(cfg) and (b.get("cpu") or {}).get("gmm"):
             cfg.benchmark.gmm = OmegaConf.merge(b.gmm, b.cpu.gmm)  # the effective problem set
     return cfg
@@ -175,6 +177,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     job = app.setup(cfg)
     digest = run_hash(cfg)
     cap = (cfg.benchmark.get("cpu") or {}).get("max_images") if _on_cpu(cfg) else None
+    images_in_preset = len(job.items)
     job.items = job.items[: int(cap)] if cap else job.items
     check_resume(job, out_dir, RESUME_FIX)  # (every finished file of the directory, before any work)
     from .. import distributed
@@ -192,7 +195,10 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
              "rank": ctx.rank, "world_size": ctx.world_size,
              "paper_noise_convention": str(b.get("noise_convention", "")),
              "benchmark_node": json.dumps(OmegaConf.to_container(b, resolve=True), default=str),
-             "solver_choice": str(cfg.bench_run.solver), "preset_settings": json.dumps(dict(cfg.bench_run.preset_settings))}
+             "solver_choice": str(cfg.bench_run.solver), "preset_settings": json.dumps(dict(cfg.bench_run.preset_settings)),
+             "task_settings": json.dumps(dict(cfg.bench_run.task_settings)),
+             "cpu_caps": json.dumps(dict(cfg.bench_run.cpu_caps)), "images_in_preset": images_in_preset,
+             "image_cap": int(cap) if cap and int(cap) < images_in_preset else 0}
     best_of = bool(b.get("best_of", False))
     from tqdm.auto import tqdm
 
@@ -244,7 +250,7 @@ class SweepTable(Callback):
 def _table_command(argv) -> None:
     import argparse
 
-    p = argparse.ArgumentParser(prog="invdiff-bench table", description="One table over the runs of a preset.")
+    p = argparse.ArgumentParser(prog="invdiff-bench table", description="One table over the runs of a preset, or of an app sweep (invdiff -m ...).")
     p.add_argument("root")
     p.add_argument("--out", default=None)
     p.add_argument("--plot", default=None)

@@ -66,6 +66,9 @@ def report(out_dir: str | Path, *, inception=None, ids=None) -> dict:
     summary = {
         "benchmark": first.get("benchmark"), "task": bnode.get("task", ""), "solver": choice,
         "solver_class": first.get("solver_class", ""), "solver_settings": first.get("solver_settings"), "preset_settings": json.loads(first.get("preset_settings", "{}")),
+        "task_settings": json.loads(first.get("task_settings", "null") or "null"),
+        "cpu_caps": json.loads(first.get("cpu_caps", "null") or "null"),
+        "images_in_preset": int(first.get("images_in_preset", len(rows))), "image_cap": int(first.get("image_cap", 0)),
         "images": len(rows), "num_samples": int(first.get("num_samples", 1)), "best_of": bool(first.get("best_of", False)),
         "noise_convention": first.get("noise_convention"), "paper_noise_convention": first.get("paper_noise_convention"),
         "baseline": first.get("baseline_name"), "device": first.get("device"), "memory_kind": first.get("memory_kind"),
@@ -112,8 +115,8 @@ def _set_metrics(files, inception) -> dict:
 def _summary_md(s: dict) -> str:
     p = s["provenance"]
     lines = [f"# {s['benchmark']} — {s['solver']}", "", s["task"], "",
-             f"- solver settings: `{s['solver_settings']}` (from the preset: `{s['preset_settings']}`)",
-             f"- {s['images']} image(s) × {s['num_samples']} posterior draw(s); "
+             f"- solver settings: `{s['solver_settings']}` ({_sources(s)})",
+             f"- {_images_ran(s)} × {s['num_samples']} posterior draw(s); "
              + ("**best-of-N against the ground truth is reported (labelled)**" if s["best_of"] else
                 "scores are averages over draws (never best-of-N)"),
              f"- noise: {s['noise_convention']}" + (f"; paper convention: {s['paper_noise_convention']}"
@@ -138,6 +141,32 @@ def _summary_md(s: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sources(s: dict) -> str:
+    """Where the preset's settings of a run came from: the task's values and the CPU caps apart."""
+    if s.get("task_settings") is None:  # (summaries written before the two were recorded apart)
+        return f"from the preset: `{s['preset_settings']}`"
+    task = ", ".join(f"{k} {v}" for k, v in s["task_settings"].items()) or "none"
+    caps = ", ".join(f"{k} {v}" for k, v in (s.get("cpu_caps") or {}).items()) or "none"
+    return f"task values from the preset: {task}; CPU caps: {caps}"
+
+
+def _images_ran(s: dict) -> str:
+    """``8 of 100 image(s) (CPU cap max_images 8)`` or ``4 image(s)``."""
+    total = s.get("images_in_preset", s["images"])
+    if s["images"] < total:
+        why = f"CPU cap max_images {s['image_cap']}" if s.get("image_cap") else "the others not finished"
+        return f"{s['images']} of {total} image(s) ({why})"
+    return f"{s['images']} image(s)"
+
+
+def _settings_cells(r: dict) -> tuple[str, str]:
+    """The table's two settings cells: the task's values from the preset, and the CPU caps."""
+    fmt = lambda d: ", ".join(f"{k} {v}" for k, v in (d or {}).items()) or "–"  # noqa: E731
+    if r.get("task_settings") is None:  # older summaries: one mixed record
+        return fmt(r.get("preset_settings")), "(not recorded apart)"
+    return fmt(r["task_settings"]), fmt(r.get("cpu_caps"))
+
+
 def collect(root: str | Path) -> list[dict]:
     """All ``summary.json`` under ``root`` (the runs of a preset; folders starting with ``_``, such
     as the tuning runs in ``_val/``, are left out), sorted by solver then NFE."""
@@ -151,13 +180,42 @@ def collect(root: str | Path) -> list[dict]:
     return sorted(out, key=lambda s: (s["solver"], (s["metrics"].get("nfe") or {}).get("mean") or 0, s["label"]))
 
 
+def app_sweep_runs(root: str | Path) -> list[Path]:
+    """The run directories of an ``invdiff -m`` sweep under ``root`` (each has ``samples/``; the sweep
+    directory itself when it is a single run)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    if (root / "samples").is_dir():
+        return [root]
+    return sorted(d for d in root.iterdir() if (d / "samples").is_dir() and any((d / "samples").glob("*.h5")))
+
+
 def table(root: str | Path, out: str | Path | None = None, plot: str | Path | None = None,
           command: str | None = None) -> str:
     """One markdown table over the runs of a preset (one row per run), optionally written to
-    ``out`` (and a CSV beside it) and a PSNR-versus-NFE plot to ``plot``."""
+    ``out`` (and a CSV beside it) and a PSNR-versus-NFE plot to ``plot``. A directory of an app sweep
+    (``invdiff -m …``: run folders with ``samples/`` and no ``summary.json``) gets the sweep's table
+    (:func:`invdiff.apps.sweeps.sweep_table`: one row per swept setting)."""
     runs = collect(root)
     if not runs:
-        raise AppError(f"no summary.json under {root}: run the preset first")
+        app_runs = app_sweep_runs(root)
+        if not app_runs:
+            raise AppError(f"no summary.json (invdiff-bench runs) and no app run with samples/ (invdiff -m sweeps) "
+                           f"under {root}: run the preset or the sweep first, or name its directory")
+        from .sweeps import sweep_table
+
+        failed = sorted(d.name for d in Path(root).iterdir() if (d / "error.txt").exists())
+        text = "\n".join(sweep_table(root, app_runs, failed)) + "\n"  # (also writes root/sweep.md and sweep.csv)
+        if command:
+            text = text.replace("\n\n", f"\n\nCommand: `{command}`\n\n", 1)
+        if out is not None:
+            from ..data.results import atomic_text
+
+            atomic_text(Path(out), text)
+        if plot is not None:
+            log.info("no PSNR-versus-NFE plot for an app sweep (%s); use invdiff-bench presets for it", root)
+        return text
     if runs[0].get("benchmark_kind") == "gmm":
         from .bench_gmm import gmm_table
 
@@ -183,10 +241,12 @@ def _image_table(runs, command) -> str:
              f"Command: `{command}`" if command else "",
              f"Machine: {p['cpu']}, {p['cores']} cores, GPU {p['gpu'] or 'none'}; commit {p['commit']}; {p['date']}. "
              f"Noise: {r0['noise_convention']}" + (f" (paper: {r0['paper_noise_convention']})" if r0.get("paper_noise_convention") else "")
-             + f". {r0['images']} test image(s), {r0['num_samples']} draw(s) each; scores are mean ± std over images, "
-             "each the average over draws (never best-of-N); [95 % interval of the mean].", "",
-             "| run | preset settings (task values, CPU caps) | NFE | s / image | " + " | ".join(present) + " | published |",
-             "|---|---|---|---|" + "---|" * len(present) + "---|"]
+             + f". {_count_what_ran(runs)}; scores are mean ± std over images, "
+             "each the average over draws (never best-of-N); [95 % interval of the mean]. "
+             "Settings: the task's values come from the preset (paper values); the CPU caps lower steps or "
+             "ensembles because this ran on a CPU (a GPU run lifts them).", "",
+             "| run | task settings (preset) | CPU caps | NFE | s / image | " + " | ".join(present) + " | published |",
+             "|---|---|---|---|---|" + "---|" * len(present) + "---|"]
     for r in runs:
         m = r["metrics"]
         cells = []
@@ -199,11 +259,23 @@ def _image_table(runs, command) -> str:
         nfe = m.get("nfe", {}).get("mean")
         sec = m.get("seconds", {}).get("mean")
         pub = ", ".join(f"{k} {v}" for k, v in (r.get("published") or {}).items())
-        preset = ", ".join(f"{k} {v}" for k, v in (r.get("preset_settings") or {}).items()) or "–"
+        task, caps = _settings_cells(r)
         label = run_label(r)
-        lines.append(f"| {label} | {preset} | {nfe:.0f} | {sec:.2f} | " + " | ".join(cells) + f" | {pub} |"
-                     if nfe is not None else f"| {label} | {preset} | – | – | " + " | ".join(cells) + f" | {pub} |")
+        lines.append(f"| {label} | {task} | {caps} | {nfe:.0f} | {sec:.2f} | " + " | ".join(cells) + f" | {pub} |"
+                     if nfe is not None else f"| {label} | {task} | {caps} | – | – | " + " | ".join(cells) + f" | {pub} |")
     return "\n".join(line for line in lines) + "\n"
+
+
+def _count_what_ran(runs) -> str:
+    """The caption's count: runs, images per run (of how many in the preset, and why fewer), draws."""
+    counts = sorted({r["images"] for r in runs})
+    total = max(r.get("images_in_preset", r["images"]) for r in runs)
+    caps = sorted({r["image_cap"] for r in runs if r.get("image_cap")})
+    text = f"{len(runs)} run(s) of {'/'.join(map(str, counts))} test image(s)"
+    if counts[0] < total:
+        text += f" of the preset's {total}" + (f" (CPU cap max_images {'/'.join(map(str, caps))})" if caps else "")
+    draws = sorted({r["num_samples"] for r in runs})
+    return text + f", {'/'.join(map(str, draws))} draw(s) each"
 
 
 def efficiency_plot(runs, path) -> None:
