@@ -14,6 +14,10 @@ For each preset (``configs/benchmark/<name>.yaml``):
    command continues). Solvers whose needs the operator does not meet are listed as not applicable.
 3. ``<out>/bench_<preset>.md``: :func:`invdiff.apps.bench.table` over the test runs, plus the tuning
    table and the solvers that did not apply.
+
+``--priors brain64,phantom64`` runs (tunes and tests) every solver that uses a prior once per prior
+(the first is the preset's own, the others as ``prior=<name>`` overrides: their rows are labelled
+``<solver>/prior=<name>…``); the prior-free solvers (:data:`PRIOR_FREE`) run once.
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ ORDER = ("pinv", "tv", "dpir", "ddrm", "ddnm", "pigdm", "diffpir", "dps", "mcg",
          "daps", "pnpdm", "mcgdiff")
 
 
+#: Solvers that never call the prior (run once when several priors are compared).
+PRIOR_FREE = ("pinv", "tv")
+
+
 def _dirname(solver: str, overrides: list[str]) -> str:
     return solver + ("/" + ",".join(sorted(overrides)) if overrides else "")
 
@@ -46,21 +54,22 @@ def _run(preset: str, solver: str, extra: list[str], root: Path, split: str = "t
     return bench.run(cfg, out)
 
 
-def tune(preset: str, root: Path, only) -> tuple[dict, list[str]]:
+def tune(preset: str, root: Path, only, extra: tuple[str, ...] = (), skip=()) -> tuple[dict, list[str]]:
     cfg = bench.config(f"benchmark={preset}")
     grid = OmegaConf.to_container(cfg.benchmark.get("tune") or {})
     best, lines = {}, []
     for solver, settings in grid.items():
-        if only and solver not in only:
+        if (only and solver not in only) or solver in skip:
             continue
         for key, values in settings.items():
             scores = {}
             for v in values:
-                s = _run(preset, solver, [f"solver.{key}={v}"], root, split="val")
+                s = _run(preset, solver, [*extra, f"solver.{key}={v}"], root, split="val")
                 scores[v] = s["metrics"]["psnr"]["mean"]
             pick = max(scores, key=scores.get)
             best.setdefault(solver, []).append(f"solver.{key}={pick}")
-            lines.append(f"| {solver} | {key} | " + ", ".join(f"{v}: {scores[v]:.2f}" for v in values)
+            label = solver + "".join(f" ({e})" for e in extra)
+            lines.append(f"| {label} | {key} | " + ", ".join(f"{v}: {scores[v]:.2f}" for v in values)
                          + f" | **{pick}** |")
     return best, lines
 
@@ -71,6 +80,7 @@ def main(argv=None) -> None:
     p.add_argument("--solvers", default=None, help="comma-separated subset (default: every solver config)")
     p.add_argument("--results", default="bench_results")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--priors", default=None, help="comma-separated priors to compare (first: the preset's own)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     only = set(a.solvers.split(",")) if a.solvers else None
@@ -78,17 +88,23 @@ def main(argv=None) -> None:
     root = Path(a.results)
     for preset in a.presets:
         t0 = time.time()
-        tuned, tune_lines = tune(preset, root, only)
-        skipped = []
-        for solver in solvers:
-            if only and solver not in only:
-                continue
-            try:
-                _run(preset, solver, tuned.get(solver, []), root)
-            except AppError as err:
-                if "Solvers that accept this operator" not in str(err):
-                    raise
-                skipped.append(solver)
+        priors = a.priors.split(",") if a.priors else [None]
+        tune_lines, skipped = [], []
+        for k, prior in enumerate(priors):
+            extra = (f"prior={prior}",) if k else ()
+            skip = PRIOR_FREE if k else ()
+            tuned, lines = tune(preset, root, only, extra, skip)
+            tune_lines += lines
+            for solver in solvers:
+                if (only and solver not in only) or solver in skip:
+                    continue
+                try:
+                    _run(preset, solver, [*extra, *tuned.get(solver, [])], root)
+                except AppError as err:
+                    if "Solvers that accept this operator" not in str(err):
+                        raise
+                    if solver not in skipped:
+                        skipped.append(solver)
         cmd = "python benchmarks/run_presets.py " + " ".join(sys.argv[1:] if argv is None else argv)
         text = bench.table(root / preset, None, Path(a.out) / f"bench_{preset}_nfe.png", command=cmd)
         parts = [text]

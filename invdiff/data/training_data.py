@@ -300,11 +300,53 @@ def read_arrays(source: str | Path, what: str = "training data") -> list[tuple[s
     return [(f"{path.stem}_{i}", a) for i, a in enumerate(stack)]
 
 
+def volume_sources(path: Path) -> list[Path]:
+    """The NIfTI / DICOM volumes of a training source: one NIfTI file, one DICOM file or series
+    folder, a folder of NIfTI files, or a folder of DICOM series folders (empty when it is none)."""
+    from .formats import kind_of
+
+    if kind_of(path) in ("nifti", "dicom"):
+        return [path]
+    if not path.is_dir():
+        return []
+    entries = sorted(path.iterdir())
+    vols = [e for e in entries if kind_of(e) in ("nifti", "dicom")]
+    others = [e for e in entries if e not in vols and not e.name.startswith(".")]
+    return vols if vols and not others else []
+
+
+def _volume_images(vols: list[Path], axis, slices) -> list[np.ndarray]:
+    """Slices along ``axis`` of each volume, each volume min–max scaled to [0, 1] as a whole (as
+    ``data=files`` does at solve time, so a prior sees the intensities it will be used on)."""
+    from .formats import read_volume
+
+    out = []
+    for v in vols:
+        vol = read_volume(v, axis=axis)
+        data = vol.data.astype(np.float64)
+        S = data.shape[0]
+        ids = list(range(S)) if slices is None else [int(i) for i in slices]
+        bad = [i for i in ids if not 0 <= i < S]
+        if bad:
+            raise ValueError(f"training data: slices {bad} are outside {v} ({S} {vol.axis} slices, 0 to {S - 1}); "
+                             "choose data.slices within every volume, or null for all")
+        lo, hi = float(data.min()), float(data.max())
+        out += [(data[i] - lo) / (hi - lo if hi > lo else 1.0) for i in ids]
+    return out
+
+
 def load_images(source: str | Path, size: int, channels: int = 1, *, fastmri: bool = False,
-                complex: bool = False) -> ArrayData:
-    """Load training images from a folder, ``.npy``, ``file.h5:dataset`` or fastMRI file(s)."""
+                complex: bool = False, axis="axial", slices=None) -> ArrayData:
+    """Load training images from a folder, ``.npy``, ``file.h5:dataset``, fastMRI file(s), or NIfTI /
+    DICOM volumes sliced along ``axis`` (a voxel axis 0–2 or a plane; ``slices``: indices, or
+    ``None`` for all; each volume min–max scaled as a whole)."""
     imgs: list[np.ndarray] = []
-    if fastmri:
+    vols = [] if fastmri else volume_sources(Path(str(source)).expanduser())
+    if vols:
+        if channels != 1:
+            raise ValueError(f"training data {source}: NIfTI/DICOM slices are single-channel; set data.channels=1")
+        imgs = [a[None] for a in _volume_images(vols, axis, slices)]
+    elif fastmri:
         path = Path(str(source)).expanduser()
         if not path.exists():
             raise FileNotFoundError(f"training data {path} does not exist")
