@@ -161,6 +161,21 @@ def test_self_contained_presets_run_and_have_a_validation_split(preset, tmp_path
     assert len(test) == 8 and len(val) >= 8 and not val & test  # tuning never sees a test image
 
 
+@pytest.mark.parametrize("preset", ["brain64_mri4x", "brain64_mri8x"])
+def test_brain_presets_hold_out_the_test_slab(preset, tmp_path):
+    cfg = bench.config(f"benchmark={preset}", "benchmark.cpu.max_images=1", "solver.steps=2", "num_samples=1", *FAST)
+    s = bench.run(cfg, tmp_path / "test")
+    assert s["images"] == 1 and s["images_in_preset"] == 10 and math.isfinite(s["metrics"]["psnr"]["mean"])
+    from invdiff.apps.app import setup
+    from invdiff.data.brain import slab
+
+    val = {it.sample.id for it in setup(bench.prepare(bench.config(f"benchmark={preset}", "data.split=val"))).items}
+    test = {it.sample.id for it in setup(bench.prepare(bench.config(f"benchmark={preset}"))).items}
+    assert len(test) == 10 and len(val) == 5 and not val & test
+    train = set(slab("axial", "train"))
+    assert min(abs(i - j) for i in slab("axial", "test") for j in train) >= 5  # (the prior's training slab)
+
+
 # ---------------------------------------------------------------------------------------------
 # paper presets: wired at tiny size with random networks of the papers' architectures
 # ---------------------------------------------------------------------------------------------
