@@ -27,8 +27,16 @@ def _ellipse(yy, xx, cy, cx, ay, ax, angle):
     return (u / ax) ** 2 + (v / ay) ** 2 <= 1.0
 
 
+#: The smallest phantom side (the texture's 6×6 low frequencies must fit the grid's spectrum).
+MIN_SIZE = 10
+
+
 def phantom(seed: int, size: int = 64) -> np.ndarray:
     """One ``size × size`` phantom in [0, 1] (float32), determined by ``seed``."""
+    if int(size) < MIN_SIZE:
+        raise ValueError(f"phantoms are at least {MIN_SIZE}×{MIN_SIZE} pixels (their texture has 6 frequencies per "
+                         f"axis), got {size}×{size}; use shape [1, {MIN_SIZE}, {MIN_SIZE}] or larger (the shipped "
+                         "phantom64 prior is 64×64)")
     rng = np.random.default_rng(int(seed))
     t = (np.arange(size) + 0.5) / size * 2 - 1
     yy, xx = np.meshgrid(t, t, indexing="ij")

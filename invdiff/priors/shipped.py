@@ -25,6 +25,9 @@ name              what
 ``phantom64_bridge_mri4x``  a bridge (:class:`~invdiff.priors.bridge.BridgePrior`) from zero-filled
                   4× MRI (σ_y 0.01) to phantoms, for the bridge solvers ``i2sb``, ``indi``, ``cddb``
 ``patches64_bridge_sr2``  a bridge from ×2 bicubic super-resolution's A⁺y (σ_y 0.025) to patches
+``brain64``       real anatomy: ``phantom64``'s network and recipe trained on the 94 axial
+                  training-slab slices of the MNI152 T1 template (``invdiff-train data=brain``;
+                  :mod:`invdiff.data.brain`); evaluated on the held-out axial slab
 ================  ===============================================================================
 
 Each name is registered in :data:`invdiff.priors.registry.NAMED_PRIORS`, which is how
@@ -42,7 +45,7 @@ from .registry import register_named_prior
 
 SHIPPED = ("phantom64", "patches64", "phantom64_flow", "patches64_flow", "phantom64_reflow", "phantom64_cm",
            "patches64_cm", "phantom64_ambient", "patches64_noisy",
-           "phantom64_bridge_mri4x", "patches64_bridge_sr2")
+           "phantom64_bridge_mri4x", "patches64_bridge_sr2", "brain64")
 
 
 def shipped_prior_path(name: str) -> Path:
