@@ -15,10 +15,15 @@ from patches64_eval import views  # noqa: E402  (the evaluation's held-out image
 
 
 def held_out(name: str) -> torch.Tensor:
-    """The held-out images of a ``phantom64*`` prior (Shepp–Logan + 7 evaluation seeds) or a
-    ``patches64*`` prior (camera and moon views), float64 in [0, 1]."""
+    """The held-out images of a ``phantom64*`` prior (Shepp–Logan + 7 evaluation seeds), a
+    ``patches64*`` prior (camera and moon views) or a ``brain*`` prior (the MNI152 template's axial
+    test slab), float64 in [0, 1]."""
     if name.startswith("phantom"):
         return P.held_out(64, 8).double()
+    if name.startswith("brain"):
+        from invdiff.data.brain import brain_slices
+
+        return brain_slices("axial", "test", 64)[1].double()
     return torch.cat([views("camera", 0), views("moon", 1)])
 
 

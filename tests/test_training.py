@@ -48,8 +48,13 @@ def test_training_resumes_bit_for_bit_and_exports_a_loadable_prior(tmp_path):
     t = Trainer(PhantomData(16), tmp_path / "b", s, progress=False)
     t.train(until=4)  # "killed" after the step-4 checkpoint
     del t
+    with open(tmp_path / "b" / "log.csv", "a") as f:  # ... having logged step 5 before it died
+        f.write("5,9.999,0.0005,1.0\n")
     resumed = run(c)  # the same command again
     assert resumed.step == 6
+    steps = [int(r.split(",")[0]) for r in (tmp_path / "b" / "log.csv").read_text().splitlines()[1:]]
+    ref_steps = [int(r.split(",")[0]) for r in (tmp_path / "a" / "log.csv").read_text().splitlines()[1:]]
+    assert steps == ref_steps and "9.999" not in (tmp_path / "b" / "log.csv").read_text()  # the lost step is gone
     ref = Trainer(PhantomData(16), tmp_path / "a", s, progress=False)  # reloads a's final checkpoint
     for k, v in ref.net.state_dict().items():
         assert torch.equal(v, resumed.net.state_dict()[k]), k

@@ -255,6 +255,22 @@ class Trainer:
             self.gen.set_state(tensors["rng"])
         self.step = int(info["step"])
         self.losses = [tuple(r) for r in tensors["losses"].tolist()]
+        if self.rank == 0:
+            self._truncate_log()
+
+    def _truncate_log(self) -> None:
+        """Drop ``log.csv`` rows past the resumed step: they were logged by the run that stopped after
+        its last checkpoint, and their steps are trained again (left in, every such step would appear
+        twice with two losses)."""
+        log = self.out / "log.csv"
+        if not log.exists():
+            return
+        lines = log.read_text().splitlines()
+        keep = [ln for ln in lines[1:] if ln and ln.split(",", 1)[0].isdigit() and int(ln.split(",", 1)[0]) <= self.step]
+        if len(keep) != len(lines) - 1:
+            from ..data.results import atomic_text
+
+            atomic_text(log, "\n".join([lines[0], *keep]) + "\n")
 
     def _check_objective(self, path: Path, saved: dict) -> None:
         """Refuse to resume a run under another training objective: the objective itself, the flow
