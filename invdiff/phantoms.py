@@ -35,8 +35,8 @@ def phantom(seed: int, size: int = 64) -> np.ndarray:
     """One ``size × size`` phantom in [0, 1] (float32), determined by ``seed``."""
     if int(size) < MIN_SIZE:
         raise ValueError(f"phantoms are at least {MIN_SIZE}×{MIN_SIZE} pixels (their texture has 6 frequencies per "
-                         f"axis), got {size}×{size}; use shape [1, {MIN_SIZE}, {MIN_SIZE}] or larger (the shipped "
-                         "phantom64 prior is 64×64)")
+                         f"axis), got {size}×{size}; use shape=[1,{MIN_SIZE},{MIN_SIZE}] or larger (the shipped "
+                         "phantom64 prior is 64×64; only Shepp–Logan, data.n=1, comes smaller)")
     rng = np.random.default_rng(int(seed))
     t = (np.arange(size) + 0.5) / size * 2 - 1
     yy, xx = np.meshgrid(t, t, indexing="ij")

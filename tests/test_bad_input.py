@@ -480,7 +480,7 @@ def test_sources_say_what_is_allowed_directly():
     for make, pattern in [(lambda: Phantoms(n=0), r"data\.n must be at least 1"),
                           (lambda: Phantoms(n=3, first=31), r"data\.first \+ data\.n <= 32"),
                           (lambda: Phantoms(n=2, split="val", first=-2), r"data\.first must be >= 0"),
-                          (lambda: Phantoms(n=1, shape=[1, 8, 8]), r"at least 10×10 pixels.*shape=\[1,10,10\]"),
+                          (lambda: Phantoms(n=2, shape=[1, 8, 8]).samples(), r"at least 10×10 pixels.*shape=\[1,10,10\]"),
                           (lambda: SampleImages(["brain"]), r"'brain' is not bundled"),
                           (lambda: ImageViews(["brain"]), r"'brain' is not bundled"),
                           (lambda: sample_image("brain"), r"never downloads anything")]:

@@ -69,11 +69,6 @@ class Phantoms:
         C, H, W = _shape(shape)
         if C != 1 or H != W:
             raise ValueError(f"phantoms are single-channel squares; got shape {[C, H, W]}")
-        from ..phantoms import MIN_SIZE
-
-        if H < MIN_SIZE:
-            raise ValueError(f"phantoms are at least {MIN_SIZE}×{MIN_SIZE} pixels, got shape {[C, H, W]}; use "
-                             f"shape=[1,{MIN_SIZE},{MIN_SIZE}] or larger (the shipped phantom64 prior is 64×64)")
         if split not in ("test", "val"):
             raise ValueError(f"data.split must be 'test' or 'val', got {split!r}")
         size = self.VAL_OFFSET if split == "test" else len(EVAL_SEEDS) - self.VAL_OFFSET
