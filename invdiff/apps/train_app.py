@@ -13,6 +13,7 @@ exports the last checkpoint (prior, figures) without training — e.g. to stop a
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import hydra
@@ -21,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..training import Trainer, TrainSettings
+from ..training.augment import describe as describe_augment
 
 log = logging.getLogger("invdiff.train")
 
@@ -52,12 +54,21 @@ def run(cfg: DictConfig) -> Trainer:
         log.info("invdiff-train %s: %s, network %.2f M parameters %s, %s, world size %d, %s at step %d/%d",
                  cfg.name, data.describe(), n / 1e6, trainer.arch, cfg.device, trainer.world,
                  "resuming" if trainer.step else "starting", trainer.step, settings.steps)
+        log.info("EMA decay %g per step (half-life %.0f steps); augmentation: %s; validation: %s",
+                 settings.ema_decay, math.log(0.5) / math.log(settings.ema_decay) if 0 < settings.ema_decay < 1 else 0,
+                 describe_augment(settings),
+                 f"every {settings.val_every} steps on {len(trainer.val_images)} held-out images (val.csv)"
+                 + (", best EMA kept as prior_best.safetensors" if settings.keep_best else "")
+                 if settings.val_every else "off")
     if not cfg.get("export_only", False):
         trainer.train()
     if trainer.rank == 0:
         path = trainer.export()
         trainer.figures(samples=int(cfg.sample_grid))
         log.info("exported %s (load with invdiff.priors.load); loss curve and samples in %s", path, out)
+        if trainer.best is not None:
+            log.info("best validation score %.4f at step %d: %s", trainer.best[0], trainer.best[1],
+                     out / "prior_best.safetensors")
     return trainer
 
 

@@ -36,6 +36,12 @@ class PhantomData:
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         return phantoms(training_seeds(generator, n), self.size)
 
+    def validation(self) -> Tensor:
+        """8 phantoms of the benchmark validation split (``data.split=val``; never the test phantoms)."""
+        from ..phantoms import EVAL_SEEDS
+
+        return phantoms(EVAL_SEEDS[32:40], self.size)
+
     def describe(self) -> str:
         return f"phantoms {self.size}×{self.size} (invdiff.phantoms)"
 
@@ -134,13 +140,14 @@ def brain_data(plane: str = "axial", split: str = "train", size: int = 64) -> "A
     from .brain import brain_slices
 
     ids, x = brain_slices(plane, split, size)
-    return ArrayData(x.float(), name=f"MNI152 T1 {plane} slices {ids[0]}–{ids[-1]} ({split} slab)")
+    val = brain_slices(plane, "val", size)[1].float() if split == "train" else None
+    return ArrayData(x.float(), name=f"MNI152 T1 {plane} slices {ids[0]}–{ids[-1]} ({split} slab)", val=val)
 
 
 class ArrayData:
     """Images ``[N, C, size, size]`` in [0, 1], sampled uniformly with replacement."""
 
-    def __init__(self, images: Tensor, name: str = "array"):
+    def __init__(self, images: Tensor, name: str = "array", val: Tensor | None = None):
         if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
             raise ValueError(f"training images must be [N, C, S, S], got {list(images.shape)}")
         if images.shape[0] == 0:
@@ -150,6 +157,14 @@ class ArrayData:
         self.images = images.float().contiguous()
         self.channels, self.size = int(images.shape[1]), int(images.shape[-1])
         self.name = name
+        if val is not None and tuple(val.shape[1:]) != tuple(images.shape[1:]):
+            raise ValueError(f"validation images of {name} are {list(val.shape[1:])} each, the training images "
+                             f"{list(images.shape[1:])}: give them the same size and channels")
+        self.val = None if val is None else val.float().contiguous()
+
+    def validation(self) -> Tensor | None:
+        """The held-out validation images (``None`` when none were given)."""
+        return self.val
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         idx = torch.randint(0, self.images.shape[0], (n,), generator=generator)
@@ -336,10 +351,11 @@ def _volume_images(vols: list[Path], axis, slices) -> list[np.ndarray]:
 
 
 def load_images(source: str | Path, size: int, channels: int = 1, *, fastmri: bool = False,
-                complex: bool = False, axis="axial", slices=None) -> ArrayData:
+                complex: bool = False, axis="axial", slices=None, val_source=None) -> ArrayData:
     """Load training images from a folder, ``.npy``, ``file.h5:dataset``, fastMRI file(s), or NIfTI /
     DICOM volumes sliced along ``axis`` (a voxel axis 0–2 or a plane; ``slices``: indices, or
-    ``None`` for all; each volume min–max scaled as a whole)."""
+    ``None`` for all; each volume min–max scaled as a whole). ``val_source``: validation images read
+    the same way (``settings.val_every``), which must not overlap the training images."""
     imgs: list[np.ndarray] = []
     vols = [] if fastmri else volume_sources(Path(str(source)).expanduser())
     if vols:
@@ -358,4 +374,12 @@ def load_images(source: str | Path, size: int, channels: int = 1, *, fastmri: bo
     else:
         imgs = [as_chw(_normalise(a), channels) for _, a in read_arrays(source)]
     stack = np.stack([resize(np.clip(a, 0.0, 1.0), size) for a in imgs])
-    return ArrayData(torch.from_numpy(np.clip(stack, 0.0, 1.0).astype(np.float32)), name=str(source))
+    images = torch.from_numpy(np.clip(stack, 0.0, 1.0).astype(np.float32))
+    val = None
+    if val_source is not None:
+        if Path(str(val_source)).expanduser().resolve() == Path(str(source)).expanduser().resolve():
+            raise ValueError(f"data.val_source is the training source {source}: validation images must be held out "
+                             "(another folder or file)")
+        val = load_images(val_source, size, channels, fastmri=fastmri, complex=complex, axis=axis,
+                          slices=slices).images
+    return ArrayData(images, name=str(source), val=val)

@@ -84,6 +84,12 @@ class TrainSettings:
     bridge_filter: str = "bicubic"
     bridge_b: float = 0.15          # bridge: diffusion coefficient b of the Brownian bridge (0: InDI's path)
     bridge_sigma_1: float = 0.3     # bridge: typical RMS of x₁ − x₀ in model units (the network's conditioning)
+    augment_rot90: bool = False     # clean images: random k·90° rotations (invdiff.training.augment)
+    augment_scale: list | None = None  # clean images: isotropic zoom s ~ U[lo, hi] about the centre
+    augment_gain: float = 0.0       # clean images: intensities × U[1 − gain, 1]
+    augment_padding: str = "zeros"  # zoom's outside: "zeros" (dark background) or "reflection"
+    val_every: int = 0              # edm: validation denoising of held-out images every N steps (val.csv; 0: off)
+    keep_best: bool = False         # edm: also export prior_best.safetensors, the EMA with the best validation score
 
     def __post_init__(self):
         self.objective = OBJECTIVE_ALIASES.get(self.objective, self.objective)
@@ -119,5 +125,21 @@ class TrainSettings:
             if not (float(self.bridge_b) >= 0 and float(self.bridge_sigma_1) > 0 and float(self.bridge_sigma_y) >= 0):
                 raise ValueError(f"settings.bridge_b must be >= 0, bridge_sigma_1 > 0 and bridge_sigma_y >= 0, got "
                                  f"{self.bridge_b}, {self.bridge_sigma_1}, {self.bridge_sigma_y}")
+        from .augment import check_augment, is_on
+
+        check_augment(self.augment_rot90, self.augment_scale, self.augment_gain, self.augment_padding)
+        if is_on(self) and (self.objective in CORRUPTED_OBJECTIVES or self.objective == "reflow"):
+            raise ValueError(f"settings.augment_* transform clean images; objective={self.objective} trains on "
+                             + ("measurements (a rotated or zoomed measurement is not the measurement it was)"
+                                if self.objective in CORRUPTED_OBJECTIVES else "the teacher's ODE couplings")
+                             + ": leave augment_rot90=false, augment_scale=null, augment_gain=0")
+        if isinstance(self.val_every, bool) or int(self.val_every) < 0:
+            raise ValueError(f"settings.val_every must be a whole number >= 0 (0: no validation), got {self.val_every!r}")
+        if (int(self.val_every) > 0 or self.keep_best) and self.objective != "edm":
+            raise ValueError(f"settings.val_every / keep_best score the EDM denoiser on held-out images; objective="
+                             f"{self.objective} has another network output: leave val_every=0 and keep_best=false")
+        if self.keep_best and int(self.val_every) <= 0:
+            raise ValueError("settings.keep_best=true picks the EMA weights by their validation score: set "
+                             "settings.val_every=<steps> as well (e.g. the checkpoint interval)")
         if not 1 <= int(self.ct_s0) <= int(self.ct_s1):
             raise ValueError(f"settings.ct_s0, ct_s1 must satisfy 1 <= s0 <= s1, got {self.ct_s0}, {self.ct_s1}")

@@ -36,11 +36,17 @@ from ..priors.native import read_tagged
 from ..priors.schedules import EDMSchedule
 from ..priors.unet import build_ambient_unet, build_cm_unet, build_flow_unet, build_unet
 
+from .augment import augment
+from .augment import is_on as augment_on
 from .consistency import cd_loss, ct_loss, karras_levels
 from .corrupted import corrupted_loss, make_domain, noise_floor
 from .bridge import bridge_loss, degrade
 from .objectives import edm_loss, flow_loss
 from .settings import CKPT_VERSION, CORRUPTED_OBJECTIVES, OBJECTIVE_ALIASES, TrainData, TrainSettings
+
+
+#: The noise levels (model units, images on [−1, 1]) of the validation score.
+VAL_SIGMAS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 def _flip(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -122,7 +128,15 @@ class Trainer:
         self.ema.requires_grad_(False)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=settings.lr)
         self.gen = torch.Generator().manual_seed(settings.seed + self.rank)
-        self.step, self.losses = 0, []
+        self.step, self.losses, self.best = 0, [], None
+        self.val_images = None
+        if settings.val_every:
+            val = getattr(data, "validation", lambda: None)()
+            if val is None:
+                raise ValueError(f"settings.val_every={settings.val_every} needs validation images, but the data "
+                                 f"({data.describe()}) has none: data=brain and data=phantoms have a validation split; "
+                                 "data=folder takes data.val_source=<images never trained on>")
+            self.val_images = val
         self.ddp = None
         if self.world > 1:
             import torch.distributed as dist
@@ -221,7 +235,7 @@ class Trainer:
         tensors["rng"] = self.gen.get_state()
         tensors["losses"] = torch.tensor(self.losses, dtype=torch.float64).reshape(-1, 2)
         meta = {"version": CKPT_VERSION, "step": self.step, "settings": asdict(self.s), "arch": self.arch,
-                "data": self.data.describe(), "world_size": self.world}
+                "data": self.data.describe(), "world_size": self.world, "best": self.best}
         return tensors, meta
 
     def save_checkpoint(self) -> None:
@@ -255,14 +269,16 @@ class Trainer:
             self.gen.set_state(tensors["rng"])
         self.step = int(info["step"])
         self.losses = [tuple(r) for r in tensors["losses"].tolist()]
+        self.best = info.get("best")
         if self.rank == 0:
-            self._truncate_log()
+            for name in ("log.csv", "val.csv"):
+                self._truncate_log(name)
 
-    def _truncate_log(self) -> None:
-        """Drop ``log.csv`` rows past the resumed step: they were logged by the run that stopped after
-        its last checkpoint, and their steps are trained again (left in, every such step would appear
-        twice with two losses)."""
-        log = self.out / "log.csv"
+    def _truncate_log(self, name: str = "log.csv") -> None:
+        """Drop ``log.csv`` (``val.csv``) rows past the resumed step: they were logged by the run that
+        stopped after its last checkpoint, and their steps are trained again (left in, every such step
+        would appear twice with two values)."""
+        log = self.out / name
         if not log.exists():
             return
         lines = log.read_text().splitlines()
@@ -271,6 +287,33 @@ class Trainer:
             from ..data.results import atomic_text
 
             atomic_text(log, "\n".join([lines[0], *keep]) + "\n")
+
+    # -- validation ----------------------------------------------------------------------------
+    def validate(self) -> float:
+        """Score the EMA denoiser on the data's validation images (``val.csv``): MSE / σ² in model
+        units at each σ of :data:`VAL_SIGMAS` (one fixed noise draw, seed 0 — the same every time and
+        independent of the run's generator, so validating changes no training step), and their mean
+        (1 = returning the noisy image). With ``keep_best`` a lower mean than any before exports the
+        EMA to ``prior_best.safetensors``."""
+        x = self.val_images.to(self.device, torch.float32) * 2.0 - 1.0
+        g = torch.Generator().manual_seed(0)
+        ratios = []
+        with torch.no_grad():
+            for sigma in VAL_SIGMAS:
+                noisy = x + sigma * torch.randn(x.shape, generator=g).to(self.device)
+                d = self.ema(noisy, torch.full((x.shape[0],), sigma, device=self.device))
+                ratios.append(float((d - x).square().mean()) / sigma**2)
+        score = sum(ratios) / len(ratios)
+        self.out.mkdir(parents=True, exist_ok=True)
+        new = not (self.out / "val.csv").exists()
+        with open(self.out / "val.csv", "a") as f:
+            if new:
+                f.write("step," + ",".join(f"mse_over_sigma2_at_{s:g}" for s in VAL_SIGMAS) + ",mean\n")
+            f.write(f"{self.step}," + ",".join(f"{r:.6f}" for r in ratios) + f",{score:.6f}\n")
+        if self.s.keep_best and (self.best is None or score < self.best[0]):
+            self.export(self.out / "prior_best.safetensors")
+            self.best = [score, self.step]
+        return score
 
     def _check_objective(self, path: Path, saved: dict) -> None:
         """Refuse to resume a run under another training objective: the objective itself, the flow
@@ -329,7 +372,10 @@ class Trainer:
                 x = (x[0].float(), x[1].float(), x[2])
             else:
                 x, eps = self.data.sample(self.s.batch, self.gen).to(self.device, torch.float32), None
-                x = _flip(x, self.gen) * 2.0 - 1.0
+                x = _flip(x, self.gen)
+                if augment_on(self.s):  # (no draws when off: the recipes without augmentation are unchanged)
+                    x = augment(x, self.gen, self.s)
+                x = x * 2.0 - 1.0
             if self.bridge:  # its degraded partner x₁ = A⁺(A x₀ + σ_y n), a fresh operator of the family
                 x1 = degrade((x.double().cpu() + 1) / 2, self.bridge_spec, self.gen).to(self.device, torch.float32) * 2 - 1
             for g in self.opt.param_groups:
@@ -382,6 +428,8 @@ class Trainer:
             bar.update(1)
             if on_step is not None:
                 on_step(self.step, value)
+            if self.s.val_every and self.step % int(self.s.val_every) == 0 and self.rank == 0:
+                self.validate()  # (before the checkpoint, which records the best score)
             if self.step % self.s.ckpt_every == 0 or self.step == until:
                 self.save_checkpoint()
         bar.close()
