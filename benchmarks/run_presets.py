@@ -16,8 +16,9 @@ For each preset (``configs/benchmark/<name>.yaml``):
    table and the solvers that did not apply.
 
 ``--priors brain64,phantom64`` runs (tunes and tests) every solver that uses a prior once per prior
-(the first is the preset's own, the others as ``prior=<name>`` overrides: their rows are labelled
-``<solver>/prior=<name>…``); the prior-free solvers (:data:`PRIOR_FREE`) run once.
+(the first is the preset's own, the others as ``prior=<name>`` overrides — or ``prior=invdiff_file
+prior.path=<file>`` for a ``.safetensors`` path: their rows are labelled ``<solver>/prior=<name>…``);
+the prior-free solvers (:data:`PRIOR_FREE`) run once.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def main(argv=None) -> None:
         priors = a.priors.split(",") if a.priors else [None]
         tune_lines, skipped = [], []
         for k, prior in enumerate(priors):
-            extra = (f"prior={prior}",) if k else ()
+            extra = () if not k else (("prior=invdiff_file", f"prior.path={prior}") if prior.endswith(".safetensors")
+                                      else (f"prior={prior}",))
             skip = PRIOR_FREE if k else ()
             tuned, lines = tune(preset, root, only, extra, skip)
             tune_lines += lines

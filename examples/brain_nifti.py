@@ -7,10 +7,10 @@ The input is a real 1 mm T1 brain volume that ships inside nilearn's wheel (the 
 invdiff.data.brain.mni152_path()): a 5-slice axial slab through the ventricles is cut out with
 nibabel (its affine stays correct) and saved as slab.nii.gz, then every slice is reconstructed with
 the shipped brain64 prior (trained on other axial slices of this template) and ΠGDM. Measured
-(2026-12-06, CPU, 100 steps): 23.95 dB vs 19.87 zero-filled; phantom64 gives 23.84 here. brain64's
-larger gain on its benchmark (26.7 vs 25.2 dB) does not carry over because this file's slices reach
-the prior as stored — 197×233 squeezed to 64×64 and not rotated — while brain64 learned rotated,
-zero-padded squares (invdiff.data.brain.brain_slice): a learned prior expects its training geometry.
+(2026-12-06, CPU, 100 steps): 25.26 dB vs 19.87 zero-filled; phantom64 gives 23.84 here. The gain is
+smaller than on brain64's benchmark (27.3 vs 25.2 dB) because this file's slices reach the prior as
+stored — 197×233 squeezed to 64×64 and not rotated — while brain64 learned upright, zero-padded
+squares (invdiff.data.brain.brain_slice): a learned prior works best in its training geometry.
 Your own file works the same way: data.path=your.nii.gz. Results: <out>/run/samples/*.h5,
 figures/*.png, metrics.json, and volumes/slab_recon.nii.gz with the slab's affine (64 × 64 in-plane,
 so the voxel size is rescaled to keep the field of view).
