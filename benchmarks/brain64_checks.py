@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from invdiff.data.brain import brain_slices
+from invdiff.evaluation import denoising_ratios
 from invdiff.priors import load
 from invdiff.priors.samplers import edm_heun
 
@@ -32,13 +33,9 @@ SIGMAS = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 def denoise_ratio(prior, x: torch.Tensor, sigma: float, seed: int = 0) -> float:
-    """MSE / σ² of the prior's denoiser in its model units ([-1, 1] here), σ in those units."""
-    g = torch.Generator().manual_seed(seed)
-    xm = prior.to_model(x)
-    z = torch.randn(x.shape, generator=g, dtype=x.dtype)
-    with torch.no_grad():
-        d = prior.denoiser(xm + sigma * z, sigma)
-    return float(((d - xm) ** 2).mean() / sigma**2)
+    """MSE / σ² of the prior's denoiser in its model units ([-1, 1] here), σ in those units; the same
+    noise draw (``seed``) at every σ."""
+    return denoising_ratios(prior, x, [sigma], torch.Generator().manual_seed(seed))[0]
 
 
 def nearest(images: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -133,3 +133,17 @@ def _posterior_metrics(rec, draws: Tensor, x_true: Tensor, show, clip, rng: floa
     z = z[~torch.isnan(z)].abs()  # median |z| over its calibrated value (t_{N-1} quartile): 1 = calibrated
     m["z_median"] = float(z.median()) / float(student_t.ppf(0.75, n - 1)) if z.numel() else math.nan
     return m
+
+
+def denoising_ratios(prior, x_phys: Tensor, sigmas, generator: torch.Generator) -> list[float]:
+    """MSE / σ² of ``prior.denoiser`` on the images ``x_phys`` (physical units) plus Gaussian noise,
+    for each σ (model units) in order, one noise draw per σ from ``generator`` (on the CPU, in the
+    images' dtype): the MSE in model units, so 1 means no better than returning the noisy image. What
+    ``invdiff-train``'s validation score, the shipped-prior checks and their tests measure."""
+    x = prior.to_model(x_phys)
+    out = []
+    with torch.no_grad():
+        for sigma in sigmas:
+            noisy = x + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+            out.append(float((prior.denoiser(noisy, sigma) - x).square().mean()) / sigma**2)
+    return out

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from invdiff import phantoms as P
+from invdiff.evaluation import denoising_ratios
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from patches64_eval import views  # noqa: E402  (the evaluation's held-out images)
@@ -28,12 +29,7 @@ def held_out(name: str) -> torch.Tensor:
 
 
 def denoising_mse(prior, x_phys: torch.Tensor, sigmas) -> list[float]:
-    """MSE of ``prior.denoiser`` on ``x_phys + σ n`` in model units, for each σ in order."""
-    x = prior.to_model(x_phys)
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for sigma in sigmas:
-        noisy = x + sigma * torch.randn(x.shape, generator=g, dtype=torch.float64)
-        with torch.no_grad():
-            out.append((prior.denoiser(noisy, sigma) - x).square().mean().item())
-    return out
+    """MSE of ``prior.denoiser`` on ``x_phys + σ n`` in model units, for each σ in order
+    (:func:`invdiff.evaluation.denoising_ratios` times σ²)."""
+    ratios = denoising_ratios(prior, x_phys, sigmas, torch.Generator().manual_seed(0))
+    return [r * s**2 for r, s in zip(ratios, sigmas)]

@@ -141,13 +141,17 @@ def _summary_md(s: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _settings_text(d: dict | None, empty: str) -> str:
+    """``steps 100, zeta 0.5`` (``empty`` for none)."""
+    return ", ".join(f"{k} {v}" for k, v in (d or {}).items()) or empty
+
+
 def _sources(s: dict) -> str:
     """Where the preset's settings of a run came from: the task's values and the CPU caps apart."""
     if s.get("task_settings") is None:  # (summaries written before the two were recorded apart)
         return f"from the preset: `{s['preset_settings']}`"
-    task = ", ".join(f"{k} {v}" for k, v in s["task_settings"].items()) or "none"
-    caps = ", ".join(f"{k} {v}" for k, v in (s.get("cpu_caps") or {}).items()) or "none"
-    return f"task values from the preset: {task}; CPU caps: {caps}"
+    return (f"task values from the preset: {_settings_text(s['task_settings'], 'none')}; "
+            f"CPU caps: {_settings_text(s.get('cpu_caps'), 'none')}")
 
 
 def _images_ran(s: dict) -> str:
@@ -161,10 +165,9 @@ def _images_ran(s: dict) -> str:
 
 def _settings_cells(r: dict) -> tuple[str, str]:
     """The table's two settings cells: the task's values from the preset, and the CPU caps."""
-    fmt = lambda d: ", ".join(f"{k} {v}" for k, v in (d or {}).items()) or "–"  # noqa: E731
     if r.get("task_settings") is None:  # older summaries: one mixed record
-        return fmt(r.get("preset_settings")), "(not recorded apart)"
-    return fmt(r["task_settings"]), fmt(r.get("cpu_caps"))
+        return _settings_text(r.get("preset_settings"), "–"), "(not recorded apart)"
+    return _settings_text(r["task_settings"], "–"), _settings_text(r.get("cpu_caps"), "–")
 
 
 def collect(root: str | Path) -> list[dict]:
@@ -180,15 +183,17 @@ def collect(root: str | Path) -> list[dict]:
     return sorted(out, key=lambda s: (s["solver"], (s["metrics"].get("nfe") or {}).get("mean") or 0, s["label"]))
 
 
-def app_sweep_runs(root: str | Path) -> list[Path]:
-    """The run directories of an ``invdiff -m`` sweep under ``root`` (each has ``samples/``; the sweep
-    directory itself when it is a single run)."""
+def app_sweep_runs(root: str | Path) -> tuple[list[Path], list[str]]:
+    """The run directories of an ``invdiff -m`` sweep under ``root`` that hold samples (the sweep
+    directory itself when it is a single run) and the failed runs' names
+    (:func:`invdiff.apps.sweeps.sweep_runs`)."""
+    from .sweeps import sweep_runs
+
     root = Path(root)
-    if not root.is_dir():
-        return []
     if (root / "samples").is_dir():
-        return [root]
-    return sorted(d for d in root.iterdir() if (d / "samples").is_dir() and any((d / "samples").glob("*.h5")))
+        return [root], []
+    runs, failed = sweep_runs(root)
+    return [d for d in runs if any((d / "samples").glob("*.h5"))], failed
 
 
 def table(root: str | Path, out: str | Path | None = None, plot: str | Path | None = None,
@@ -199,13 +204,12 @@ def table(root: str | Path, out: str | Path | None = None, plot: str | Path | No
     (:func:`invdiff.apps.sweeps.sweep_table`: one row per swept setting)."""
     runs = collect(root)
     if not runs:
-        app_runs = app_sweep_runs(root)
+        app_runs, failed = app_sweep_runs(root)
         if not app_runs:
             raise AppError(f"no summary.json (invdiff-bench runs) and no app run with samples/ (invdiff -m sweeps) "
                            f"under {root}: run the preset or the sweep first, or name its directory")
         from .sweeps import sweep_table
 
-        failed = sorted(d.name for d in Path(root).iterdir() if (d / "error.txt").exists())
         text = "\n".join(sweep_table(root, app_runs, failed)) + "\n"  # (also writes root/sweep.md and sweep.csv)
         if command:
             text = text.replace("\n\n", f"\n\nCommand: `{command}`\n\n", 1)

@@ -325,12 +325,11 @@ class SweepSummary(Callback):
 
         if not context().main:  # under torchrun: rank 0 summarises
             return
-        sweep = Path(config.hydra.sweep.dir)
-        runs = sorted(d for d in sweep.iterdir() if (d / "samples").is_dir()) if sweep.is_dir() else []
-        failed = sorted(d.name for d in sweep.iterdir() if (d / "error.txt").exists()) if sweep.is_dir() else []
-        if runs:
-            from .sweeps import sweep_table
+        from .sweeps import sweep_runs, sweep_table
 
+        sweep = Path(config.hydra.sweep.dir)
+        runs, failed = sweep_runs(sweep)
+        if runs:
             summarize(runs, sweep)
             lines = sweep_table(sweep, runs, failed)
             log.info("sweep over %d run(s), one row per setting (%s):\n%s", len(runs), sweep / "sweep.md",

@@ -36,6 +36,16 @@ def run_overrides(run: Path) -> dict[str, str]:
     return out
 
 
+def sweep_runs(sweep_dir: str | Path) -> tuple[list[Path], list[str]]:
+    """The run folders of a sweep directory (those with ``samples/``) and the names of its failed runs
+    (those with ``error.txt``), sorted; empty when the directory does not exist."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        return [], []
+    entries = sorted(sweep_dir.iterdir())
+    return [d for d in entries if (d / "samples").is_dir()], [d.name for d in entries if (d / "error.txt").exists()]
+
+
 def _rows(run: Path) -> list[dict]:
     rows = []
     for f in sorted((run / "samples").glob("*.h5")):

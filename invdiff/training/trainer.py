@@ -295,14 +295,10 @@ class Trainer:
         independent of the run's generator, so validating changes no training step), and their mean
         (1 = returning the noisy image). With ``keep_best`` a lower mean than any before exports the
         EMA to ``prior_best.safetensors``."""
-        x = self.val_images.to(self.device, torch.float32) * 2.0 - 1.0
-        g = torch.Generator().manual_seed(0)
-        ratios = []
-        with torch.no_grad():
-            for sigma in VAL_SIGMAS:
-                noisy = x + sigma * torch.randn(x.shape, generator=g).to(self.device)
-                d = self.ema(noisy, torch.full((x.shape[0],), sigma, device=self.device))
-                ratios.append(float((d - x).square().mean()) / sigma**2)
+        from ..evaluation import denoising_ratios
+
+        ratios = denoising_ratios(self.prior(), self.val_images.to(self.device, torch.float32), VAL_SIGMAS,
+                                  torch.Generator().manual_seed(0))
         score = sum(ratios) / len(ratios)
         self.out.mkdir(parents=True, exist_ok=True)
         new = not (self.out / "val.csv").exists()
