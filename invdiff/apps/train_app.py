@@ -8,6 +8,9 @@ Outputs in ``out`` (default ``outputs/train/<name>``): ``checkpoint.safetensors`
 ``prior.safetensors`` (load with ``invdiff.priors.load``), ``log.csv``, ``loss.png``,
 ``samples.png`` and ``config.yaml``. Running the same command again resumes; ``export_only=true``
 exports the last checkpoint (prior, figures) without training — e.g. to stop a run early.
+``settings.max_minutes=8`` stops a call after 8 minutes with a checkpoint (the same command continues);
+``net=tiny|small|medium|large|ddpmpp|adm64`` picks the network size (``configs/train/net``);
+``settings.precision=bf16|fp16`` and ``settings.compile=true`` speed a GPU run up.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ def run(cfg: DictConfig) -> Trainer:
         log.info("invdiff-train %s: %s, network %.2f M parameters %s, %s, world size %d, %s at step %d/%d",
                  cfg.name, data.describe(), n / 1e6, trainer.arch, cfg.device, trainer.world,
                  "resuming" if trainer.step else "starting", trainer.step, settings.steps)
+        log.info("precision %s%s%s", settings.precision, ", torch.compile" if settings.compile else "",
+                 f", wall-clock budget {settings.max_minutes:g} min per call" if settings.max_minutes else "")
         log.info("EMA decay %g per step (half-life %.0f steps); augmentation: %s; validation: %s",
                  settings.ema_decay, math.log(0.5) / math.log(settings.ema_decay) if 0 < settings.ema_decay < 1 else 0,
                  describe_augment(settings),
@@ -62,6 +67,10 @@ def run(cfg: DictConfig) -> Trainer:
                  if settings.val_every else "off")
     if not cfg.get("export_only", False):
         trainer.train()
+    if trainer.stopped_early and trainer.rank == 0:
+        log.info("stopped by settings.max_minutes=%g at step %d of %d, checkpointed: run the same command again to "
+                 "continue (the prior below is the EMA at step %d)", settings.max_minutes, trainer.step, settings.steps,
+                 trainer.step)
     if trainer.rank == 0:
         path = trainer.export()
         trainer.figures(samples=int(cfg.sample_grid))

@@ -128,10 +128,39 @@ class PatchData:
             out[i, 0] = lev[top : top + self.size, left : left + self.size]
         return torch.from_numpy(out)
 
+    def validation(self) -> Tensor:
+        """Held-out validation images (:func:`patch_validation_images`): scientific gray images that
+        no shipped patches prior was trained on, none of them an evaluation image."""
+        return patch_validation_images(self.size)
+
     def describe(self) -> str:
         imgs = sum(len(g) for g in self.groups)
         return (f"{self.size}×{self.size} crops at random scales of {imgs} images in {len(self.groups)} scikit-image "
                 f"datasets (dataset, image, pyramid level and position uniform)")
+
+
+def patch_validation_images(size: int = 64) -> Tensor:
+    """``[11, 1, size, size]`` in [0, 1]: the validation images of the ``patches`` data, none of them
+    in :data:`PATCH_IMAGES` or an evaluation image — pydicom's bundled ``CT_small`` (whole, resized,
+    and its four quadrants) and ``MR_small`` (whole), each min–max scaled, and the MNI152 T1
+    template's validation slab (axial slices 65–69, :mod:`invdiff.data.brain`). All ship with the
+    project's dependencies (no download)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from .brain import brain_slices
+
+    views = []
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        a = pydicom.dcmread(get_testdata_file(name)).pixel_array.astype(np.float64)
+        a = (a - a.min()) / max(a.max() - a.min(), 1e-12)
+        views.append(resize(a[None], size)[0])
+        H, W = a.shape
+        if min(H, W) >= 2 * size:
+            views += [resize(a[None, i:i + H // 2, j:j + W // 2], size)[0] for i in (0, H // 2) for j in (0, W // 2)]
+    x = torch.from_numpy(np.stack(views)[:, None].astype(np.float32)).clamp(0, 1)
+    brain = brain_slices("axial", "val", size)[1].float()
+    return torch.cat([x, brain]).contiguous()
 
 
 def brain_data(plane: str = "axial", split: str = "train", size: int = 64) -> "ArrayData":

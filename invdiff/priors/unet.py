@@ -58,16 +58,48 @@ class _ResBlock(nn.Module):
         return self.skip(x) + self.conv2(F.silu(h))
 
 
+class _Attention(nn.Module):
+    """Multi-head self-attention over the pixels of a feature map, pre-normalised and residual
+    (ADM, Dhariwal & Nichol 2021, §3; EDM's DDPM++ at 16×16): ``x + proj(attn(norm(x)))`` with
+    ``channels // head_channels`` heads and a zero-initialised output projection."""
+
+    def __init__(self, c: int, head_channels: int = 64, groups: int = 8):
+        super().__init__()
+        self.heads = max(1, c // int(head_channels))
+        if c % self.heads:
+            raise ValueError(f"attention over {c} channels cannot be split into {self.heads} heads of "
+                             f"{head_channels} channels: pick settings.arch.head_channels dividing the width")
+        self.norm = nn.GroupNorm(min(groups, c), c)
+        self.qkv = nn.Conv2d(c, 3 * c, 1)
+        self.proj = nn.Conv2d(c, c, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W).transpose(-1, -2).unbind(1)
+        h = F.scaled_dot_product_attention(q, k, v)  # [B, heads, HW, C/heads]
+        return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
+
+
 class SmallUNet(nn.Module):
     """UNet on ``channels``-channel images: one resolution per entry of ``mults`` (×``width``
     channels), ``blocks`` residual blocks per resolution on the way down and up, skip connections
     by concatenation, FiLM conditioning on the noise level; ``patch = 2`` folds 2×2 pixels into
     channels first (pixel unshuffle, undone at the output), a 4× cheaper network for CPU training.
+    ``attn``: the levels (indices into ``mults``, 0 = full resolution) whose residual blocks are each
+    followed by self-attention (:class:`_Attention`, ``head_channels`` per head), as ADM's and EDM's
+    networks have at 32/16/8 and 16 pixels; with any, the middle block has one too. Without
+    attention the state-dict keys are those of the networks trained before it existed.
     ``forward_unet(x, c_noise)`` is EDM's raw network F."""
 
     def __init__(self, channels: int = 1, width: int = 32, mults=(1, 2, 2), blocks: int = 1, emb: int = 128,
-                 patch: int = 1, in_channels: int | None = None):
+                 patch: int = 1, in_channels: int | None = None, attn=(), head_channels: int = 64):
         super().__init__()
+        attn = {int(a) for a in attn}
+        if any(not 0 <= a < len(mults) for a in attn):
+            raise ValueError(f"settings.arch.attn lists levels {sorted(attn)}, but mults {list(mults)} has levels "
+                             f"0..{len(mults) - 1}")
         self.patch = int(patch)
         self.embed = _Embed(emb)
         self.inp = nn.Conv2d((in_channels or channels) * self.patch**2, width, 3, padding=1)
@@ -75,20 +107,26 @@ class SmallUNet(nn.Module):
         self.down = nn.ModuleList()
         c = width
         skips = [c]
+        self.down_attn, self.up_attn = nn.ModuleDict(), nn.ModuleDict()  # index in down/up → attention after it
         for level, ch in enumerate(chans):
             for _ in range(blocks):
                 self.down.append(_ResBlock(c, ch, emb))
                 c = ch
                 skips.append(c)
+                if level in attn:
+                    self.down_attn[str(len(self.down) - 1)] = _Attention(c, head_channels)
             if level < len(chans) - 1:
                 self.down.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
                 skips.append(c)
         self.mid = nn.ModuleList([_ResBlock(c, c, emb), _ResBlock(c, c, emb)])
+        self.mid_attn = _Attention(c, head_channels) if attn else None
         self.up = nn.ModuleList()
         for level, ch in reversed(list(enumerate(chans))):
             for _ in range(blocks + 1):
                 self.up.append(_ResBlock(c + skips.pop(), ch, emb))
                 c = ch
+                if level in attn:
+                    self.up_attn[str(len(self.up) - 1)] = _Attention(c, head_channels)
             if level > 0:
                 self.up.append(nn.Upsample(scale_factor=2, mode="nearest"))
         self.out_norm = nn.GroupNorm(min(8, c), c)
@@ -102,14 +140,20 @@ class SmallUNet(nn.Module):
             x = F.pixel_unshuffle(x, self.patch)
         h = self.inp(x)
         hs = [h]
-        for m in self.down:
+        for i, m in enumerate(self.down):
             h = m(h, e) if isinstance(m, _ResBlock) else m(h)
+            if str(i) in self.down_attn:
+                h = self.down_attn[str(i)](h)
             hs.append(h)
-        for m in self.mid:
-            h = m(h, e)
-        for m in self.up:
+        h = self.mid[0](h, e)
+        if self.mid_attn is not None:
+            h = self.mid_attn(h)
+        h = self.mid[1](h, e)
+        for i, m in enumerate(self.up):
             if isinstance(m, _ResBlock):
                 h = m(torch.cat([h, hs.pop()], dim=1), e)
+                if str(i) in self.up_attn:
+                    h = self.up_attn[str(i)](h)
             else:
                 h = m(h)
         out = self.out(F.silu(self.out_norm(h)))
@@ -118,9 +162,10 @@ class SmallUNet(nn.Module):
 
 @register_architecture("invdiff.unet")
 def build_unet(channels: int = 1, width: int = 32, mults=(1, 2, 2), blocks: int = 1, emb: int = 128,
-               patch: int = 1, sigma_data: float = 0.5) -> EDMPreconditioned:
+               patch: int = 1, sigma_data: float = 0.5, attn=(), head_channels: int = 64) -> EDMPreconditioned:
     """:class:`SmallUNet` inside EDM's preconditioning (``forward(x, σ) = D(x; σ)``)."""
-    return EDMPreconditioned(SmallUNet(channels, width, tuple(mults), blocks, emb, patch), "edm", sigma_data)
+    return EDMPreconditioned(SmallUNet(channels, width, tuple(mults), blocks, emb, patch, attn=attn,
+                                       head_channels=head_channels), "edm", sigma_data)
 
 
 class FlowUNet(nn.Module):
@@ -130,9 +175,9 @@ class FlowUNet(nn.Module):
     i.e. sinusoids of 1000·t (DDPM's timestep scale), zero-initialised output (v = 0 at start)."""
 
     def __init__(self, channels: int = 1, width: int = 32, mults=(1, 2, 2), blocks: int = 1, emb: int = 128,
-                 patch: int = 1):
+                 patch: int = 1, attn=(), head_channels: int = 64):
         super().__init__()
-        self.unet = SmallUNet(channels, width, tuple(mults), blocks, emb, patch)
+        self.unet = SmallUNet(channels, width, tuple(mults), blocks, emb, patch, attn=attn, head_channels=head_channels)
 
     def forward(self, x, t):
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1)
@@ -141,9 +186,9 @@ class FlowUNet(nn.Module):
 
 @register_architecture("invdiff.flow_unet")
 def build_flow_unet(channels: int = 1, width: int = 32, mults=(1, 2, 2), blocks: int = 1, emb: int = 128,
-                    patch: int = 1) -> FlowUNet:
+                    patch: int = 1, attn=(), head_channels: int = 64) -> FlowUNet:
     """:class:`FlowUNet` (velocity network of ``invdiff-train objective=flow``)."""
-    return FlowUNet(channels, width, tuple(mults), blocks, emb, patch)
+    return FlowUNet(channels, width, tuple(mults), blocks, emb, patch, attn, head_channels)
 
 
 class AmbientPreconditioned(EDMPreconditioned):
@@ -174,17 +219,20 @@ class AmbientPreconditioned(EDMPreconditioned):
 
 @register_architecture("invdiff.ambient_unet")
 def build_ambient_unet(channels: int = 1, width: int = 32, mults=(1, 2, 2), blocks: int = 1, emb: int = 128,
-                       patch: int = 1, sigma_data: float = 0.5, sigma_min: float = 0.002) -> AmbientPreconditioned:
+                       patch: int = 1, sigma_data: float = 0.5, sigma_min: float = 0.002, attn=(),
+                       head_channels: int = 64) -> AmbientPreconditioned:
     """:class:`AmbientPreconditioned` (``invdiff-train settings.objective=ambient``): a :class:`SmallUNet`
     with ``2·channels`` inputs (image and mask) and ``channels`` outputs."""
-    return AmbientPreconditioned(SmallUNet(channels, width, tuple(mults), blocks, emb, patch, in_channels=2 * channels),
-                                 sigma_data, sigma_min)
+    return AmbientPreconditioned(SmallUNet(channels, width, tuple(mults), blocks, emb, patch, in_channels=2 * channels,
+                                           attn=attn, head_channels=head_channels), sigma_data, sigma_min)
 
 
 @register_architecture("invdiff.cm_unet")
 def build_cm_unet(channels: int = 1, width: int = 32, mults=(1, 2, 2), blocks: int = 1, emb: int = 128,
-                  patch: int = 1, sigma_data: float = 0.5, sigma_min: float = SIGMA_MIN) -> ConsistencyPreconditioned:
+                  patch: int = 1, sigma_data: float = 0.5, sigma_min: float = SIGMA_MIN, attn=(),
+                  head_channels: int = 64) -> ConsistencyPreconditioned:
     """:class:`SmallUNet` inside the consistency scalings (``forward(x, σ) = f(x, σ)``,
     :class:`~invdiff.priors.consistency.ConsistencyPreconditioned`); its state dict has the keys of
     :func:`build_unet`'s, so consistency distillation starts from an ``invdiff.unet`` teacher's weights."""
-    return ConsistencyPreconditioned(SmallUNet(channels, width, tuple(mults), blocks, emb, patch), sigma_data, sigma_min)
+    return ConsistencyPreconditioned(SmallUNet(channels, width, tuple(mults), blocks, emb, patch, attn=attn,
+                                               head_channels=head_channels), sigma_data, sigma_min)

@@ -22,6 +22,8 @@ CORRUPTED_OBJECTIVES = ("ambient", "noisy", "em")
 OBJECTIVE_ALIASES = {"cd": "consistency_distillation", "ct": "consistency_training"}
 T_SAMPLINGS = ("logit_normal", "uniform")
 CM_DISTANCES = ("pseudo_huber", "l2")
+#: ``settings.precision``: float32, or autocast to bfloat16 / float16 (weights, EMA and Adam stay float32)
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 CKPT_VERSION = 1
 
@@ -90,6 +92,9 @@ class TrainSettings:
     augment_padding: str = "zeros"  # zoom's outside: "zeros" (dark background) or "reflection"
     val_every: int = 0              # edm: validation denoising of held-out images every N steps (val.csv; 0: off)
     keep_best: bool = False         # edm: also export prior_best.safetensors, the EMA with the best validation score
+    precision: str = "fp32"         # fp32 | bf16 | fp16: autocast of the training forward pass (fp16: CUDA, loss scaling)
+    compile: bool = False           # torch.compile the training forward pass (weights, checkpoints and exports unchanged)
+    max_minutes: float | None = None  # stop at the first step past this wall-clock budget, checkpointed (rerun continues)
 
     def __post_init__(self):
         self.objective = OBJECTIVE_ALIASES.get(self.objective, self.objective)
@@ -141,5 +146,15 @@ class TrainSettings:
         if self.keep_best and int(self.val_every) <= 0:
             raise ValueError("settings.keep_best=true picks the EMA weights by their validation score: set "
                              "settings.val_every=<steps> as well (e.g. the checkpoint interval)")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"settings.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"settings.compile must be true or false, got {self.compile!r}")
+        if self.max_minutes is not None and (isinstance(self.max_minutes, bool) or not float(self.max_minutes) > 0):
+            raise ValueError(f"settings.max_minutes must be a positive number of minutes (null: no budget), got "
+                             f"{self.max_minutes!r}")
+        if self.max_minutes is not None and self.objective == "em":
+            raise ValueError("settings.max_minutes stops one training run part-way; objective=em is rounds of sampling "
+                             "and training that each run to the end: leave settings.max_minutes=null")
         if not 1 <= int(self.ct_s0) <= int(self.ct_s1):
             raise ValueError(f"settings.ct_s0, ct_s1 must satisfy 1 <= s0 <= s1, got {self.ct_s0}, {self.ct_s1}")

@@ -11,7 +11,16 @@ and continues bit for bit as if it had not stopped. ``<out>/prior.safetensors`` 
 in the project's prior format (:func:`invdiff.priors.save`, read back by :func:`invdiff.priors.load`).
 
 Data-parallel: under ``torchrun`` (``WORLD_SIZE > 1``) each rank draws its own batches (its
-generator is seeded with ``seed + rank``), gradients are averaged by DDP, and rank 0 writes.
+generator is seeded with ``seed + rank``), gradients are averaged by DDP, and rank 0 writes; the
+checkpoint holds every rank's generator state (``rng``, ``rng.1``, …), so a resumed run with the
+same world size continues bit for bit too.
+
+Speed and budgets: ``settings.precision`` (``bf16``/``fp16`` autocast of the forward pass; float16
+with a loss scaler whose state is checkpointed), ``settings.compile`` (``torch.compile`` of the
+forward pass; the weights, checkpoints and exported prior are those of the plain network), and
+``settings.max_minutes``, a wall-clock budget: the run stops at the first step past it with a
+checkpoint (:attr:`Trainer.stopped_early`), so a long run is a series of the same command in
+calls of bounded length (e.g. 10-minute GPU jobs) that ends where one uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -144,6 +153,18 @@ class Trainer:
                 dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.scaler, self.stopped_early = None, False
+        if settings.precision == "fp16":
+            if self.device.type != "cuda":
+                raise ValueError(f"settings.precision=fp16 trains with a float16 loss scaler on a CUDA device, but "
+                                 f"device={self.device}: use settings.precision=bf16 on a CPU (or fp32)")
+            self.scaler = torch.amp.GradScaler("cuda")
+        if settings.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"settings.precision=bf16: {torch.cuda.get_device_name(self.device)} has no bfloat16; "
+                             "use settings.precision=fp16")
+        self.model = self.ddp or self.net  # what the loss calls (compiled below when asked)
+        if settings.compile:
+            self.model = torch.compile(self.model)
         self.ckpt = self.out / "checkpoint.safetensors"
         if self.rank == 0:  # a run killed while writing leaves its temporary file; the checkpoint is intact
             for stale in self.out.glob(f".{self.ckpt.name}.*.tmp"):
@@ -235,13 +256,28 @@ class Trainer:
         tensors["rng"] = self.gen.get_state()
         tensors["losses"] = torch.tensor(self.losses, dtype=torch.float64).reshape(-1, 2)
         meta = {"version": CKPT_VERSION, "step": self.step, "settings": asdict(self.s), "arch": self.arch,
-                "data": self.data.describe(), "world_size": self.world, "best": self.best}
+                "data": self.data.describe(), "world_size": self.world, "best": self.best,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
         return tensors, meta
 
+    def _rank_generators(self) -> list[Tensor]:
+        """Every rank's generator state (a collective under torchrun: all ranks call it together)."""
+        state = self.gen.get_state()
+        if self.world == 1:
+            return [state]
+        import torch.distributed as dist
+
+        dev = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        out = [torch.empty_like(state, device=dev) for _ in range(self.world)]
+        dist.all_gather(out, state.to(dev))
+        return [t.cpu() for t in out]
+
     def save_checkpoint(self) -> None:
+        states = self._rank_generators()  # (every rank, before rank 0 alone writes)
         if self.rank != 0:
             return
         tensors, meta = self.state()
+        tensors |= {f"rng.{r}": st for r, st in enumerate(states) if r > 0}
         save_safetensors(self.ckpt, tensors, {"invdiff_train": json.dumps(meta)})
 
     def load_checkpoint(self, path: Path) -> None:
@@ -265,9 +301,17 @@ class Trainer:
                 state.setdefault(int(i), {})[name] = v
         opt["state"] = state
         self.opt.load_state_dict(opt)
-        if self.rank == 0 or info.get("world_size", 1) == self.world:
-            self.gen.set_state(tensors["rng"])
         self.step = int(info["step"])
+        key = "rng" if self.rank == 0 else f"rng.{self.rank}"
+        if key in tensors and info.get("world_size", 1) == self.world:
+            self.gen.set_state(tensors[key])
+        elif self.rank > 0:  # another world size (or a checkpoint without per-rank states): a fresh stream
+            # of its own — never rank 0's, whose batches it would then repeat
+            self.gen = torch.Generator().manual_seed(self.s.seed + self.rank + 1_000_003 * self.step)
+        else:
+            self.gen.set_state(tensors["rng"])
+        if self.scaler is not None and info.get("scaler"):
+            self.scaler.load_state_dict(info["scaler"])
         self.losses = [tuple(r) for r in tensors["losses"].tolist()]
         self.best = info.get("best")
         if self.rank == 0:
@@ -355,17 +399,21 @@ class Trainer:
         from tqdm import tqdm
 
         until = self.s.steps if until is None else min(until, self.s.steps)
-        model = self.ddp or self.net
+        model = self.model
         bar = tqdm(total=self.s.steps, initial=self.step, disable=not self.progress, desc="invdiff-train",
                    dynamic_ncols=True)
-        t0, run = time.time(), []
+        t0, run, first = time.time(), [], self.step
+        deadline = t0 + 60.0 * float(self.s.max_minutes) if self.s.max_minutes else None
+        amp = torch.autocast(self.device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            self.s.precision, torch.float32), enabled=self.s.precision != "fp32")
+        self.stopped_early = False
         while self.step < until:
             if self.s.objective == "reflow":
                 x, eps = self.couplings(self.s.batch)
             elif self.corrupted:  # measurements only: no image is drawn, no flips (they would move k-space)
                 idx = torch.randint(len(self.data), (self.s.batch,), generator=self.gen)
                 x = tuple(t.to(self.device) for t in self.data.batch(idx))
-                x = (x[0].float(), x[1].float(), x[2])
+                x, eps = (x[0].float(), x[1].float(), x[2]), None
             else:
                 x, eps = self.data.sample(self.s.batch, self.gen).to(self.device, torch.float32), None
                 x = _flip(x, self.gen)
@@ -376,33 +424,22 @@ class Trainer:
                 x1 = degrade((x.double().cpu() + 1) / 2, self.bridge_spec, self.gen).to(self.device, torch.float32) * 2 - 1
             for g in self.opt.param_groups:
                 g["lr"] = self.lr_at(self.step)
-            if self.corrupted:
-                loss = corrupted_loss(model, x, self.domain, self.gen, self.s, ambient=self.s.objective == "ambient",
-                                      sigma_floor=self.sigma_floor, data_range=self.data.data_range)
-            elif self.bridge:
-                loss = bridge_loss(model, x, x1, self.bridge_path, self.gen, sigma_1=float(self.s.bridge_sigma_1),
-                                   sigma_data=self.s.sigma_data)
-            elif self.flow:
-                loss = flow_loss(model, x, self.gen, self.s, eps)
-            elif self.s.objective == "consistency_distillation":
-                loss = cd_loss(model, self.target, self.teacher, x, self.gen, self.s, self.levels)
-            elif self.s.objective == "consistency_training":
-                loss = ct_loss(model, self.net, x, self.gen, self.s, self.step)
-            else:
-                loss = edm_loss(model, x, self.gen, self.s)
+            with amp:
+                loss = self._loss(model, x, x1 if self.bridge else None, eps)
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if self.scaler is not None:  # float16: scaled backward, unscaled before clipping; skips inf steps
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.opt)
+            else:
+                loss.backward()
             if self.s.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.s.grad_clip)
-            self.opt.step()
-            with torch.no_grad():
-                for pe, p in zip(self.ema.parameters(), self.net.parameters()):
-                    pe.lerp_(p, 1.0 - self.s.ema_decay)
-                for be, b in zip(self.ema.buffers(), self.net.buffers()):
-                    be.copy_(b)
-                if self.target is not None:  # θ⁻ ← μ θ⁻ + (1 − μ) θ (Song et al. 2023, Alg. 2)
-                    for pt, p in zip(self.target.parameters(), self.net.parameters()):
-                        pt.lerp_(p, 1.0 - self.s.cm_target_ema)
+            if self.scaler is not None:
+                self.scaler.step(self.opt)
+                self.scaler.update()
+            else:
+                self.opt.step()
+            self._update_averages()
             self.step += 1
             value = float(loss.detach())
             if not math.isfinite(value):
@@ -413,22 +450,67 @@ class Trainer:
                 self.losses.append((self.step, sum(run) / len(run)))
                 run = []
                 if self.rank == 0:
-                    self.out.mkdir(parents=True, exist_ok=True)
-                    new = not (self.out / "log.csv").exists()
-                    with open(self.out / "log.csv", "a") as f:
-                        if new:
-                            f.write("step,loss,lr,elapsed_s\n")
-                        f.write(f"{self.step},{self.losses[-1][1]:.6f},{self.lr_at(self.step - 1):.3g},"
-                                f"{time.time() - t0:.1f}\n")
-                bar.set_postfix(loss=f"{self.losses[-1][1]:.4f}", s_per_step=f"{(time.time() - t0) / max(len(self.losses), 1) / self.s.log_every:.3f}")
+                    self._log_row(time.time() - t0)
+                bar.set_postfix(loss=f"{self.losses[-1][1]:.4f}",
+                                s_per_step=f"{(time.time() - t0) / max(self.step - first, 1):.3f}")
             bar.update(1)
             if on_step is not None:
                 on_step(self.step, value)
             if self.s.val_every and self.step % int(self.s.val_every) == 0 and self.rank == 0:
                 self.validate()  # (before the checkpoint, which records the best score)
-            if self.step % self.s.ckpt_every == 0 or self.step == until:
+            out_of_time = deadline is not None and self._agree(time.time() >= deadline) and self.step < until
+            if self.step % self.s.ckpt_every == 0 or self.step == until or out_of_time:
                 self.save_checkpoint()
+            if out_of_time:
+                self.stopped_early = True
+                break
         bar.close()
+
+    def _agree(self, flag: bool) -> bool:
+        """``flag`` of any rank (every rank stops at the same step, or DDP would wait forever)."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        dev = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        t = torch.tensor([float(flag)], device=dev)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def _log_row(self, elapsed: float) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        new = not (self.out / "log.csv").exists()
+        with open(self.out / "log.csv", "a") as f:
+            if new:
+                f.write("step,loss,lr,elapsed_s\n")
+            f.write(f"{self.step},{self.losses[-1][1]:.6f},{self.lr_at(self.step - 1):.3g},{elapsed:.1f}\n")
+
+    def _update_averages(self) -> None:
+        """EMA of the weights (buffers copied) and consistency distillation's target θ⁻."""
+        with torch.no_grad():
+            for pe, p in zip(self.ema.parameters(), self.net.parameters()):
+                pe.lerp_(p, 1.0 - self.s.ema_decay)
+            for be, b in zip(self.ema.buffers(), self.net.buffers()):
+                be.copy_(b)
+            if self.target is not None:  # θ⁻ ← μ θ⁻ + (1 − μ) θ (Song et al. 2023, Alg. 2)
+                for pt, p in zip(self.target.parameters(), self.net.parameters()):
+                    pt.lerp_(p, 1.0 - self.s.cm_target_ema)
+
+    def _loss(self, model, x, x1, eps) -> Tensor:
+        """The objective's loss on one batch (``x1``: a bridge's degraded partners; ``eps``: reflow's noises)."""
+        if self.corrupted:
+            return corrupted_loss(model, x, self.domain, self.gen, self.s, ambient=self.s.objective == "ambient",
+                                  sigma_floor=self.sigma_floor, data_range=self.data.data_range)
+        if self.bridge:
+            return bridge_loss(model, x, x1, self.bridge_path, self.gen, sigma_1=float(self.s.bridge_sigma_1),
+                               sigma_data=self.s.sigma_data)
+        if self.flow:
+            return flow_loss(model, x, self.gen, self.s, eps)
+        if self.s.objective == "consistency_distillation":
+            return cd_loss(model, self.target, self.teacher, x, self.gen, self.s, self.levels)
+        if self.s.objective == "consistency_training":
+            return ct_loss(model, self.net, x, self.gen, self.s, self.step)
+        return edm_loss(model, x, self.gen, self.s)
 
     # -- outputs -------------------------------------------------------------------------------
     def prior(self) -> NetworkPrior | FlowPrior | ConsistencyPrior:
