@@ -16,9 +16,10 @@ For each preset (``configs/benchmark/<name>.yaml``):
    table and the solvers that did not apply.
 
 ``--priors brain64,phantom64`` runs (tunes and tests) every solver that uses a prior once per prior
-(the first is the preset's own, the others as ``prior=<name>`` overrides — or ``prior=invdiff_file
+(the preset's own prior unlabelled, the others as ``prior=<name>`` overrides — or ``prior=invdiff_file
 prior.path=<file>`` for a ``.safetensors`` path: their rows are labelled ``<solver>/prior=<name>…``);
-the prior-free solvers (:data:`PRIOR_FREE`) run once.
+the prior-free solvers (:data:`PRIOR_FREE`) run once. ``--tag v2`` writes ``bench_<preset>_v2.md``
+(beside, not over, the preset's committed table).
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def main(argv=None) -> None:
     p.add_argument("--solvers", default=None, help="comma-separated subset (default: every solver config)")
     p.add_argument("--results", default="bench_results")
     p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--priors", default=None, help="comma-separated priors to compare (first: the preset's own)")
+    p.add_argument("--priors", default=None, help="comma-separated priors to compare (default: the preset's own)")
+    p.add_argument("--tag", default=None, help="write bench_<preset>_<tag>.md (and its figure)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     only = set(a.solvers.split(",")) if a.solvers else None
@@ -90,10 +92,11 @@ def main(argv=None) -> None:
     for preset in a.presets:
         t0 = time.time()
         priors = a.priors.split(",") if a.priors else [None]
+        own = bench.config(f"benchmark={preset}").prior.get("name")
         tune_lines, skipped = [], []
         for k, prior in enumerate(priors):
-            extra = () if not k else (("prior=invdiff_file", f"prior.path={prior}") if prior.endswith(".safetensors")
-                                      else (f"prior={prior}",))
+            extra = () if prior in (None, own) else (("prior=invdiff_file", f"prior.path={prior}")
+                                                     if prior.endswith(".safetensors") else (f"prior={prior}",))
             skip = PRIOR_FREE if k else ()
             tuned, lines = tune(preset, root, only, extra, skip)
             tune_lines += lines
@@ -108,7 +111,8 @@ def main(argv=None) -> None:
                     if solver not in skipped:
                         skipped.append(solver)
         cmd = "python benchmarks/run_presets.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        text = bench.table(root / preset, None, Path(a.out) / f"bench_{preset}_nfe.png", command=cmd)
+        stem = f"bench_{preset}" + (f"_{a.tag}" if a.tag else "")
+        text = bench.table(root / preset, None, Path(a.out) / f"{stem}_nfe.png", command=cmd)
         parts = [text]
         if tune_lines:
             parts += ["", "Tuned on the validation split (mean PSNR in dB over its images, one draw each; never the "
@@ -117,7 +121,7 @@ def main(argv=None) -> None:
         if skipped:
             parts += ["", f"Not applicable (the operator lacks what they need): {', '.join(skipped)}."]
         parts += ["", f"Wall time of this command: {(time.time() - t0) / 60:.1f} min."]
-        out = Path(a.out) / f"bench_{preset}.md"
+        out = Path(a.out) / f"{stem}.md"
         out.write_text("\n".join(parts) + "\n")
         print(f"wrote {out}")
 

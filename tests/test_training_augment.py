@@ -139,3 +139,14 @@ def test_augmented_validated_training_resumes_bit_for_bit_and_keeps_the_best(tmp
     # with the augmentation off the same seed trains another network (the transforms were applied)
     plain = run(cfg(tmp_path / "p", "settings.steps=6"))
     assert any(not torch.equal(v, plain.net.state_dict()[k]) for k, v in a.net.state_dict().items())
+
+
+def test_the_patches_data_validates_on_images_it_never_trains_on():
+    from invdiff.data.training_data import HELD_OUT_IMAGES, PATCH_IMAGES, patch_validation_images
+
+    v = patch_validation_images(64)
+    assert v.shape == (11, 1, 64, 64) and float(v.min()) >= 0 and float(v.max()) <= 1
+    assert torch.equal(v, patch_validation_images(64))  # fixed, not drawn
+    assert all(float(x.std()) > 0.05 for x in v)  # (no blank view)
+    # its sources (pydicom's CT_small/MR_small, the MNI152 validation slab) are neither trained on nor evaluated
+    assert not {"ct_small", "mr_small", "brain"} & {n.lower() for n in (*PATCH_IMAGES, *HELD_OUT_IMAGES)}

@@ -140,9 +140,9 @@ class PatchData:
 
 
 def patch_validation_images(size: int = 64) -> Tensor:
-    """``[11, 1, size, size]`` in [0, 1]: the validation images of the ``patches`` data, none of them
+    """``[N, 1, size, size]`` in [0, 1] (N = 11 at size 64): the validation images of the ``patches`` data, none of them
     in :data:`PATCH_IMAGES` or an evaluation image — pydicom's bundled ``CT_small`` (whole, resized,
-    and its four quadrants) and ``MR_small`` (whole), each min–max scaled, and the MNI152 T1
+    and its four quadrants — of any image at least twice ``size``) and ``MR_small`` (whole), each min–max scaled, and the MNI152 T1
     template's validation slab (axial slices 65–69, :mod:`invdiff.data.brain`). All ship with the
     project's dependencies (no download)."""
     import pydicom
