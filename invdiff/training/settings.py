@@ -5,12 +5,13 @@ folder) and the data protocol (:class:`TrainData`); the objectives are described
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
+from ..priors.checkpoints import CheckpointError
 from ..priors.flow import make_path
 
 
@@ -158,3 +159,39 @@ class TrainSettings:
                              "and training that each run to the end: leave settings.max_minutes=null")
         if not 1 <= int(self.ct_s0) <= int(self.ct_s1):
             raise ValueError(f"settings.ct_s0, ct_s1 must satisfy 1 <= s0 <= s1, got {self.ct_s0}, {self.ct_s1}")
+
+
+def check_resumable(path, saved: dict, settings: TrainSettings) -> None:
+    """Refuse to resume a run under another training objective: the objective itself, the flow
+    path and the time distribution of flow/reflow, reflow's teacher and its steps, consistency
+    distillation's teacher, levels, target EMA and distance, consistency training's curriculum
+    (which depends on ``steps``), level distribution and distance. The same
+    weights (``arch``) would otherwise silently continue learning another target (e.g. the
+    velocity of another path), and the exported prior would be labelled with the new path.
+    Settings missing from an older checkpoint take the defaults they had then."""
+    defaults = {f.name: f.default for f in fields(TrainSettings) if f.default is not MISSING}
+    old = {k: saved.get(k, defaults.get(k)) for k in defaults}
+    old["objective"] = OBJECTIVE_ALIASES.get(old["objective"], old["objective"])  # (stored as "cd" before)
+    new = asdict(settings)
+    keys = ["objective"]
+    if settings.objective in ("flow", "reflow"):
+        keys += ["path", "t_sampling"] + (["t_mean", "t_std"] if settings.t_sampling == "logit_normal" else [])
+    if settings.objective == "reflow":
+        keys += ["teacher", "teacher_steps"]
+    if settings.objective == "consistency_distillation":
+        keys += ["teacher", "cm_levels", "cm_target_ema", "cm_distance"]
+    if settings.objective == "consistency_training":
+        keys += ["steps", "ct_s0", "ct_s1", "ct_p_mean", "ct_p_std", "cm_distance"]
+    if settings.objective == "ambient":
+        keys += ["ambient_delta"]
+    if settings.objective == "bridge":
+        keys += ["teacher", "bridge_operator", "bridge_sigma_y", "bridge_b", "bridge_sigma_1"]
+        keys += ["bridge_acceleration", "bridge_center_fraction"] if settings.bridge_operator == "mri" else \
+            ["bridge_factor", "bridge_filter"]
+    for k in keys:
+        a, b = old.get(k), new[k]
+        same = make_path(a) == make_path(b) if k == "path" and a is not None else a == b
+        if not same:
+            raise CheckpointError(f"{path} was trained with settings.{k}={a!r}, but this run has "
+                                  f"settings.{k}={b!r}: a resumed run would silently learn another target; "
+                                  "resume with the same settings or use a new output folder")

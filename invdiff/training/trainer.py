@@ -29,7 +29,7 @@ import json
 import math
 import os
 import time
-from dataclasses import MISSING, asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -51,7 +51,7 @@ from .consistency import cd_loss, ct_loss, karras_levels
 from .corrupted import corrupted_loss, make_domain, noise_floor
 from .bridge import bridge_loss, degrade
 from .objectives import edm_loss, flow_loss
-from .settings import CKPT_VERSION, CORRUPTED_OBJECTIVES, OBJECTIVE_ALIASES, TrainData, TrainSettings
+from .settings import CKPT_VERSION, CORRUPTED_OBJECTIVES, TrainData, TrainSettings, check_resumable
 
 
 #: The noise levels (model units, images on [−1, 1]) of the validation score.
@@ -287,7 +287,7 @@ class Trainer:
         if info["arch"] != self.arch:
             raise CheckpointError(f"{path} holds a network {info['arch']}, but this run builds {self.arch}; "
                                   "resume with the same settings or use a new output folder")
-        self._check_objective(path, info.get("settings") or {})
+        check_resumable(path, info.get("settings") or {}, self.s)
         strict_load(self.net, {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}, f"{path} (net)")
         strict_load(self.ema, {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, f"{path} (ema)")
         if self.target is not None:
@@ -354,41 +354,6 @@ class Trainer:
             self.export(self.out / "prior_best.safetensors")
             self.best = [score, self.step]
         return score
-
-    def _check_objective(self, path: Path, saved: dict) -> None:
-        """Refuse to resume a run under another training objective: the objective itself, the flow
-        path and the time distribution of flow/reflow, reflow's teacher and its steps, consistency
-        distillation's teacher, levels, target EMA and distance, consistency training's curriculum
-        (which depends on ``steps``), level distribution and distance. The same
-        weights (``arch``) would otherwise silently continue learning another target (e.g. the
-        velocity of another path), and the exported prior would be labelled with the new path.
-        Settings missing from an older checkpoint take the defaults they had then."""
-        defaults = {f.name: f.default for f in fields(TrainSettings) if f.default is not MISSING}
-        old = {k: saved.get(k, defaults.get(k)) for k in defaults}
-        old["objective"] = OBJECTIVE_ALIASES.get(old["objective"], old["objective"])  # (stored as "cd" before)
-        new = asdict(self.s)
-        keys = ["objective"]
-        if self.s.objective in ("flow", "reflow"):
-            keys += ["path", "t_sampling"] + (["t_mean", "t_std"] if self.s.t_sampling == "logit_normal" else [])
-        if self.s.objective == "reflow":
-            keys += ["teacher", "teacher_steps"]
-        if self.s.objective == "consistency_distillation":
-            keys += ["teacher", "cm_levels", "cm_target_ema", "cm_distance"]
-        if self.s.objective == "consistency_training":
-            keys += ["steps", "ct_s0", "ct_s1", "ct_p_mean", "ct_p_std", "cm_distance"]
-        if self.s.objective == "ambient":
-            keys += ["ambient_delta"]
-        if self.s.objective == "bridge":
-            keys += ["teacher", "bridge_operator", "bridge_sigma_y", "bridge_b", "bridge_sigma_1"]
-            keys += ["bridge_acceleration", "bridge_center_fraction"] if self.s.bridge_operator == "mri" else \
-                ["bridge_factor", "bridge_filter"]
-        for k in keys:
-            a, b = old.get(k), new[k]
-            same = make_path(a) == make_path(b) if k == "path" and a is not None else a == b
-            if not same:
-                raise CheckpointError(f"{path} was trained with settings.{k}={a!r}, but this run has "
-                                      f"settings.{k}={b!r}: a resumed run would silently learn another target; "
-                                      "resume with the same settings or use a new output folder")
 
     # -- training ------------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -541,82 +506,7 @@ class Trainer:
         return save(path, self.prior(), self.architecture, self.arch)
 
     def figures(self, samples: int = 16, sampler_steps: int = 40) -> tuple[Path, Path | None]:
-        """``loss.png`` (loss curve) and ``samples.png`` (EMA samples: EDM Heun, flow Heun,
-        or 2-step consistency sampling for cd/ct; none for ``samples = 0``) in the output folder."""
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        """``loss.png`` and ``samples.png`` in the output folder (:func:`invdiff.training.figures.training_figures`)."""
+        from .figures import training_figures
 
-        from ..priors.consistency import consistency_sampling
-        from ..priors.flow_samplers import flow_heun
-        from ..priors.samplers import edm_heun
-
-        self.out.mkdir(parents=True, exist_ok=True)
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        if self.losses:
-            st, lv = zip(*self.losses)
-            ax.plot(st, lv)
-            ax.set_yscale("log")
-        ax.set_xlabel("step")
-        what = f"{self.s.objective} loss ({self.s.path} path)" if self.flow else \
-            f"{self.s.objective} loss ({self.s.cm_distance})" if self.cm else \
-            f"{self.s.objective} loss (observed entries)" if self.corrupted else "EDM loss"
-        ax.set_ylabel(f"{what} (mean over {self.s.log_every} steps)")
-        ax.set_title(f"{self.data.describe()}")
-        fig.tight_layout()
-        loss_png = self.out / "loss.png"
-        fig.savefig(loss_png, dpi=100)
-        plt.close(fig)
-        if samples <= 0:
-            return loss_png, None
-        if self.bridge:
-            return loss_png, self._bridge_figure(samples)
-        prior = self.prior()
-        sampler, label = (flow_heun, "flow Heun") if self.flow else (edm_heun, "EDM Heun")
-        if self.cm:
-            sampler, label, sampler_steps = consistency_sampling, "consistency sampling", min(sampler_steps, 2)
-        x = sampler(prior, (samples, *prior.shape), steps=sampler_steps, generator=torch.Generator().manual_seed(0))
-        x = x.clamp(0, 1).float().cpu()  # the samplers return physical units
-        cols = int(math.ceil(math.sqrt(samples)))
-        rows = int(math.ceil(samples / cols))
-        fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows))
-        for i, a in enumerate(axes.flat):
-            a.axis("off")
-            if i < samples:
-                img = x[i].permute(1, 2, 0).numpy()
-                a.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-        fig.suptitle(f"EMA samples at step {self.step} ({label}, {sampler_steps} steps)", fontsize=9)
-        fig.tight_layout()
-        grid_png = self.out / "samples.png"
-        fig.savefig(grid_png, dpi=100)
-        plt.close(fig)
-        return loss_png, grid_png
-
-    def _bridge_figure(self, samples: int, steps: int = 10) -> Path:
-        """``samples.png`` of a bridge: fresh images of the data (seed 0), their degraded partners x₁
-        and the EMA bridge's I²SB restoration from x₁ (``steps`` steps, seed 0), in rows of three."""
-        import matplotlib.pyplot as plt
-
-        from ..priors.bridge import bridge_sample
-
-        n = max(1, min(samples // 2, 6))
-        g = torch.Generator().manual_seed(0)
-        x0 = self.data.sample(n, g).to(torch.float64)
-        x1 = degrade(x0, self.bridge_spec, g) * 2 - 1
-        bridge = self.prior()
-        with torch.no_grad():
-            out = (bridge_sample(bridge.x0_hat, x1, bridge.path, steps, generator=g) + 1) / 2
-        fig, axes = plt.subplots(3, n, figsize=(1.6 * n, 5.0), squeeze=False)
-        for j, (row, title) in enumerate([(x0, "x₀"), ((x1 + 1) / 2, "x₁ = A⁺y"), (out, f"I²SB, {steps} steps")]):
-            for i in range(n):
-                a = axes[j, i]
-                a.axis("off")
-                a.imshow(row[i, 0].clamp(0, 1).float().numpy(), cmap="gray", vmin=0, vmax=1)
-                if i == 0:
-                    a.set_title(title, fontsize=8, loc="left")
-        fig.suptitle(f"EMA bridge at step {self.step}: {self.bridge_spec}", fontsize=7)
-        fig.tight_layout()
-        grid_png = self.out / "samples.png"
-        fig.savefig(grid_png, dpi=100)
-        plt.close(fig)
-        return grid_png
+        return training_figures(self, samples, sampler_steps)
