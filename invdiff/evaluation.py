@@ -147,3 +147,23 @@ def denoising_ratios(prior, x_phys: Tensor, sigmas, generator: torch.Generator) 
             noisy = x + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
             out.append(float((prior.denoiser(noisy, sigma) - x).square().mean()) / sigma**2)
     return out
+
+
+def patch_frechet_distance(a: Tensor, b: Tensor, patch: int = 8, stride: int = 4) -> float:
+    """Fréchet distance between Gaussian fits of the ``patch × patch`` pixel patches (every ``stride``
+    pixels, all channels) of two image sets ``[N, C, H, W]`` in the same units — an FID-like
+    score that needs no feature network (a *proxy*: it sees local texture and contrast statistics,
+    not objects). 0 for equal patch means and covariances; each set needs more patches than
+    ``C·patch²`` (the covariance's size)."""
+    from .perceptual import frechet_distance
+
+    def stats(x: Tensor):
+        p = torch.nn.functional.unfold(x.double().cpu(), patch, stride=stride)  # [N, C·p², L]
+        p = p.transpose(1, 2).reshape(-1, p.shape[1])
+        if p.shape[0] <= p.shape[1]:
+            raise ValueError(f"patch_frechet_distance: {p.shape[0]} patches of dimension {p.shape[1]}: give more or "
+                             "larger images, or a smaller patch")
+        return p.mean(0), torch.cov(p.T)
+
+    (m1, c1), (m2, c2) = stats(a), stats(b)
+    return frechet_distance(m1, c1, m2, c2)

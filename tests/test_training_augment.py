@@ -150,3 +150,31 @@ def test_the_patches_data_validates_on_images_it_never_trains_on():
     assert all(float(x.std()) > 0.05 for x in v)  # (no blank view)
     # its sources (pydicom's CT_small/MR_small, the MNI152 validation slab) are neither trained on nor evaluated
     assert not {"ct_small", "mr_small", "brain"} & {n.lower() for n in (*PATCH_IMAGES, *HELD_OUT_IMAGES)}
+
+
+def test_patch_frechet_distance_is_exact_on_shifted_and_scaled_white_noise():
+    from invdiff.evaluation import patch_frechet_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(6, 1, 32, 32, generator=g, dtype=torch.float64)
+    assert patch_frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    # a constant shift moves every one of the 64 patch means by 0.1 and leaves the covariance: 64·0.01
+    assert patch_frechet_distance(a, a + 0.1) == pytest.approx(64 * 0.01, rel=1e-6)
+    # scaling by 2 about the mean: Σ → 4Σ, so tr(Σ + 4Σ − 2·2Σ) = tr Σ, and the means move by the mean
+    mean = a.mean()
+    fd = patch_frechet_distance(a, mean + 2 * (a - mean))
+    p = torch.nn.functional.unfold(a, 8, stride=4).transpose(1, 2).reshape(-1, 64)
+    assert fd == pytest.approx(float(torch.cov(p.T).trace() + (p.mean(0) - mean).square().sum()), rel=1e-5)
+    with pytest.raises(ValueError, match="patches of dimension 64"):
+        patch_frechet_distance(a[:1, :, :8, :8], a)
+
+
+def test_validation_can_score_ema_samples_against_the_validation_images(tmp_path):
+    over = ["settings.val_every=2", "settings.steps=4", "settings.val_samples=8"]
+    t = Trainer(PhantomData(16), tmp_path, settings_of(cfg(tmp_path, *over)), progress=False)
+    t.train()
+    rows = (tmp_path / "val_samples.csv").read_text().splitlines()
+    assert rows[0] == "step,patch_frechet_distance" and [r.split(",")[0] for r in rows[1:]] == ["2", "4"]
+    assert all(float(r.split(",")[1]) > 0 for r in rows[1:])
+    with pytest.raises(ValueError, match="val_every > 0 as well"):
+        settings_of(cfg(tmp_path, "settings.val_samples=8"))

@@ -64,6 +64,8 @@ def run(cfg: DictConfig) -> Trainer:
                  describe_augment(settings),
                  f"every {settings.val_every} steps on {len(trainer.val_images)} held-out images (val.csv)"
                  + (", best EMA kept as prior_best.safetensors" if settings.keep_best else "")
+                 + (f", {settings.val_samples} EMA samples' patch Fréchet distance (val_samples.csv)"
+                    if settings.val_samples else "")
                  if settings.val_every else "off")
     if not cfg.get("export_only", False):
         trainer.train()

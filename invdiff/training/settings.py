@@ -93,6 +93,7 @@ class TrainSettings:
     augment_padding: str = "zeros"  # zoom's outside: "zeros" (dark background) or "reflection"
     val_every: int = 0              # edm: validation denoising of held-out images every N steps (val.csv; 0: off)
     keep_best: bool = False         # edm: also export prior_best.safetensors, the EMA with the best validation score
+    val_samples: int = 0            # edm: also draw N EMA samples at each validation: patch Fréchet distance (val_samples.csv)
     precision: str = "fp32"         # fp32 | bf16 | fp16: autocast of the training forward pass (fp16: CUDA, loss scaling)
     compile: bool = False           # torch.compile the training forward pass (weights, checkpoints and exports unchanged)
     max_minutes: float | None = None  # stop at the first step past this wall-clock budget, checkpointed (rerun continues)
@@ -144,6 +145,9 @@ class TrainSettings:
         if (int(self.val_every) > 0 or self.keep_best) and self.objective != "edm":
             raise ValueError(f"settings.val_every / keep_best score the EDM denoiser on held-out images; objective="
                              f"{self.objective} has another network output: leave val_every=0 and keep_best=false")
+        if isinstance(self.val_samples, bool) or int(self.val_samples) < 0 or (int(self.val_samples) and int(self.val_every) <= 0):
+            raise ValueError(f"settings.val_samples={self.val_samples!r}: a whole number >= 0 of EMA samples drawn at each "
+                             "validation (settings.val_every > 0 as well), e.g. 32")
         if self.keep_best and int(self.val_every) <= 0:
             raise ValueError("settings.keep_best=true picks the EMA weights by their validation score: set "
                              "settings.val_every=<steps> as well (e.g. the checkpoint interval)")
