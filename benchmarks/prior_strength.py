@@ -73,12 +73,19 @@ def case(spec: str, samplers, draws: int, root: Path) -> dict:
     s = _run(preset, best, [*extra, *tuned.get(best, []), f"num_samples={draws}"], root)
     row |= {"draw": _metric(s, "psnr"), "mean": _metric(s, "psnr_mean"), "coverage": _metric(s, "coverage_90"),
             "nfe": _metric(s, "nfe"), "images": int(s["metrics"]["psnr"].get("n", 0)),
-            "best_settings": ", ".join(tuned.get(best, [])) or "preset's"}
+            "best_settings": ", ".join(t.removeprefix("solver.").replace("=", " ") for t in tuned.get(best, []))
+            or "preset's settings"}
     return row
 
 
 def _fmt(v, spec=".2f") -> str:
     return "–" if v is None else format(v, spec)
+
+
+def _tuned(r: dict, solver: str) -> str:
+    """``" (lam 0.032)"``: the solver's tuned settings of the row, as a suffix."""
+    vals = [t.removeprefix("solver.").replace("=", " ") for t in r["tuned"].get(solver, [])]
+    return f" ({', '.join(vals)})" if vals else ""
 
 
 def table(rows: list[dict], draws: int, command: str) -> str:
@@ -104,7 +111,8 @@ def table(rows: list[dict], draws: int, command: str) -> str:
         ok = (d_tv is not None and d_tv >= GOAL_TV and d_dp >= GOAL_DPIR and r["coverage"] is not None
               and COVERAGE[0] <= r["coverage"] <= COVERAGE[1])
         cands = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["val"].items(), key=lambda kv: -kv[1]))
-        lines.append(f"| {r['case']} | {r['prior']} | {_fmt(r['tv'])} | {_fmt(r['dpir'])} | **{r['best']}** "
+        lines.append(f"| {r['case']} | {r['prior']} | {_fmt(r['tv'])}{_tuned(r, 'tv')} | {_fmt(r['dpir'])}"
+                     f"{_tuned(r, 'dpir')} | **{r['best']}** "
                      f"({r['best_settings']}; {cands}) | {_fmt(r['nfe'], '.0f')} | {_fmt(r['draw'])} | "
                      f"{_fmt(r['mean'])} | {_fmt(d_tv, '+.2f')} | {_fmt(d_dp, '+.2f')} | {_fmt(r['coverage'], '.3f')} | "
                      f"{'✓' if ok else '✗'} |")
