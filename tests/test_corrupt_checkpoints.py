@@ -131,15 +131,15 @@ def test_a_mistyped_shipped_name_lists_the_shipped_priors(tmp_path, monkeypatch)
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"checkpoint not found: phantom65\. It is not a shipped prior either; "
-                                                r"the shipped priors are phantom64, patches64, phantom64_flow, patches64_flow, phantom64_reflow, phantom64_cm, patches64_cm, phantom64_ambient, patches64_noisy, phantom64_bridge_mri4x, patches64_bridge_sr2, brain64\. "
+                                                r"the shipped priors are phantom64, patches64, phantom64_flow, patches64_flow, phantom64_reflow, phantom64_cm, patches64_cm, phantom64_ambient, patches64_noisy, phantom64_bridge_mri4x, patches64_bridge_sr2, brain64, patches64_v2\. "
                                                 r"Did you mean 'phantom64'\?"):
         load("phantom65")
     with pytest.raises(FileNotFoundError, match=r"Did you mean 'patches64'\?"):
         load("patch64")
-    with pytest.raises(FileNotFoundError, match=r"shipped priors are phantom64, patches64, phantom64_flow, patches64_flow, phantom64_reflow, phantom64_cm, patches64_cm, phantom64_ambient, patches64_noisy, phantom64_bridge_mri4x, patches64_bridge_sr2, brain64\. Give one of those names"):
+    with pytest.raises(FileNotFoundError, match=r"shipped priors are phantom64, patches64, phantom64_flow, patches64_flow, phantom64_reflow, phantom64_cm, patches64_cm, phantom64_ambient, patches64_noisy, phantom64_bridge_mri4x, patches64_bridge_sr2, brain64, patches64_v2\. Give one of those names"):
         load("edm")
     with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*models/x\.pt\. Give the path of a checkpoint "
-                                                r"file .*shipped prior's name \(phantom64, patches64, phantom64_flow, patches64_flow, phantom64_reflow, phantom64_cm, patches64_cm, phantom64_ambient, patches64_noisy, phantom64_bridge_mri4x, patches64_bridge_sr2, brain64\)"):
+                                                r"file .*shipped prior's name \(phantom64, patches64, phantom64_flow, patches64_flow, phantom64_reflow, phantom64_cm, patches64_cm, phantom64_ambient, patches64_noisy, phantom64_bridge_mri4x, patches64_bridge_sr2, brain64, patches64_v2\)"):
         load(tmp_path / "models" / "x.pt")
     with pytest.raises(AppError, match=r"checkpoint not found: phantom65\..*Did you mean 'phantom64'\?"):
         setup(config("prior=invdiff_file", "prior.path=phantom65"))

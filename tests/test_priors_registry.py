@@ -19,7 +19,8 @@ def test_the_formats_are_tried_in_the_old_detection_order():
     assert [f.name for f in registry.FORMATS] == ["invdiff", "guided-diffusion", "score_sde", "edm", "diffusers"]
     assert list(registry.NAMED_PRIORS) == ["phantom64", "patches64", "phantom64_flow", "patches64_flow", "phantom64_reflow",
                                              "phantom64_cm", "patches64_cm", "phantom64_ambient", "patches64_noisy",
-                                             "phantom64_bridge_mri4x", "patches64_bridge_sr2", "brain64"]
+                                             "phantom64_bridge_mri4x", "patches64_bridge_sr2", "brain64",
+                                             "patches64_v2"]
     assert {"invdiff.unet", "deepinv.DiffUNet", "edm.precond"} <= set(registry.ARCHITECTURES)
 
 

@@ -28,6 +28,9 @@ name              what
 ``brain64``       real anatomy: ``phantom64``'s network and recipe trained on the 94 axial
                   training-slab slices of the MNI152 T1 template (``invdiff-train data=brain``;
                   :mod:`invdiff.data.brain`); evaluated on the held-out axial slab
+``patches64_v2``  ``patches64`` trained on: from its step-8 000 state to 16 000 steps with 90°
+                  rotations and gain augmentation at half the learning rate, the EMA chosen by its
+                  validation score on images no patches prior saw (``settings.keep_best``)
 ================  ===============================================================================
 
 Each name is registered in :data:`invdiff.priors.registry.NAMED_PRIORS`, which is how
@@ -45,7 +48,7 @@ from .registry import register_named_prior
 
 SHIPPED = ("phantom64", "patches64", "phantom64_flow", "patches64_flow", "phantom64_reflow", "phantom64_cm",
            "patches64_cm", "phantom64_ambient", "patches64_noisy",
-           "phantom64_bridge_mri4x", "patches64_bridge_sr2", "brain64")
+           "phantom64_bridge_mri4x", "patches64_bridge_sr2", "brain64", "patches64_v2")
 
 
 def shipped_prior_path(name: str) -> Path:
