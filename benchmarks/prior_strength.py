@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -115,15 +113,13 @@ def _paper(r: dict) -> str:
 
 
 def table(rows: list[dict], draws: int, command: str) -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = "?"
-    from invdiff.data.processes import host_tag
+    from invdiff.apps.runs import provenance
 
+    p = provenance()
     lines = ["# Prior strength: the best posterior sampler against tuned TV and DPIR", "",
-             f"Command: `{command}`", f"Machine: {host_tag()}; commit {commit}; "
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+             f"Command: `{command}`", f"Machine: {p['cpu']}, {p['cores']} cores, GPU {p['gpu'] or 'none'}; commit "
+             f"{p['commit']}; {p['date']}. The runs are those of each preset's results folder (resumable: a rerun "
+             "re-reads them).", "",
              "PSNR in dB on each preset's held-out test images (mean over images). TV's λ and DPIR's iterations "
              "tuned on the validation split; the sampler is the best of the candidates on the validation split "
              f"(one draw each), then run with {draws} draws per test image: *draw* is the mean single-draw PSNR, "
