@@ -155,21 +155,33 @@ def test_a_killed_torchrun_benchmark_resumes_and_equals_one_process(tmp_path):
     assert s2["images"] == 6 and s1["metrics"]["psnr"]["mean"] == pytest.approx(s2["metrics"]["psnr"]["mean"], rel=1e-12)
 
 
-TRAIN_ARGS = ["-m", "invdiff.apps.train_app", "settings.batch=2", "settings.log_every=1", "settings.ckpt_every=2",
-              "sample_grid=0", "data.size=16", "settings.warmup=2", "threads=1",
-              "settings.arch={width: 8, mults: [1, 2], blocks: 1, emb: 32, patch: 2}"]
+
+TRAIN_SCRIPT = """
+import sys
+from pathlib import Path
+from invdiff.data.training_data import PhantomData
+from invdiff.training import Trainer, TrainSettings
+
+out = Path(sys.argv[1])
+s = TrainSettings(steps=6, batch=2, warmup=2, ckpt_every=2, log_every=1,
+                  arch=dict(width=8, mults=[1, 2], blocks=1, emb=32, patch=2))
+Trainer(PhantomData(16), out / "whole", s, progress=False).train()
+Trainer(PhantomData(16), out / "split", s, progress=False).train(until=3)  # stopped after step 3
+Trainer(PhantomData(16), out / "split", s, progress=False).train()  # a new trainer resumes from the checkpoint
+"""
 
 
 @pytest.mark.xdist_group("torchrun")
 def test_a_data_parallel_training_run_resumes_bit_for_bit(tmp_path):
-    """Two gloo ranks train; a run stopped at step 3 and resumed (the same command) ends with the
-    weights, EMA and every rank's generator of the uninterrupted run — each rank continues its own
-    batch stream (the checkpoint holds both generators), rank 1 never repeats rank 0's."""
+    """Two gloo ranks train; a run stopped at step 3 and resumed by a new trainer from its checkpoint
+    ends with the weights, EMA and every rank's generator of the uninterrupted run — each rank
+    continues its own batch stream (the checkpoint holds both generators), rank 1 never repeats rank
+    0's. (One torchrun launch for the three trainers.)"""
     from invdiff.priors.native import read_tagged
 
-    _torchrun([*TRAIN_ARGS, f"out={tmp_path / 'whole'}", "settings.steps=6"], cwd=tmp_path)
-    _torchrun([*TRAIN_ARGS, f"out={tmp_path / 'split'}", "settings.steps=3"], cwd=tmp_path)
-    _torchrun([*TRAIN_ARGS, f"out={tmp_path / 'split'}", "settings.steps=6"], cwd=tmp_path)
+    script = tmp_path / "train_ddp.py"
+    script.write_text(TRAIN_SCRIPT)
+    _torchrun([str(script), str(tmp_path)], cwd=tmp_path)
     whole, info = read_tagged(tmp_path / "whole" / "checkpoint.safetensors", "invdiff_train", "checkpoint")
     split, info2 = read_tagged(tmp_path / "split" / "checkpoint.safetensors", "invdiff_train", "checkpoint")
     assert info["world_size"] == info2["world_size"] == 2 and info["step"] == info2["step"] == 6
