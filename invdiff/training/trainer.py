@@ -267,7 +267,7 @@ class Trainer:
             return [state]
         import torch.distributed as dist
 
-        dev = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        dev = self._collective_device()
         out = [torch.empty_like(state, device=dev) for _ in range(self.world)]
         dist.all_gather(out, state.to(dev))
         return [t.cpu() for t in out]
@@ -303,13 +303,11 @@ class Trainer:
         self.opt.load_state_dict(opt)
         self.step = int(info["step"])
         key = "rng" if self.rank == 0 else f"rng.{self.rank}"
-        if key in tensors and info.get("world_size", 1) == self.world:
+        if self.rank == 0 or (key in tensors and info.get("world_size", 1) == self.world):
             self.gen.set_state(tensors[key])
-        elif self.rank > 0:  # another world size (or a checkpoint without per-rank states): a fresh stream
-            # of its own — never rank 0's, whose batches it would then repeat
+        else:  # another world size (or a checkpoint without per-rank states): a fresh stream of its own —
+            # never rank 0's, whose batches it would then repeat
             self.gen = torch.Generator().manual_seed(self.s.seed + self.rank + 1_000_003 * self.step)
-        else:
-            self.gen.set_state(tensors["rng"])
         if self.scaler is not None and info.get("scaler"):
             self.scaler.load_state_dict(info["scaler"])
         self.losses = [tuple(r) for r in tensors["losses"].tolist()]
@@ -344,12 +342,8 @@ class Trainer:
         ratios = denoising_ratios(self.prior(), self.val_images.to(self.device, torch.float32), VAL_SIGMAS,
                                   torch.Generator().manual_seed(0))
         score = sum(ratios) / len(ratios)
-        self.out.mkdir(parents=True, exist_ok=True)
-        new = not (self.out / "val.csv").exists()
-        with open(self.out / "val.csv", "a") as f:
-            if new:
-                f.write("step," + ",".join(f"mse_over_sigma2_at_{s:g}" for s in VAL_SIGMAS) + ",mean\n")
-            f.write(f"{self.step}," + ",".join(f"{r:.6f}" for r in ratios) + f",{score:.6f}\n")
+        self._append_row("val.csv", "step," + ",".join(f"mse_over_sigma2_at_{s:g}" for s in VAL_SIGMAS) + ",mean",
+                         f"{self.step}," + ",".join(f"{r:.6f}" for r in ratios) + f",{score:.6f}")
         if int(self.s.val_samples):
             self._sample_check()
         if self.s.keep_best and (self.best is None or score < self.best[0]):
@@ -369,11 +363,7 @@ class Trainer:
         prior = self.prior()
         x = edm_heun(prior, (int(self.s.val_samples), *prior.shape), steps=18, generator=torch.Generator().manual_seed(0))
         fd = patch_frechet_distance(x.clamp(0, 1), self.val_images)
-        new = not (self.out / "val_samples.csv").exists()
-        with open(self.out / "val_samples.csv", "a") as f:
-            if new:
-                f.write("step,patch_frechet_distance\n")
-            f.write(f"{self.step},{fd:.6g}\n")
+        self._append_row("val_samples.csv", "step,patch_frechet_distance", f"{self.step},{fd:.6g}")
         return fd
 
     # -- training ------------------------------------------------------------------------------
@@ -436,7 +426,8 @@ class Trainer:
                 self.losses.append((self.step, sum(run) / len(run)))
                 run = []
                 if self.rank == 0:
-                    self._log_row(time.time() - t0)
+                    self._append_row("log.csv", "step,loss,lr,elapsed_s", f"{self.step},{self.losses[-1][1]:.6f},"
+                                     f"{self.lr_at(self.step - 1):.3g},{time.time() - t0:.1f}")
                 bar.set_postfix(loss=f"{self.losses[-1][1]:.4f}",
                                 s_per_step=f"{(time.time() - t0) / max(self.step - first, 1):.3f}")
             bar.update(1)
@@ -458,18 +449,22 @@ class Trainer:
             return flag
         import torch.distributed as dist
 
-        dev = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
-        t = torch.tensor([float(flag)], device=dev)
+        t = torch.tensor([float(flag)], device=self._collective_device())
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item() > 0)
 
-    def _log_row(self, elapsed: float) -> None:
+    def _collective_device(self) -> torch.device:
+        """Where tensors of a collective live: the GPU under NCCL, the CPU under gloo."""
+        import torch.distributed as dist
+
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def _append_row(self, name: str, header: str, row: str) -> None:
+        """One row of ``<out>/<name>`` (``log.csv``, ``val.csv``, ``val_samples.csv``), the header first."""
         self.out.mkdir(parents=True, exist_ok=True)
-        new = not (self.out / "log.csv").exists()
-        with open(self.out / "log.csv", "a") as f:
-            if new:
-                f.write("step,loss,lr,elapsed_s\n")
-            f.write(f"{self.step},{self.losses[-1][1]:.6f},{self.lr_at(self.step - 1):.3g},{elapsed:.1f}\n")
+        new = not (self.out / name).exists()
+        with open(self.out / name, "a") as f:
+            f.write((header + "\n" if new else "") + row + "\n")
 
     def _update_averages(self) -> None:
         """EMA of the weights (buffers copied) and consistency distillation's target θ⁻."""
